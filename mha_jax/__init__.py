@@ -1,0 +1,1 @@
+"""mha_jax: Modern Hopfield Attention in JAX/Flax."""

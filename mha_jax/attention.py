@@ -1,0 +1,123 @@
+"""Modern Hopfield Attention as pure functions (spec §2, the paper's Eq. 10).
+
+Per head, at layer n:
+
+    s_n = scale · Q_n K_nᵀ                      scores          [B, N, T, S]
+    H_n = α′ · H_{n−1} + (1−α′) · s_n           hidden state    [B, N, T, S]
+    A_n = softmax(mask(H_n))                    attention       [B, N, T, S]
+    out = A_n V_n                                               [B, T, N, D]
+
+B batch, T query length, S key length, N heads, D head dim. H is float32 whatever
+the compute dtype, and never holds −inf: masks act only at the softmax, because
+α′·(−inf) would turn into NaN on the next layer. α′ = 0 is standard attention.
+
+Everything here is a pure function of arrays: use it under jit, vmap and grad
+without Flax.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+H0_POLICIES = ("zeros", "first_scores")
+
+
+def attention_scores(q_BxTxNxD, k_BxSxNxD, scale=None):
+  """s = scale · Q Kᵀ in float32, [B, N, T, S]; scale defaults to 1/√D."""
+  if scale is None:
+    scale = q_BxTxNxD.shape[-1] ** -0.5
+  s_BxNxTxS = jnp.einsum("btnd,bsnd->bnts", q_BxTxNxD, k_BxSxNxD,
+                         preferred_element_type=jnp.float32)
+  return s_BxNxTxS * jnp.float32(scale)
+
+
+def update_hidden_state(h_prev_BxNxTxS, s_BxNxTxS, alpha_hidden):
+  """H_n = α′ H_{n−1} + (1−α′) s_n: one Euler step of the hidden-state equation."""
+  return alpha_hidden * h_prev_BxNxTxS + (1.0 - alpha_hidden) * s_BxNxTxS
+
+
+def masked_softmax(logits_BxNxTxS, mask=None):
+  """Row softmax over keys in float32; `mask` True = may attend.
+
+  A row with no allowed key gets uniform weights rather than NaN (padding rows).
+  """
+  logits = logits_BxNxTxS.astype(jnp.float32)
+  if mask is not None:
+    logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+  return jax.nn.softmax(logits, axis=-1)
+
+
+def hopfield_attention(q_BxTxNxD, k_BxSxNxD, v_BxSxNxD, h_prev_BxNxTxS, *,
+                       alpha_hidden, mask=None, scale=None, h0="zeros",
+                       restart=False, dropout_rate=0.0, dropout_rng=None):
+  """One layer of Modern Hopfield Attention; returns (out [B,T,N,D], H_n [B,N,T,S]).
+
+  Args:
+    q_BxTxNxD, k_BxSxNxD, v_BxSxNxD: queries, keys, values (any float dtype).
+    h_prev_BxNxTxS: H_{n−1} in float32, or None before the first layer.
+    alpha_hidden: α′ in [0, 1] (a Python float or a traced scalar, so it vmaps).
+    mask: boolean, True = may attend, broadcastable to [B, N, T, S].
+    scale: score scale; default 1/√D.
+    h0: what H_{n−1} is where a chain of hidden states starts (h_prev None, or
+      `restart` True): "zeros" → H_n = (1−α′)s_n; "first_scores" → H_n = s_n, so
+      the layer is plain attention. A caller wanting random H_0 passes it as
+      h_prev.
+    restart: bool, possibly traced: this layer starts a new chain and ignores
+      h_prev (reset-every-N studies, and layer 1 inside `lax.scan`).
+    dropout_rate, dropout_rng: dropout on the attention weights (after the
+      softmax: H keeps the pre-softmax logits); no rng means deterministic.
+  """
+  if h0 not in H0_POLICIES:
+    raise ValueError(f"h0={h0!r} is not a known policy; allowed: {H0_POLICIES}")
+  s_BxNxTxS = attention_scores(q_BxTxNxD, k_BxSxNxD, scale)
+  start_BxNxTxS = s_BxNxTxS if h0 == "first_scores" else jnp.zeros_like(s_BxNxTxS)
+  if h_prev_BxNxTxS is None:
+    h_prev_BxNxTxS = start_BxNxTxS
+  else:
+    h_prev_BxNxTxS = jnp.where(restart, start_BxNxTxS,
+                               h_prev_BxNxTxS.astype(jnp.float32))
+  h_BxNxTxS = update_hidden_state(h_prev_BxNxTxS, s_BxNxTxS, alpha_hidden)
+
+  weights_BxNxTxS = masked_softmax(h_BxNxTxS, mask)
+  if dropout_rng is not None and dropout_rate > 0.0:
+    keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, weights_BxNxTxS.shape)
+    weights_BxNxTxS = jnp.where(keep, weights_BxNxTxS / (1.0 - dropout_rate), 0.0)
+  out_BxTxNxD = jnp.einsum("bnts,bsnd->btnd", weights_BxNxTxS.astype(v_BxSxNxD.dtype),
+                           v_BxSxNxD)
+  return out_BxTxNxD, h_BxNxTxS
+
+
+def dot_product_attention(q_BxTxNxD, k_BxSxNxD, v_BxSxNxD, *, mask=None, scale=None,
+                          dropout_rate=0.0, dropout_rng=None):
+  """Standard softmax attention: `hopfield_attention` with α′ = 0 and no state."""
+  out_BxTxNxD, _ = hopfield_attention(
+      q_BxTxNxD, k_BxSxNxD, v_BxSxNxD, None, alpha_hidden=0.0, mask=mask,
+      scale=scale, dropout_rate=dropout_rate, dropout_rng=dropout_rng)
+  return out_BxTxNxD
+
+
+def causal_mask(length):
+  """[1, 1, T, T] boolean, True on and below the diagonal."""
+  return jnp.tril(jnp.ones((length, length), jnp.bool_))[None, None]
+
+
+def padding_mask(valid_BxT):
+  """[B, 1, 1, T] key mask from a [B, T] boolean 'token is real' array."""
+  return valid_BxT[:, None, None, :].astype(jnp.bool_)
+
+
+def residual_update(x, u, alpha, form):
+  """The attention residual (spec §2): how the layer's output u re-enters x.
+
+  convex:        x ← α x + (1−α) u   (Euler step of the visible-state equation)
+  scaled_branch: x ← x + (1−α) u
+  standard:      x ← x + u
+  """
+  if form == "convex":
+    return alpha * x + (1.0 - alpha) * u
+  if form == "scaled_branch":
+    return x + (1.0 - alpha) * u
+  if form == "standard":
+    return x + u
+  raise ValueError(f"residual={form!r}; allowed: 'convex', 'scaled_branch', 'standard'")

@@ -1,0 +1,6 @@
+"""Eight simulated CPU devices for the sharding tests; set before JAX is imported."""
+
+import os
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
