@@ -272,6 +272,7 @@ class LayerStack(nn.Module):
   def __call__(self, x_BxTxD, mask=None, *, deterministic=True, return_intermediates=False):
     cfg = self.cfg
     batch, length = x_BxTxD.shape[:2]
+    x_BxTxD = x_BxTxD.astype(cfg.dtype)  # the scan carry keeps one dtype
     h_BxNxTxT = None
     if cfg.attention.kind == "hopfield":
       h_BxNxTxT = initial_hidden_state(cfg.attention, batch, cfg.num_heads, length)

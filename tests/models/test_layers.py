@@ -1,0 +1,187 @@
+"""The layer stack: a NumPy loop of the spec's equations, scan vs loop, causality, remat."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mha_jax.models import layers
+
+WIDTH, HEADS, MLP, LAYERS, LENGTH, BATCH = 12, 3, 20, 4, 6, 2
+
+
+def stack_config(**attention_kw):
+  return layers.StackConfig(num_layers=LAYERS, width=WIDTH, num_heads=HEADS, mlp_dim=MLP,
+                            mlp="gelu_tanh", norm_eps=1e-5, init_std=0.3,
+                            attention=layers.AttentionConfig(**attention_kw))
+
+
+def init_stack(cfg, x, mask=None):
+  params = nn.unbox(layers.LayerStack(cfg).init(jax.random.key(0), x, mask))["params"]
+  # Non-trivial norm parameters, so the reference must get them right too.
+  return jax.tree_util.tree_map_with_path(
+      lambda path, p: p + 0.1 * jax.random.normal(jax.random.key(len(str(path))), p.shape)
+      if "norm" in str(path) else p, params)
+
+
+def np_layernorm(x, p, eps=1e-5):
+  mu = x.mean(-1, keepdims=True)
+  var = ((x - mu) ** 2).mean(-1, keepdims=True)
+  return (x - mu) / np.sqrt(var + eps) * p["scale"] + p["bias"]
+
+
+def np_gelu_tanh(x):
+  return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)))
+
+
+def np_stack(params, x, att, causal):
+  """Spec §2, line by line, in float64, over the loop-layout parameters."""
+  p64 = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
+  length = x.shape[1]
+  mask = np.tril(np.ones((length, length), bool)) if causal else np.ones((length, length), bool)
+  a, a_h = att.alpha, att.alpha_hidden
+  h = None
+  for n in range(LAYERS):
+    p = p64[f"layers_{n}"]
+    y = np_layernorm(x, p["attention_norm"])
+    q, k, v = (np.einsum("btd,dnh->btnh", y, p["attention"][name]["kernel"])
+               + p["attention"][name]["bias"] for name in ("query", "key", "value"))
+    s = np.einsum("btnd,bsnd->bnts", q, k) / np.sqrt(q.shape[-1])
+    if h is None:
+      h = s if att.h0 == "first_scores" else np.zeros_like(s)
+    h = a_h * h + (1 - a_h) * s
+    logits = np.where(mask, h, -np.inf)
+    weights = np.exp(logits - logits.max(-1, keepdims=True))
+    weights /= weights.sum(-1, keepdims=True)
+    u = np.einsum("bnts,bsnh->btnh", weights, v)
+    u = np.einsum("btnh,nhd->btd", u, p["attention"]["out"]["kernel"]) + p["attention"]["out"]["bias"]
+    x = a * x + (1 - a) * u
+    y = np_layernorm(x, p["mlp_norm"])
+    hidden = np_gelu_tanh(y @ p["mlp"]["fc1"]["kernel"] + p["mlp"]["fc1"]["bias"])
+    x = x + hidden @ p["mlp"]["fc2"]["kernel"] + p["mlp"]["fc2"]["bias"]
+  return x, h
+
+
+@pytest.mark.parametrize("h0", ["zeros", "first_scores"])
+@pytest.mark.parametrize("causal", [False, True])
+def test_mha_stack_matches_numpy_equations(h0, causal):
+  cfg = stack_config(kind="hopfield", alpha=0.6, alpha_hidden=0.7, h0=h0)
+  x = jax.random.normal(jax.random.key(1), (BATCH, LENGTH, WIDTH))
+  mask = layers.attention.causal_mask(LENGTH) if causal else None
+  params = init_stack(cfg, x, mask)
+  out, per_layer = layers.LayerStack(cfg).apply({"params": params}, x, mask,
+                                                return_intermediates=True)
+  expected_x, expected_h = np_stack(layers.unstack_layer_params(params), np.asarray(x, np.float64),
+                                    cfg.attention, causal)
+  np.testing.assert_allclose(out, expected_x, atol=1e-5)
+  np.testing.assert_allclose(per_layer["hidden_state"][-1], expected_h, atol=1e-5)
+  np.testing.assert_allclose(per_layer["residual"][-1], out, atol=0)
+
+
+def loss_fn(cfg, x, mask):
+  def loss(params):
+    y, _ = layers.LayerStack(cfg).apply({"params": params}, x, mask)
+    return jnp.mean(jnp.sin(y))
+  return loss
+
+
+@pytest.mark.parametrize("kind", ["standard", "hopfield"])
+@pytest.mark.parametrize("remat_policy", ["none", "full", "dots", "qkv_proj"])
+def test_scan_and_loop_agree_in_values_and_gradients(kind, remat_policy):
+  scanned = layers.StackConfig(**{**stack_config(kind=kind).__dict__, "remat_policy": remat_policy})
+  looped = layers.StackConfig(**{**scanned.__dict__, "scan_layers": False})
+  x = jax.random.normal(jax.random.key(2), (BATCH, LENGTH, WIDTH))
+  mask = layers.attention.causal_mask(LENGTH)
+  params = init_stack(stack_config(kind=kind), x, mask)
+  loss_s, grad_s = jax.value_and_grad(loss_fn(scanned, x, mask))(params)
+  loss_l, grad_l = jax.value_and_grad(loss_fn(looped, x, mask))(layers.unstack_layer_params(params))
+  np.testing.assert_allclose(loss_s, loss_l, rtol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6),
+               grad_s, layers.stack_layer_params(grad_l))
+
+
+def test_stack_unstack_round_trip_and_loop_init_layout():
+  cfg = layers.StackConfig(**{**stack_config().__dict__, "scan_layers": False})
+  x = jnp.ones((1, LENGTH, WIDTH))
+  looped = nn.unbox(layers.LayerStack(cfg).init(jax.random.key(0), x))["params"]
+  assert sorted(looped) == [f"layers_{i}" for i in range(LAYERS)]
+  restacked = layers.unstack_layer_params(layers.stack_layer_params(looped))
+  jax.tree.map(np.testing.assert_array_equal, restacked, looped)
+
+
+@pytest.mark.parametrize("kind", ["standard", "hopfield"])
+def test_causality_gradient_after_t_is_exactly_zero(kind):
+  cfg = stack_config(kind=kind, h0="first_scores")
+  x = jax.random.normal(jax.random.key(3), (1, LENGTH, WIDTH))
+  mask = layers.attention.causal_mask(LENGTH)
+  params = init_stack(cfg, x, mask)
+  t = 2
+  grad_x = jax.grad(lambda x: layers.LayerStack(cfg).apply({"params": params}, x, mask)[0][0, t].sum())(x)
+  assert np.all(np.asarray(grad_x[0, t + 1:]) == 0.0)
+  assert np.any(np.asarray(grad_x[0, :t + 1]) != 0.0)
+
+
+def test_mha_adds_no_parameters():
+  x = jnp.ones((1, LENGTH, WIDTH))
+  standard = layers.LayerStack(stack_config(kind="standard")).init(jax.random.key(0), x)
+  hopfield = layers.LayerStack(stack_config(kind="hopfield")).init(jax.random.key(0), x)
+  assert jax.tree.structure(standard) == jax.tree.structure(hopfield)
+  jax.tree.map(np.testing.assert_array_equal, nn.unbox(standard), nn.unbox(hopfield))
+
+
+def test_alpha_hidden_zero_with_standard_residual_is_the_baseline():
+  x = jax.random.normal(jax.random.key(4), (BATCH, LENGTH, WIDTH))
+  params = init_stack(stack_config(), x)
+  baseline, _ = layers.LayerStack(stack_config(kind="standard")).apply({"params": params}, x)
+  mha, _ = layers.LayerStack(stack_config(kind="hopfield", alpha_hidden=0.0,
+                                          residual="standard")).apply({"params": params}, x)
+  np.testing.assert_allclose(mha, baseline, atol=1e-6)
+
+
+def test_reset_every_layer_forgets_the_state():
+  """reset_every=1 with first_scores: H_n = s_n at every layer, i.e. α′ plays no role."""
+  x = jax.random.normal(jax.random.key(5), (BATCH, LENGTH, WIDTH))
+  params = init_stack(stack_config(), x)
+  reset = layers.LayerStack(stack_config(kind="hopfield", alpha_hidden=0.9, h0="first_scores",
+                                         reset_every=1)).apply({"params": params}, x)[0]
+  memoryless = layers.LayerStack(stack_config(kind="hopfield", alpha_hidden=0.0)).apply(
+      {"params": params}, x)[0]
+  carried = layers.LayerStack(stack_config(kind="hopfield", alpha_hidden=0.9,
+                                           h0="first_scores")).apply({"params": params}, x)[0]
+  np.testing.assert_allclose(reset, memoryless, atol=1e-5)  # α′s + (1−α′)s rounds
+  assert np.abs(np.asarray(carried - memoryless)).max() > 1e-3
+
+
+def test_noise_h0_is_a_fixed_draw_and_matters():
+  x = jax.random.normal(jax.random.key(6), (BATCH, LENGTH, WIDTH))
+  params = init_stack(stack_config(), x)
+  run = lambda **kw: layers.LayerStack(stack_config(kind="hopfield", h0="noise", **kw)).apply(
+      {"params": params}, x)[0]
+  np.testing.assert_array_equal(run(), run())
+  assert np.abs(np.asarray(run() - run(h0_noise_seed=1))).max() > 1e-4
+  zeros = layers.LayerStack(stack_config(kind="hopfield")).apply({"params": params}, x)[0]
+  np.testing.assert_allclose(run(h0_noise_std=0.0), zeros, atol=1e-6)
+
+
+def test_bfloat16_compute_keeps_hidden_state_float32():
+  x = jax.random.normal(jax.random.key(7), (BATCH, LENGTH, WIDTH))
+  params = init_stack(stack_config(), x)
+  f32 = stack_config(kind="hopfield")
+  bf16 = layers.StackConfig(**{**f32.__dict__, "dtype": "bfloat16"})
+  out32, inter32 = layers.LayerStack(f32).apply({"params": params}, x, return_intermediates=True)
+  out16, inter16 = layers.LayerStack(bf16).apply({"params": params}, x, return_intermediates=True)
+  assert out16.dtype == jnp.bfloat16 and inter16["hidden_state"].dtype == jnp.float32
+  scale = float(jnp.abs(out32).max())
+  np.testing.assert_allclose(out16.astype(jnp.float32), out32, atol=0.05 * scale)
+
+
+def test_dropout_needs_and_uses_the_rng():
+  cfg = layers.StackConfig(**{**stack_config(kind="hopfield").__dict__, "dropout": 0.3,
+                              "attention_dropout": 0.3})
+  x = jax.random.normal(jax.random.key(8), (BATCH, LENGTH, WIDTH))
+  params = init_stack(cfg, x)
+  apply = lambda seed: layers.LayerStack(cfg).apply({"params": params}, x, deterministic=False,
+                                                    rngs={"dropout": jax.random.key(seed)})[0]
+  np.testing.assert_array_equal(apply(0), apply(0))
+  assert np.abs(np.asarray(apply(0) - apply(1))).max() > 1e-3
