@@ -1,0 +1,97 @@
+"""Hugging Face `LlamaForCausalLM` ↔ mha_jax "llama".
+
+Rotary layout: HF stores q_proj/k_proj already permuted for its half-split
+`rotate_half` (the Meta → HF conversion script does that permutation), and mha_jax's
+`apply_rope` is half-split too, so the weights carry over without a permutation.
+Meta's original interleaved consolidated.*.pth files are not read here: convert them
+with transformers' `convert_llama_weights_to_hf` first.
+"""
+
+from __future__ import annotations
+
+from mha_jax.interop import common
+
+IGNORE = (r"\.rotary_emb\.inv_freq$",)
+
+
+def rope_theta(config):
+  """rope θ from a transformers 5 `rope_parameters` or a 4.x `rope_theta` config."""
+  rope = config.get("rope_parameters") or {}
+  scaling = config.get("rope_scaling") or rope
+  if scaling.get("rope_type", scaling.get("type", "default")) != "default":
+    raise ValueError(f"LLaMA rope scaling {scaling!r} is not supported (plain rotary only)")
+  return float(rope.get("rope_theta", config.get("rope_theta", 10000.0)))
+
+
+def model_options(config):
+  """mha_jax LLaMA options from an HF LLaMA config.json."""
+  heads, width = config["num_attention_heads"], config["hidden_size"]
+  if config.get("num_key_value_heads", heads) != heads:
+    raise ValueError(f"grouped-query attention (num_key_value_heads="
+                     f"{config['num_key_value_heads']} != {heads}) is not supported")
+  if config.get("head_dim", width // heads) != width // heads:
+    raise ValueError(f"head_dim={config['head_dim']} != hidden_size / heads is not supported")
+  if config.get("attention_bias") or config.get("mlp_bias"):
+    raise ValueError("LLaMA configs with attention_bias / mlp_bias are not supported")
+  if config.get("hidden_act", "silu") != "silu":
+    raise ValueError(f"LLaMA hidden_act={config['hidden_act']!r}; only 'silu' is supported")
+  return dict(num_layers=config["num_hidden_layers"], width=width, num_heads=heads,
+              mlp_dim=config["intermediate_size"], norm_eps=config.get("rms_norm_eps", 1e-6),
+              rope_theta=rope_theta(config), vocab_size=config["vocab_size"],
+              max_len=config.get("max_position_embeddings", 2048))
+
+
+def import_state_dict(state_dict, num_layers, num_heads, source):
+  """HF state dict → ({loop-layout path: array}, {path: key})."""
+  if "lm_head.weight" not in state_dict and "model.embed_tokens.weight" in state_dict:
+    # tie_word_embeddings=True: mha_jax's LLaMA has its own head, started as a copy.
+    state_dict = {**state_dict, "lm_head.weight": state_dict["model.embed_tokens.weight"]}
+  r = common.StateDictReader(state_dict, source, IGNORE)
+  r.put("token_embedding/embedding", "model.embed_tokens.weight")
+  for i in range(num_layers):
+    hf, ours = f"model.layers.{i}.", f"decoder/layers_{i}/"
+    r.put(ours + "attention_norm/scale", hf + "input_layernorm.weight")
+    r.put(ours + "mlp_norm/scale", hf + "post_attention_layernorm.weight")
+    for name, proj in (("query", "q_proj"), ("key", "k_proj"), ("value", "v_proj")):
+      r.put(ours + f"attention/{name}/kernel", hf + f"self_attn.{proj}.weight",
+            lambda w: common.split_heads_in(common.linear_to_kernel(w), num_heads))
+    r.put(ours + "attention/out/kernel", hf + "self_attn.o_proj.weight",
+          lambda w: common.split_heads_out(common.linear_to_kernel(w), num_heads))
+    for name in ("gate", "up", "down"):
+      r.put(ours + f"mlp/{name}/kernel", hf + f"mlp.{name}_proj.weight", common.linear_to_kernel)
+  r.put("final_norm/scale", "model.norm.weight")
+  r.put("lm_head/kernel", "lm_head.weight", common.linear_to_kernel)
+  return r.finish()
+
+
+def export_state_dict(flat, num_layers):
+  """{loop-layout path: array} → HF state dict."""
+  sd = {"model.embed_tokens.weight": flat["token_embedding/embedding"],
+        "model.norm.weight": flat["final_norm/scale"],
+        "lm_head.weight": flat["lm_head/kernel"].T}
+  for i in range(num_layers):
+    hf, ours = f"model.layers.{i}.", f"decoder/layers_{i}/"
+    sd[hf + "input_layernorm.weight"] = flat[ours + "attention_norm/scale"]
+    sd[hf + "post_attention_layernorm.weight"] = flat[ours + "mlp_norm/scale"]
+    for name, proj in (("query", "q_proj"), ("key", "k_proj"), ("value", "v_proj")):
+      sd[hf + f"self_attn.{proj}.weight"] = common.merge_in(
+          flat[ours + f"attention/{name}/kernel"]).T
+    sd[hf + "self_attn.o_proj.weight"] = common.merge_out(flat[ours + "attention/out/kernel"]).T
+    for name in ("gate", "up", "down"):
+      sd[hf + f"mlp.{name}_proj.weight"] = flat[ours + f"mlp/{name}/kernel"].T
+  return sd
+
+
+def export_config(model):
+  """config.json for `LlamaForCausalLM.from_pretrained` (untied head)."""
+  cfg = model.stack
+  if cfg.mlp != "swiglu" or cfg.norm != "rmsnorm" or cfg.use_bias or cfg.rope_theta is None:
+    raise ValueError("only a LLaMA-shaped stack (rmsnorm, SwiGLU, rope, no bias) exports to HF LLaMA")
+  return dict(model_type="llama", architectures=["LlamaForCausalLM"],
+              num_hidden_layers=cfg.num_layers, hidden_size=cfg.width,
+              num_attention_heads=cfg.num_heads, num_key_value_heads=cfg.num_heads,
+              intermediate_size=cfg.mlp_dim, rms_norm_eps=cfg.norm_eps, hidden_act="silu",
+              vocab_size=model.vocab_size, max_position_embeddings=model.max_len,
+              rope_theta=cfg.rope_theta,
+              rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta},
+              tie_word_embeddings=False, attention_bias=False, mlp_bias=False)

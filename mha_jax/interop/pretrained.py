@@ -1,0 +1,130 @@
+"""Warm starts from, and exports to, PyTorch checkpoint directories.
+
+`load_pretrained(directory, model)` is what the training loop's `init_from` calls.
+The checkpoint's family (GPT-2, LLaMA, ViT / timm ViT) follows from the model; its
+layer and head counts from its config.json; every tensor is checked against the
+model's own parameter shapes (`jax.eval_shape(model.init, ...)`), so a checkpoint
+that does not fit fails with one line naming the checkpoint key and both shapes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mha_jax.interop import checkpoint_io, common, gpt2, llama, vit
+from mha_jax.models import build_model
+from mha_jax.models import gpt as gpt_model
+from mha_jax.models import layers
+from mha_jax.models import llama as llama_model
+from mha_jax.models import vit as vit_model
+
+CONVERTERS = {"gpt2": gpt2, "llama": llama, "vit": vit}
+MODEL_TYPES = {"gpt2": "gpt2", "llama": "llama", "vit": "vit"}  # HF model_type → build_model name
+# Numerics that do not show in shapes: a mismatch loads fine and computes other logits.
+NUMERICS = ("norm_eps", "mlp", "rope_theta")
+
+
+def model_family(model):
+  """build_model name of a model instance."""
+  for name, cls in (("gpt2", gpt_model.GPT), ("llama", llama_model.Llama), ("vit", vit_model.ViT)):
+    if isinstance(model, cls):
+      return name
+  raise TypeError(f"no PyTorch converter for {type(model).__name__}")
+
+
+def model_options_from_pretrained(directory):
+  """(build_model name, options) matching the checkpoint's config.json.
+
+  E.g. `name, opts = model_options_from_pretrained("gpt2-local")` then
+  `build_model(name, **opts, attention={"kind": "hopfield", "alpha": 0.5})`.
+  """
+  config = checkpoint_io.read_config(directory)
+  if "architecture" in config:  # timm hub config
+    return "vit", vit.timm_model_options(config)
+  model_type = config.get("model_type")
+  if model_type not in MODEL_TYPES:
+    raise ValueError(f"{directory}: config.json model_type={model_type!r}; supported: "
+                     f"{sorted(MODEL_TYPES)} or a timm config with 'architecture'")
+  name = MODEL_TYPES[model_type]
+  return name, CONVERTERS[name].model_options(config)
+
+
+def model_from_pretrained(directory, **overrides):
+  """An mha_jax model shaped like the checkpoint; overrides (attention=..., scan_layers=...) win."""
+  name, options = model_options_from_pretrained(directory)
+  return build_model(name, **{**options, **overrides})
+
+
+def _example_input(model, state_dict):
+  if isinstance(model, vit_model.ViT):
+    patch = state_dict.get("vit.embeddings.patch_embeddings.projection.weight",
+                           state_dict.get("patch_embed.proj.weight"))
+    channels = 3 if patch is None else patch.shape[1]
+    return jnp.zeros((1, model.image_size, model.image_size, channels), jnp.float32)
+  return jnp.zeros((1, 1), jnp.int32)
+
+
+def expected_shapes(model, example_input):
+  """{loop-layout path: ShapeDtypeStruct} of the model's params, without allocating them."""
+  shapes = jax.eval_shape(model.init, jax.random.key(0), example_input)["params"]
+  return common.flat_shapes(nn.unbox(shapes))
+
+
+def load_pretrained(directory, model):
+  """Params for `model` from a local PyTorch checkpoint: unboxed, in the model's layout
+  (scanned or not), in its param_dtype. Raises one-line ValueErrors for misfits."""
+  config, state_dict = checkpoint_io.read_checkpoint(directory)
+  family = model_family(model)
+  converter = CONVERTERS[family]
+  options = converter.model_options(config) if config else {}
+  _warn_numerics(options, model, directory)
+  params, origin = converter.import_state_dict(
+      state_dict, options.get("num_layers", model.stack.num_layers),
+      options.get("num_heads", model.stack.num_heads), source=directory)
+  expected = expected_shapes(model, _example_input(model, state_dict))
+  tree = common.unflatten(common.check_against(params, origin, expected, directory))
+  if model.stack.scan_layers:
+    return layers.stack_layer_params(tree)
+  return jax.tree.map(jnp.asarray, tree)
+
+
+def _warn_numerics(options, model, directory):
+  stack = dataclasses.asdict(model.stack)
+  for key in NUMERICS:
+    if key in options and options[key] != stack[key]:
+      warnings.warn(f"{directory}: checkpoint has {key}={options[key]!r} but the model "
+                    f"{key}={stack[key]!r}; logits will differ from the PyTorch model",
+                    stacklevel=3)
+
+
+def export_pretrained(params, model, directory, *, timm=False, weights_format="safetensors"):
+  """Write params (either layout, boxed or not) as a PyTorch checkpoint directory that
+  `<HF class>.from_pretrained(directory)` (or timm, with timm=True) loads.
+
+  PyTorch runs standard attention: an MHA-trained model's settings are recorded in
+  config.json under "mha_jax_attention", but HF will not apply them.
+  """
+  family = model_family(model)
+  converter = CONVERTERS[family]
+  flat = {path: np.asarray(value, np.float32) for path, value in
+          common.flatten(layers.unstack_layer_params(nn.unbox(params))).items()}
+  num_layers = model.stack.num_layers
+  if family == "vit":
+    state_dict = converter.export_state_dict(flat, num_layers, timm=timm)
+    config = converter.export_config(model, flat["embedding/kernel"].shape[2], timm=timm)
+  elif timm:
+    raise ValueError("timm=True is for ViT models only")
+  else:
+    state_dict = converter.export_state_dict(flat, num_layers)
+    config = converter.export_config(model)
+  attention = model.stack.attention
+  if attention.kind != "standard" or attention.score_scale is not None:
+    config["mha_jax_attention"] = dataclasses.asdict(attention)
+  checkpoint_io.write_checkpoint(directory, config, state_dict, weights_format)
+  return directory
