@@ -334,6 +334,7 @@ def stack_layer_params(params):
 
 
 STACK_FIELDS = frozenset(f.name for f in dataclasses.fields(StackConfig))
+ATTENTION_FIELDS = frozenset(f.name for f in dataclasses.fields(AttentionConfig))
 
 
 def build_stack_config(defaults, overrides, model_fields):
@@ -350,10 +351,13 @@ def build_stack_config(defaults, overrides, model_fields):
     else:
       allowed = sorted(STACK_FIELDS | set(model_fields))
       raise ValueError(f"unknown model option {key!r}; allowed: {allowed}")
-  attention_kw = stack_kw.pop("attention", None) or {}
-  if not isinstance(attention_kw, AttentionConfig):
-    attention_kw = AttentionConfig(**dict(attention_kw))
-  return StackConfig(attention=attention_kw, **stack_kw), model_kw
+  attention_cfg = stack_kw.pop("attention", None) or {}
+  if not isinstance(attention_cfg, AttentionConfig):
+    attention_kw = dict(attention_cfg)
+    for key in attention_kw.keys() - ATTENTION_FIELDS:
+      raise ValueError(f"unknown attention option {key!r}; allowed: {sorted(ATTENTION_FIELDS)}")
+    attention_cfg = AttentionConfig(**attention_kw)
+  return StackConfig(attention=attention_cfg, **stack_kw), model_kw
 
 
 def select_variant(family, variants, variant):
