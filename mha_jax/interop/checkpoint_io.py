@@ -95,7 +95,7 @@ def write_checkpoint(directory, config, state_dict, weights_format="safetensors"
                                 metadata={"format": "pt"})
   elif weights_format == "bin":
     import torch
-    torch.save({k: torch.from_numpy(v) for k, v in arrays.items()},
+    torch.save({k: torch.from_numpy(v.copy()) for k, v in arrays.items()},
                os.path.join(directory, "pytorch_model.bin"))
   else:
     raise ValueError(f"weights_format={weights_format!r}; allowed: 'safetensors', 'bin'")

@@ -1,0 +1,158 @@
+"""A literal PyTorch reading of Modern Hopfield Attention (spec §2), for comparing
+frameworks. Written from the spec's equations, not from the JAX code; slow and
+plain on purpose (no fused attention, no scan).
+
+Per layer n, per head:
+
+    s_n = scale · Q_n K_nᵀ                Q, K, V from Norm(x)
+    H_n = α′ H_{n−1} + (1−α′) s_n         H_0 = 0 ("zeros") or H_1 = s_1 ("first_scores")
+    A_n = softmax(mask(H_n))              the mask acts here only; H keeps raw scores
+    u_n = W_O concat_heads(A_n V_n)
+    x  ← α x + (1−α) u_n                  residual "convex" (or x + (1−α)u, or x + u)
+    x  ← x + MLP(Norm(x))
+
+Standard attention is the baseline block: A = softmax(mask(s)), x ← x + u, no H.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclasses.dataclass(frozen=True)
+class Attention:
+  kind: str = "standard"       # "standard" | "hopfield"
+  alpha: float = 0.5           # α
+  alpha_hidden: float = 0.5    # α′
+  residual: str = "convex"     # "convex" | "scaled_branch" | "standard"
+  h0: str = "zeros"            # "zeros" | "first_scores"
+
+
+class Block(nn.Module):
+  """Pre-LayerNorm block with separate Q/K/V Linear layers and a GELU MLP."""
+
+  def __init__(self, width, num_heads, mlp_dim, mlp="gelu", norm_eps=1e-6):
+    super().__init__()
+    self.num_heads, self.mlp = num_heads, mlp
+    self.attention_norm = nn.LayerNorm(width, eps=norm_eps)
+    self.query, self.key, self.value = (nn.Linear(width, width) for _ in range(3))
+    self.out = nn.Linear(width, width)
+    self.mlp_norm = nn.LayerNorm(width, eps=norm_eps)
+    self.fc1, self.fc2 = nn.Linear(width, mlp_dim), nn.Linear(mlp_dim, width)
+
+  def heads(self, y_BxTxD):
+    b, t, d = y_BxTxD.shape
+    return y_BxTxD.view(b, t, self.num_heads, d // self.num_heads).transpose(1, 2)
+
+  def forward(self, x_BxTxD, h_prev_BxNxTxT, mask_TxT, att: Attention):
+    y = self.attention_norm(x_BxTxD)
+    q, k, v = self.heads(self.query(y)), self.heads(self.key(y)), self.heads(self.value(y))
+    s = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+    if att.kind == "standard":
+      h = s
+    else:
+      if h_prev_BxNxTxT is None:  # layer 1
+        h_prev_BxNxTxT = torch.zeros_like(s) if att.h0 == "zeros" else s
+      h = att.alpha_hidden * h_prev_BxNxTxT + (1 - att.alpha_hidden) * s
+    logits = h if mask_TxT is None else h.masked_fill(~mask_TxT, float("-inf"))
+    a = torch.softmax(logits, dim=-1)
+    u = self.out((a @ v).transpose(1, 2).reshape(x_BxTxD.shape))
+    if att.kind == "standard" or att.residual == "standard":
+      x = x_BxTxD + u
+    elif att.residual == "convex":
+      x = att.alpha * x_BxTxD + (1 - att.alpha) * u
+    elif att.residual == "scaled_branch":
+      x = x_BxTxD + (1 - att.alpha) * u
+    else:
+      raise ValueError(f"residual={att.residual!r}")
+    hidden = self.fc1(self.mlp_norm(x))
+    hidden = F.gelu(hidden, approximate="tanh" if self.mlp == "gelu_tanh" else "none")
+    return x + self.fc2(hidden), (None if att.kind == "standard" else h)
+
+
+class Stack(nn.Module):
+  """L blocks carrying (x, H) from the first layer to the last."""
+
+  def __init__(self, num_layers, width, num_heads, mlp_dim, attention=Attention(), mlp="gelu",
+               norm_eps=1e-6):
+    super().__init__()
+    self.attention = attention
+    self.layers = nn.ModuleList(Block(width, num_heads, mlp_dim, mlp, norm_eps)
+                                for _ in range(num_layers))
+
+  def forward(self, x_BxTxD, causal=False):
+    t = x_BxTxD.shape[1]
+    mask = torch.ones(t, t, dtype=torch.bool).tril() if causal else None
+    h = None
+    for block in self.layers:
+      x_BxTxD, h = block(x_BxTxD, h, mask, self.attention)
+    return x_BxTxD
+
+
+class GPT2(nn.Module):
+  """GPT-2 around the reference stack (tied head), to run MHA on HF GPT-2 weights."""
+
+  def __init__(self, num_layers, width, num_heads, mlp_dim, vocab_size, max_len,
+               attention=Attention(), norm_eps=1e-5):
+    super().__init__()
+    self.wte, self.wpe = nn.Embedding(vocab_size, width), nn.Embedding(max_len, width)
+    self.stack = Stack(num_layers, width, num_heads, mlp_dim, attention, "gelu_tanh", norm_eps)
+    self.ln_f = nn.LayerNorm(width, eps=norm_eps)
+
+  def forward(self, tokens_BxT):
+    x = self.wte(tokens_BxT) + self.wpe(torch.arange(tokens_BxT.shape[1]))
+    return self.ln_f(self.stack(x, causal=True)) @ self.wte.weight.T
+
+  @classmethod
+  def from_hf(cls, hf_model, attention=Attention()):
+    """Copy an HF `GPT2LMHeadModel`'s weights (Conv1D [in, out] → Linear [out, in])."""
+    c = hf_model.config
+    model = cls(c.n_layer, c.n_embd, c.n_head, c.n_inner or 4 * c.n_embd, c.vocab_size,
+                c.n_positions, attention, c.layer_norm_epsilon)
+    sd = hf_model.transformer.state_dict()
+    ours = {"wte.weight": sd["wte.weight"], "wpe.weight": sd["wpe.weight"],
+            "ln_f.weight": sd["ln_f.weight"], "ln_f.bias": sd["ln_f.bias"]}
+    for i in range(c.n_layer):
+      hf, me = f"h.{i}.", f"stack.layers.{i}."
+      for name, w in zip(("query", "key", "value"), sd[hf + "attn.c_attn.weight"].chunk(3, 1)):
+        ours[me + f"{name}.weight"] = w.T
+      for name, b in zip(("query", "key", "value"), sd[hf + "attn.c_attn.bias"].chunk(3)):
+        ours[me + f"{name}.bias"] = b
+      for mine, theirs in (("out", "attn.c_proj"), ("fc1", "mlp.c_fc"), ("fc2", "mlp.c_proj")):
+        ours[me + f"{mine}.weight"] = sd[hf + f"{theirs}.weight"].T
+        ours[me + f"{mine}.bias"] = sd[hf + f"{theirs}.bias"]
+      for mine, theirs in (("attention_norm", "ln_1"), ("mlp_norm", "ln_2")):
+        ours[me + f"{mine}.weight"] = sd[hf + f"{theirs}.weight"]
+        ours[me + f"{mine}.bias"] = sd[hf + f"{theirs}.bias"]
+    model.load_state_dict({k: v.contiguous() for k, v in ours.items()})
+    return model.eval()
+
+
+def stack_tensors_to_jax(tensors, num_heads):
+  """{"layers.i.<module>.<weight|bias>": array} of a `Stack` (its parameters, or their
+  gradients) → the loop-layout tree of `mha_jax.models.layers.LayerStack`."""
+  tree = {}
+  for name, value in tensors.items():
+    value = np.asarray(value.detach().numpy() if torch.is_tensor(value) else value)
+    _, index, module, kind = name.split(".")
+    layer = tree.setdefault(f"layers_{index}", {})
+    if module in ("attention_norm", "mlp_norm"):
+      layer.setdefault(module, {})["scale" if kind == "weight" else "bias"] = value
+      continue
+    if kind == "weight":
+      value = value.T  # Linear [out, in] → kernel [in, out]
+      if module in ("query", "key", "value"):
+        value = value.reshape(value.shape[0], num_heads, -1)
+      elif module == "out":
+        value = value.reshape(num_heads, -1, value.shape[-1])
+    elif module in ("query", "key", "value"):
+      value = value.reshape(num_heads, -1)
+    group = "mlp" if module in ("fc1", "fc2") else "attention"
+    layer.setdefault(group, {}).setdefault(module, {})["kernel" if kind == "weight" else "bias"] = value
+  return tree
