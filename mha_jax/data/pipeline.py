@@ -1,0 +1,137 @@
+"""grain plumbing shared by every dataset: a random-access source of examples in,
+host-local batches with a checkpointable iterator out.
+
+Train: this process's shard of the source (strided: process p reads examples
+p, p+P, p+2P, ...), shuffled with a per-epoch seed, repeated forever, augmented
+with a per-example rng derived from (seed, position), batched. Eval: the same
+shard, in order, padded with masked examples so that every process yields the
+same number of full batches (SPMD eval steps must line up across processes).
+Everything is a pure function of (seed, position), which is what makes
+`get_state`/`set_state` an exact resume.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Sequence
+
+import grain
+import jax
+import numpy as np
+
+
+@dataclasses.dataclass
+class DatasetInfo:
+  """What a model and a train loop need to know about a dataset split."""
+  name: str
+  kind: str  # "image" | "text"
+  num_examples: int  # examples in the whole split (all processes), before padding
+  num_classes: int | None = None  # images
+  image_shape: tuple[int, int, int] | None = None  # images: (H, W, C) after preprocessing
+  vocab_size: int | None = None  # text
+  seq_len: int | None = None  # text
+  # Text eval: original-tokenisation tokens (e.g. WikiText words) per model token
+  # on this split, so that perplexity per original token = exp(mean_nll / ratio).
+  original_tokens_per_token: float | None = None
+  eos_id: int | None = None  # text
+
+
+@dataclasses.dataclass
+class Split:
+  """A dataset split before batching; built by each dataset family."""
+  info: DatasetInfo
+  source: Sequence[Any]  # random access: len() and [i]
+  # (example, rng) -> dict of numpy arrays; rng is None at eval (no augmentation).
+  preprocess: Callable[[Any, np.random.Generator | None], dict]
+  # (batch, rng) -> batch, after batching at train time (mixup/cutmix), or None.
+  batch_transform: Callable[[dict, np.random.Generator], dict] | None = None
+
+
+class Input:
+  """An iterable of host-local batches with an exactly resumable position.
+
+  `for batch in input_:` draws from one iterator that `get_state`/`set_state`
+  describe. An eval pass ends with StopIteration; the next loop starts a new pass.
+  """
+
+  def __init__(self, info: DatasetInfo, dataset: grain.MapDataset, num_batches: int | None):
+    self.info = info
+    self.num_batches = num_batches  # per pass and process; None = infinite (train)
+    self._dataset = dataset
+    self._iterator = None
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    if self._iterator is None:
+      self._iterator = iter(self._dataset)
+    try:
+      return next(self._iterator)
+    except StopIteration:
+      self._iterator = None
+      raise
+
+  def get_state(self) -> dict:
+    """JSON-serialisable position; a fresh Input with `set_state(state)` continues from it."""
+    if self._iterator is None:
+      self._iterator = iter(self._dataset)
+    return self._iterator.get_state()
+
+  def set_state(self, state: dict) -> None:
+    self._iterator = iter(self._dataset)
+    self._iterator.set_state(state)
+
+
+def resolve_processes(process_index, process_count):
+  if process_index is None:
+    process_index = jax.process_index()
+  if process_count is None:
+    process_count = jax.process_count()
+  if not 0 <= process_index < process_count:
+    raise ValueError(f"process_index={process_index} not in [0, {process_count})")
+  return process_index, process_count
+
+
+def host_batch_size(global_batch_size, process_count):
+  if global_batch_size % process_count:
+    raise ValueError(f"global_batch_size={global_batch_size} is not divisible by "
+                     f"process_count={process_count}")
+  return global_batch_size // process_count
+
+
+def _seed32(seed):
+  return int(seed) % 2**32
+
+
+def make_input(split: Split, *, global_batch_size, train, seed, process_index, process_count):
+  """Split → Input (see the module docstring for the train and eval orders)."""
+  process_index, process_count = resolve_processes(process_index, process_count)
+  batch_size = host_batch_size(global_batch_size, process_count)
+  shard_indices = np.arange(process_index, len(split.source), process_count)
+  if train:
+    if len(shard_indices) == 0:
+      raise ValueError(f"{split.info.name}: no training examples for process {process_index}")
+    ds = (grain.MapDataset.source(shard_indices).seed(_seed32(seed)).shuffle()
+          .repeat(None)
+          .random_map(lambda i, rng: split.preprocess(split.source[int(i)], rng))
+          .batch(batch_size, drop_remainder=True))
+    if split.batch_transform is not None:
+      # `.seed` above derives a distinct stream for each random transformation.
+      ds = ds.random_map(split.batch_transform)
+    return Input(split.info, ds, None)
+  # Every process runs the same number of batches: the longest shard sets it.
+  longest_shard = -(-len(split.source) // process_count)
+  num_batches = -(-longest_shard // batch_size)
+  padded = np.full(num_batches * batch_size, -1, np.int64)
+  padded[:len(shard_indices)] = shard_indices
+  pad_example = _masked(split.preprocess(split.source[0], None))
+  ds = (grain.MapDataset.source(padded)
+        .map(lambda i: pad_example if i < 0 else split.preprocess(split.source[int(i)], None))
+        .batch(batch_size))
+  return Input(split.info, ds, num_batches)
+
+
+def _masked(example):
+  """A padding example: zeros everywhere, mask 0, so it counts in no metric."""
+  return {k: np.zeros_like(v) for k, v in example.items()}
