@@ -1,0 +1,94 @@
+"""Helpers for `configs/*.py`: `:key=value` arguments, the loop's default fields,
+and loading a config file by path (tests, notebooks) as `--config` does."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import ml_collections
+
+
+def _convert(key, text, default):
+  if isinstance(default, bool):
+    if text.lower() not in ("true", "false", "1", "0", "yes", "no", ""):
+      raise ValueError(f"config arg {key}={text!r} is not a boolean")
+    return text.lower() in ("true", "1", "yes", "")
+  if isinstance(default, int):
+    return int(text)
+  if isinstance(default, float):
+    return float(text)
+  return text
+
+
+def parse_arg(arg, **defaults):
+  """'size=S,attention=hopfield,smoke' → ConfigDict typed by the defaults; a bare
+  key means True. Unknown keys fail with the list of allowed ones."""
+  values = dict(defaults)
+  for item in filter(None, (arg or "").split(",")):
+    key, _, text = item.partition("=")
+    key = key.strip()
+    if key not in defaults:
+      raise ValueError(f"unknown config arg {key!r}; allowed: {sorted(defaults)}")
+    values[key] = _convert(key, text.strip(), defaults[key])
+  return ml_collections.ConfigDict(values)
+
+
+def load_config(spec):
+  """'configs/demo.py:attention=hopfield' → that file's get_config(arg)."""
+  path, _, arg = spec.partition(":")
+  module_spec = importlib.util.spec_from_file_location(
+      os.path.splitext(os.path.basename(path))[0], path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg or None)
+
+
+def data_config(name, **overrides):
+  """The data issue's defaults for `name`, with overrides (e.g. seq_len)."""
+  from mha_jax import data  # configs stay importable while data is optional
+  config = data.default_data_config(name)
+  config.update(overrides)
+  return config
+
+
+def base_config():
+  """Every loop field with its default; configs override what they need."""
+  return ml_collections.ConfigDict(dict(
+      seed=0,                  # init, dropout and data order all derive from it
+      total_steps=1000,        # optimizer steps (one global batch each)
+      batch_size=128,          # global, split over data*fsdp and the micro-batches
+      eval_batch_size=128,
+      grad_accum_steps=1,      # micro-batches per step (scanned in the step)
+      label_smoothing=0.0,     # images only
+      train_split="train",
+      eval_split="validation",
+      log_every=50,            # steps between train-metric rows (and NaN checks)
+      eval_every=500,          # 0: no evaluation; the last step always evaluates
+      eval_steps=-1,           # eval batches per evaluation; -1: the whole split
+      checkpoint_every=1000,   # 0: only at the end (and on SIGTERM/SIGINT)
+      keep_checkpoints=3,
+      async_checkpoints=True,
+      progress_bar=True,
+      init_from="",            # orbax workdir or Hugging Face dir: params for a warm start
+      distributed=False,       # jax.distributed.initialize() (multi-host)
+      mesh=dict(data=-1, fsdp=1, tensor=1),   # -1: the remaining devices
+      sharding_rules=(),       # () = mha_jax.train.sharding.DEFAULT_RULES
+      optim=dict(
+          learning_rate=1e-3,
+          warmup_steps=100,
+          schedule="cosine",   # cosine | constant (after linear warmup)
+          end_lr_ratio=0.0,    # cosine floor as a fraction of learning_rate
+          grad_clip=1.0,       # global norm; 0 = off
+          b1=0.9, b2=0.999, eps=1e-8,
+          weight_decay=0.05,   # decoupled (AdamW)
+          decay_params=("kernel",),  # leaf names that get weight decay
+          trainable="",        # regex on param paths; "" = all (e.g. "^head/" = linear probe)
+      ),
+  ))
+
+
+def attention_config(kind, alpha, alpha_hidden=-1.0, residual="convex", **extra):
+  """config.model.attention; alpha_hidden < 0 ties α′ = α as the paper does."""
+  return dict(kind=kind, alpha=alpha, alpha_hidden=alpha if alpha_hidden < 0 else alpha_hidden,
+              residual=residual, **extra)
