@@ -32,9 +32,15 @@ def attention_scores(q_BxTxNxD, k_BxSxNxD, scale=None):
   return s_BxNxTxS * jnp.float32(scale)
 
 
-def update_hidden_state(h_prev_BxNxTxS, s_BxNxTxS, alpha_hidden):
-  """H_n = α′ H_{n−1} + (1−α′) s_n: one Euler step of the hidden-state equation."""
-  return alpha_hidden * h_prev_BxNxTxS + (1.0 - alpha_hidden) * s_BxNxTxS
+def update_hidden_state(h_prev_BxNxTxS, s_BxNxTxS, alpha_hidden, score_weight=None):
+  """H_n = α′ H_{n−1} + (1−α′) s_n: one Euler step of the hidden-state equation.
+
+  `score_weight` replaces (1−α′) for relatives of MHA: α′ = 1 with weight 1 is
+  RealFormer's residual attention, H_n = H_{n−1} + s_n.
+  """
+  if score_weight is None:
+    score_weight = 1.0 - alpha_hidden
+  return alpha_hidden * h_prev_BxNxTxS + score_weight * s_BxNxTxS
 
 
 def masked_softmax(logits_BxNxTxS, mask=None):
@@ -50,7 +56,8 @@ def masked_softmax(logits_BxNxTxS, mask=None):
 
 def hopfield_attention(q_BxTxNxD, k_BxSxNxD, v_BxSxNxD, h_prev_BxNxTxS, *,
                        alpha_hidden, mask=None, scale=None, h0="zeros",
-                       restart=False, dropout_rate=0.0, dropout_rng=None):
+                       restart=False, dropout_rate=0.0, dropout_rng=None,
+                       score_weight=None):
   """One layer of Modern Hopfield Attention; returns (out [B,T,N,D], H_n [B,N,T,S]).
 
   Args:
@@ -67,6 +74,7 @@ def hopfield_attention(q_BxTxNxD, k_BxSxNxD, v_BxSxNxD, h_prev_BxNxTxS, *,
       h_prev (reset-every-N studies, and layer 1 inside `lax.scan`).
     dropout_rate, dropout_rng: dropout on the attention weights (after the
       softmax: H keeps the pre-softmax logits); no rng means deterministic.
+    score_weight: weight of s_n in H_n; None means (1−α′), the MHA update.
   """
   if h0 not in H0_POLICIES:
     raise ValueError(f"h0={h0!r} is not a known policy; allowed: {H0_POLICIES}")
@@ -77,7 +85,7 @@ def hopfield_attention(q_BxTxNxD, k_BxSxNxD, v_BxSxNxD, h_prev_BxNxTxS, *,
   else:
     h_prev_BxNxTxS = jnp.where(restart, start_BxNxTxS,
                                h_prev_BxNxTxS.astype(jnp.float32))
-  h_BxNxTxS = update_hidden_state(h_prev_BxNxTxS, s_BxNxTxS, alpha_hidden)
+  h_BxNxTxS = update_hidden_state(h_prev_BxNxTxS, s_BxNxTxS, alpha_hidden, score_weight)
 
   weights_BxNxTxS = masked_softmax(h_BxNxTxS, mask)
   if dropout_rng is not None and dropout_rate > 0.0:

@@ -20,7 +20,9 @@ from jax.ad_checkpoint import checkpoint_name
 
 from mha_jax import attention
 
-ATTENTION_KINDS = ("standard", "hopfield")
+# "realformer": residual attention (He et al., 2021), H_n = H_{n−1} + s_n with the
+# usual x + Attn residual: a rank-collapse remedy to compare MHA against.
+ATTENTION_KINDS = ("standard", "hopfield", "realformer")
 RESIDUAL_FORMS = ("convex", "scaled_branch", "standard")
 H0_POLICIES = ("zeros", "first_scores", "noise")
 NORMS = ("layernorm", "rmsnorm")
@@ -50,7 +52,7 @@ def _check_unit_interval(name, value):
 @dataclasses.dataclass(frozen=True)
 class AttentionConfig:
   """How attention and its residual work (spec §2). Defaults: the baseline."""
-  kind: str = "standard"          # "standard" (x + Attn, no H) | "hopfield" (MHA)
+  kind: str = "standard"          # "standard" (x + Attn, no H) | "hopfield" (MHA) | "realformer"
   alpha: float = 0.5              # α: residual weight of x
   alpha_hidden: float = 0.5       # α′: weight of H_{n−1} in H_n
   residual: str = "convex"        # MHA residual form, see attention.residual_update
@@ -179,6 +181,10 @@ class SelfAttention(nn.Module):
           q_BxTxNxD, k_BxTxNxD, v_BxTxNxD, h_prev, alpha_hidden=att.alpha_hidden,
           h0="first_scores" if att.h0 == "first_scores" else "zeros", restart=restart,
           **common)
+    elif att.kind == "realformer":
+      out_BxTxNxD, h_BxNxTxT = attention.hopfield_attention(
+          q_BxTxNxD, k_BxTxNxD, v_BxTxNxD, h_prev, alpha_hidden=1.0, score_weight=1.0,
+          restart=restart, **common)
       h_BxNxTxT = nn.with_logical_constraint(h_BxNxTxT, ("batch", "heads", None, None))
     else:
       out_BxTxNxD, h_BxNxTxT = attention.dot_product_attention(
@@ -216,6 +222,8 @@ class Mlp(nn.Module):
 
 class Block(nn.Module):
   """Pre-norm block. MHA: x ← residual(x, Attn(Norm x)); then x ← x + MLP(Norm x).
+
+  Standard attention and RealFormer use x ← x + Attn(Norm x).
 
   Called as ((x, h), restart, mask, deterministic) → ((x, h), per-layer outputs),
   the signature `nn.scan` needs; h is None for standard attention.
@@ -274,7 +282,7 @@ class LayerStack(nn.Module):
     batch, length = x_BxTxD.shape[:2]
     x_BxTxD = x_BxTxD.astype(cfg.dtype)  # the scan carry keeps one dtype
     h_BxNxTxT = None
-    if cfg.attention.kind == "hopfield":
+    if cfg.attention.kind != "standard":
       h_BxNxTxT = initial_hidden_state(cfg.attention, batch, cfg.num_heads, length)
     restarts_L = jnp.asarray(restart_flags(cfg.attention, cfg.num_layers))
 

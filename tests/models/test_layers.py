@@ -50,23 +50,24 @@ def np_stack(params, x, att, causal):
     s = np.einsum("btnd,bsnd->bnts", q, k) / np.sqrt(q.shape[-1])
     if h is None:
       h = s if att.h0 == "first_scores" else np.zeros_like(s)
-    h = a_h * h + (1 - a_h) * s
+    h = h + s if att.kind == "realformer" else a_h * h + (1 - a_h) * s
     logits = np.where(mask, h, -np.inf)
     weights = np.exp(logits - logits.max(-1, keepdims=True))
     weights /= weights.sum(-1, keepdims=True)
     u = np.einsum("bnts,bsnh->btnh", weights, v)
     u = np.einsum("btnh,nhd->btd", u, p["attention"]["out"]["kernel"]) + p["attention"]["out"]["bias"]
-    x = a * x + (1 - a) * u
+    x = x + u if att.kind == "realformer" else a * x + (1 - a) * u
     y = np_layernorm(x, p["mlp_norm"])
     hidden = np_gelu_tanh(y @ p["mlp"]["fc1"]["kernel"] + p["mlp"]["fc1"]["bias"])
     x = x + hidden @ p["mlp"]["fc2"]["kernel"] + p["mlp"]["fc2"]["bias"]
   return x, h
 
 
-@pytest.mark.parametrize("h0", ["zeros", "first_scores"])
+@pytest.mark.parametrize("kind,h0", [("hopfield", "zeros"), ("hopfield", "first_scores"),
+                                     ("realformer", "zeros")])
 @pytest.mark.parametrize("causal", [False, True])
-def test_mha_stack_matches_numpy_equations(h0, causal):
-  cfg = stack_config(kind="hopfield", alpha=0.6, alpha_hidden=0.7, h0=h0)
+def test_mha_stack_matches_numpy_equations(kind, h0, causal):
+  cfg = stack_config(kind=kind, alpha=0.6, alpha_hidden=0.7, h0=h0)
   x = jax.random.normal(jax.random.key(1), (BATCH, LENGTH, WIDTH))
   mask = layers.attention.causal_mask(LENGTH) if causal else None
   params = init_stack(cfg, x, mask)
@@ -122,10 +123,11 @@ def test_causality_gradient_after_t_is_exactly_zero(kind):
   assert np.any(np.asarray(grad_x[0, :t + 1]) != 0.0)
 
 
-def test_mha_adds_no_parameters():
+@pytest.mark.parametrize("kind", ["hopfield", "realformer"])
+def test_mha_adds_no_parameters(kind):
   x = jnp.ones((1, LENGTH, WIDTH))
   standard = layers.LayerStack(stack_config(kind="standard")).init(jax.random.key(0), x)
-  hopfield = layers.LayerStack(stack_config(kind="hopfield")).init(jax.random.key(0), x)
+  hopfield = layers.LayerStack(stack_config(kind=kind)).init(jax.random.key(0), x)
   assert jax.tree.structure(standard) == jax.tree.structure(hopfield)
   jax.tree.map(np.testing.assert_array_equal, nn.unbox(standard), nn.unbox(hopfield))
 
