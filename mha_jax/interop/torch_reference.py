@@ -87,12 +87,14 @@ class Stack(nn.Module):
                                 for _ in range(num_layers))
 
   def forward(self, x_BxTxD, causal=False):
+    """x after the last layer, and each layer's H (None for standard attention)."""
     t = x_BxTxD.shape[1]
     mask = torch.ones(t, t, dtype=torch.bool).tril() if causal else None
-    h = None
+    h, hidden_states = None, []
     for block in self.layers:
       x_BxTxD, h = block(x_BxTxD, h, mask, self.attention)
-    return x_BxTxD
+      hidden_states.append(h)
+    return x_BxTxD, hidden_states
 
 
 class GPT2(nn.Module):
@@ -107,7 +109,7 @@ class GPT2(nn.Module):
 
   def forward(self, tokens_BxT):
     x = self.wte(tokens_BxT) + self.wpe(torch.arange(tokens_BxT.shape[1]))
-    return self.ln_f(self.stack(x, causal=True)) @ self.wte.weight.T
+    return self.ln_f(self.stack(x, causal=True)[0]) @ self.wte.weight.T
 
   @classmethod
   def from_hf(cls, hf_model, attention=Attention()):
