@@ -21,7 +21,7 @@ def get_config(arg=None):
                             residual="convex", depth=6, steps=400, seed=0, smoke=False)
   config = config_util.base_config()
   config.update(seed=a.seed, total_steps=a.steps, batch_size=128, eval_batch_size=200,
-                train_split="train", eval_split="validation", log_every=20, eval_every=100,
+                log_every=20, eval_every=100,
                 checkpoint_every=200, label_smoothing=0.0)
   config.data = config_util.data_config("mnist5k")
   config.model = dict(name="vit", variant="Ti/4", num_layers=a.depth, width=64, num_heads=4,

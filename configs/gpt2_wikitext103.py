@@ -8,8 +8,8 @@ dropout 0.1, batch 64×1024 tokens, 30k steps (~16 epochs of ~120M BPE tokens).
 
 Paper, test perplexity (standard → MHA α=α′=0.5): Small 22.87 → 20.70,
 Medium 20.85 → 19.61. Compare `eval/perplexity_original` (per word) on
-`--config.eval_split=test`. Small: ~1 day on one H100 class GPU.
-`smoke`: a 2-layer GPT on synthetic tokens for a few seconds on CPU.
+`--config.data.eval_split=test`. Small: ~1 day on one H100 class GPU.
+`smoke`: a 2-layer GPT on offline Shakespeare characters, seconds on CPU.
 """
 
 from mha_jax.train import config_util
@@ -21,7 +21,7 @@ def get_config(arg=None):
                             batch_size=64, seq_len=1024, smoke=False)
   config = config_util.base_config()
   config.update(total_steps=a.steps, batch_size=a.batch_size, eval_batch_size=a.batch_size,
-                train_split="train", eval_split="validation", log_every=50,
+                log_every=50,
                 eval_every=2000, eval_steps=-1, checkpoint_every=2000)
   config.data = config_util.data_config("wikitext103", seq_len=a.seq_len)
   config.model = dict(name="gpt2", variant=a.size, dropout=0.1, max_len=a.seq_len,
@@ -31,14 +31,5 @@ def get_config(arg=None):
                       end_lr_ratio=0.1, b2=0.95, weight_decay=0.1,
                       decay_params=("kernel", "embedding"))
   if a.smoke:
-    shrink_to_smoke(config)
+    config_util.shrink_to_smoke(config)
   return config
-
-
-def shrink_to_smoke(config):
-  config.data = config_util.data_config("synthetic_text", seq_len=32)
-  config.model.update(num_layers=2, width=32, num_heads=4, mlp_dim=64, max_len=32,
-                      dropout=0.0)
-  config.update(total_steps=20, batch_size=8, eval_batch_size=8, log_every=5,
-                eval_every=10, eval_steps=2, checkpoint_every=10)
-  config.optim.update(learning_rate=3e-3, warmup_steps=2)

@@ -11,7 +11,7 @@ Paper, CIFAR-100 top-1 % (standard / α=α′=0.5 / α=α′=0.7):
   B  75.36 / 76.22 / 75.59    L 72.91 / 75.78 / 75.37
 Expected here: the same direction (MHA ≥ standard for S, B, L; not for Ti), not
 the same numbers (different recipe). ~300 epochs of ViT-S is a few GPU-hours.
-`smoke`: a 2-layer ViT on synthetic images for a few seconds on CPU.
+`smoke`: a 2-layer ViT on the offline digits for a few seconds on CPU.
 """
 
 from mha_jax.train import config_util
@@ -27,7 +27,6 @@ def get_config(arg=None):
   steps_per_epoch = TRAIN_EXAMPLES // a.batch_size
   config.total_steps = a.epochs * steps_per_epoch
   config.batch_size = config.eval_batch_size = a.batch_size
-  config.train_split, config.eval_split = "train", "test"
   config.label_smoothing = 0.1
   config.log_every, config.eval_every = 100, 10 * steps_per_epoch
   config.checkpoint_every = 10 * steps_per_epoch
@@ -43,15 +42,5 @@ def get_config(arg=None):
   config.optim.update(learning_rate=5e-4 * a.batch_size / 512, warmup_steps=5 * steps_per_epoch,
                       weight_decay=0.05, b2=0.999)
   if a.smoke:
-    shrink_to_smoke(config)
+    config_util.shrink_to_smoke(config)
   return config
-
-
-def shrink_to_smoke(config):
-  """Seconds on CPU: 2 tiny layers, synthetic data, 20 steps, eval and save."""
-  config.data = config_util.data_config("synthetic_images", image_size=16)
-  config.train_split, config.eval_split = "train", "validation"
-  config.model.update(variant="Ti/4", num_layers=2, width=32, num_heads=4, mlp_dim=64)
-  config.update(total_steps=20, batch_size=16, eval_batch_size=16, log_every=5,
-                eval_every=10, eval_steps=2, checkpoint_every=10)
-  config.optim.update(learning_rate=1e-3, warmup_steps=2)

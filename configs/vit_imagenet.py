@@ -24,7 +24,6 @@ def get_config(arg=None):
   steps_per_epoch = TRAIN_EXAMPLES // a.batch_size
   config.total_steps = a.epochs * steps_per_epoch
   config.batch_size = config.eval_batch_size = a.batch_size
-  config.train_split, config.eval_split = "train", "validation"
   config.label_smoothing = 0.1
   config.log_every, config.eval_every = 100, 5 * steps_per_epoch
   config.checkpoint_every = 2000
@@ -35,16 +34,6 @@ def get_config(arg=None):
                                                              a.alpha_hidden, a.residual))
   config.optim.update(learning_rate=1e-3 * a.batch_size / 1024,
                       warmup_steps=5 * steps_per_epoch, weight_decay=0.05)
-  return _maybe_smoke(config, a.smoke)
-
-
-def _maybe_smoke(config, smoke):
-  if not smoke:
-    return config
-  config.data = config_util.data_config("synthetic_images", image_size=16)
-  config.model.update(variant="Ti/4", num_layers=2, width=32, num_heads=4, mlp_dim=64,
-                      dtype="float32")
-  config.update(total_steps=20, batch_size=16, eval_batch_size=16, log_every=5,
-                eval_every=10, eval_steps=2, checkpoint_every=10)
-  config.optim.update(learning_rate=1e-3, warmup_steps=2)
+  if a.smoke:
+    config_util.shrink_to_smoke(config)
   return config

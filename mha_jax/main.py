@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and config.json.")
@@ -22,6 +22,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   # Imported here so that --help and flag errors return before JAX starts.
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)   # orbax logs every file it writes at INFO
   from mha_jax.train import train
   from mha_jax.train.sharding import ConfigError
   try:

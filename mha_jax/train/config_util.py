@@ -61,8 +61,6 @@ def base_config():
       eval_batch_size=128,
       grad_accum_steps=1,      # micro-batches per step (scanned in the step)
       label_smoothing=0.0,     # images only
-      train_split="train",
-      eval_split="validation",
       log_every=50,            # steps between train-metric rows (and NaN checks)
       eval_every=500,          # 0: no evaluation; the last step always evaluates
       eval_steps=-1,           # eval batches per evaluation; -1: the whole split
@@ -92,3 +90,24 @@ def attention_config(kind, alpha, alpha_hidden=-1.0, residual="convex", **extra)
   """config.model.attention; alpha_hidden < 0 ties α′ = α as the paper does."""
   return dict(kind=kind, alpha=alpha, alpha_hidden=alpha if alpha_hidden < 0 else alpha_hidden,
               residual=residual, **extra)
+
+
+def shrink_to_smoke(config):
+  """Seconds on CPU, real (offline) data so the loss visibly falls: a 2-layer
+  model, 20 steps, evaluation and checkpoints every 10. Images → sklearn digits
+  (8×8), text → Shakespeare characters (64 per sequence)."""
+  model = config.model
+  model.update(num_layers=2, width=32, num_heads=4, mlp_dim=64, dropout=0.0, dtype="float32")
+  if model.name == "vit":
+    config.data = data_config("digits")
+    model.variant = "Ti/2"
+    config.label_smoothing = 0.0
+    learning_rate = 1e-2   # the zero-initialised head needs a push to move in 20 steps
+  else:
+    config.data = data_config("shakespeare_char", seq_len=64)
+    model.max_len = 64
+    learning_rate = 3e-3
+  config.update(total_steps=20, batch_size=32, eval_batch_size=32, log_every=5,
+                eval_every=10, eval_steps=2, checkpoint_every=10, init_from="")
+  config.optim.update(learning_rate=learning_rate, warmup_steps=2, trainable="")
+  return config

@@ -63,11 +63,12 @@ class TrainLoop:
       pending.append((step, step_metrics))
       stop = step == cfg.total_steps or preemption.requested
       save = stop or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0)
-      if save or step % cfg.log_every == 0:
+      evaluate_now = eval_input is not None and not preemption.requested and (
+          step % cfg.eval_every == 0 or step == cfg.total_steps)
+      if save or evaluate_now or step % cfg.log_every == 0:
         self.log_train(step, pending)
         pending = []
-      if eval_input is not None and not preemption.requested and (
-          step % cfg.eval_every == 0 or step == cfg.total_steps):
+      if evaluate_now:
         last_eval = evaluate(eval_fn, state["params"], eval_input, eval_start,
                              cfg.eval_steps, self.data_sh, self.info)
         self.writer.write(step, "eval", last_eval)
@@ -78,4 +79,6 @@ class TrainLoop:
       if preemption.requested:
         self.writer.message(f"{preemption.requested} at step {step}: checkpoint saved, exiting")
         break
+      if save or evaluate_now:
+        self.throughput.restart()   # steps/s counts training only
     return last_eval

@@ -64,6 +64,10 @@ class Throughput:
     self.items_per_step = items_per_step
     self._time = time.perf_counter()
 
+  def restart(self):
+    """Exclude host work that is not training (evaluation, checkpointing)."""
+    self._time = time.perf_counter()
+
   def measure(self, steps):
     now = time.perf_counter()
     elapsed, self._time = max(now - self._time, 1e-9), now

@@ -51,10 +51,10 @@ def build_input(config, *, train):
   """The data issue's Input; an unknown dataset or split fails as a ConfigError."""
   try:
     return data_lib.build_input(
-        config.data, split=config.train_split if train else config.eval_split,
+        config.data, split=config.data.train_split if train else config.data.eval_split,
         global_batch_size=config.batch_size if train else config.eval_batch_size,
         train=train, seed=config.seed)
-  except (ValueError, KeyError, FileNotFoundError) as e:
+  except (ValueError, KeyError, FileNotFoundError, data_lib.MissingDataError) as e:
     raise ConfigError(f"data {config.data.get('name')!r}: {e}") from e
 
 
