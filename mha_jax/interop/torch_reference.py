@@ -97,45 +97,6 @@ class Stack(nn.Module):
     return x_BxTxD, hidden_states
 
 
-class GPT2(nn.Module):
-  """GPT-2 around the reference stack (tied head), to run MHA on HF GPT-2 weights."""
-
-  def __init__(self, num_layers, width, num_heads, mlp_dim, vocab_size, max_len,
-               attention=Attention(), norm_eps=1e-5):
-    super().__init__()
-    self.wte, self.wpe = nn.Embedding(vocab_size, width), nn.Embedding(max_len, width)
-    self.stack = Stack(num_layers, width, num_heads, mlp_dim, attention, "gelu_tanh", norm_eps)
-    self.ln_f = nn.LayerNorm(width, eps=norm_eps)
-
-  def forward(self, tokens_BxT):
-    x = self.wte(tokens_BxT) + self.wpe(torch.arange(tokens_BxT.shape[1]))
-    return self.ln_f(self.stack(x, causal=True)[0]) @ self.wte.weight.T
-
-  @classmethod
-  def from_hf(cls, hf_model, attention=Attention()):
-    """Copy an HF `GPT2LMHeadModel`'s weights (Conv1D [in, out] → Linear [out, in])."""
-    c = hf_model.config
-    model = cls(c.n_layer, c.n_embd, c.n_head, c.n_inner or 4 * c.n_embd, c.vocab_size,
-                c.n_positions, attention, c.layer_norm_epsilon)
-    sd = hf_model.transformer.state_dict()
-    ours = {"wte.weight": sd["wte.weight"], "wpe.weight": sd["wpe.weight"],
-            "ln_f.weight": sd["ln_f.weight"], "ln_f.bias": sd["ln_f.bias"]}
-    for i in range(c.n_layer):
-      hf, me = f"h.{i}.", f"stack.layers.{i}."
-      for name, w in zip(("query", "key", "value"), sd[hf + "attn.c_attn.weight"].chunk(3, 1)):
-        ours[me + f"{name}.weight"] = w.T
-      for name, b in zip(("query", "key", "value"), sd[hf + "attn.c_attn.bias"].chunk(3)):
-        ours[me + f"{name}.bias"] = b
-      for mine, theirs in (("out", "attn.c_proj"), ("fc1", "mlp.c_fc"), ("fc2", "mlp.c_proj")):
-        ours[me + f"{mine}.weight"] = sd[hf + f"{theirs}.weight"].T
-        ours[me + f"{mine}.bias"] = sd[hf + f"{theirs}.bias"]
-      for mine, theirs in (("attention_norm", "ln_1"), ("mlp_norm", "ln_2")):
-        ours[me + f"{mine}.weight"] = sd[hf + f"{theirs}.weight"]
-        ours[me + f"{mine}.bias"] = sd[hf + f"{theirs}.bias"]
-    model.load_state_dict({k: v.contiguous() for k, v in ours.items()})
-    return model.eval()
-
-
 def stack_tensors_to_jax(tensors, num_heads):
   """{"layers.i.<module>.<weight|bias>": array} of a `Stack` (its parameters, or their
   gradients) → the loop-layout tree of `mha_jax.models.layers.LayerStack`."""

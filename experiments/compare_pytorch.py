@@ -1,0 +1,202 @@
+"""PyTorch vs mha_jax on the same batch: logits, loss and gradients, standard and MHA.
+
+    python experiments/compare_pytorch.py --family gpt2                  # small random HF GPT-2
+    python experiments/compare_pytorch.py --checkpoint ~/hf/gpt2 --length 64
+    python experiments/compare_pytorch.py --family vit --alpha 0.7 --h0 first_scores
+
+With --checkpoint, the HF model is read from that local directory (never
+downloaded); without it a small HF model with random weights is built and saved to
+a temporary directory. Rows:
+  standard  the HF PyTorch model vs mha_jax with the converted weights;
+  mha       the literal PyTorch MHA reference (mha_jax/interop/torch_reference.py),
+            loaded from the same HF model, vs mha_jax with attention.kind="hopfield"
+            (GPT-2 and ViT: the reference has no LLaMA block).
+Loss: next-token cross-entropy (GPT-2, LLaMA) or cross-entropy on random labels (ViT).
+Gradient diff: max |∂loss/∂θ| difference over all parameters, in mha_jax's layout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+import torch.nn.functional as F
+import transformers
+
+from mha_jax import interop
+from mha_jax.interop import common, torch_models, torch_reference
+from mha_jax.models import layers
+
+HF_CLASSES = {"gpt2": transformers.GPT2LMHeadModel, "llama": transformers.LlamaForCausalLM,
+              "vit": transformers.ViTForImageClassification}
+
+
+def small_hf_model(family, seed):
+  """A 3-layer HF model with odd sizes and random weights (norms and biases too)."""
+  torch.manual_seed(seed)
+  if family == "gpt2":
+    config = transformers.GPT2Config(n_layer=3, n_embd=40, n_head=5, n_inner=56, vocab_size=97,
+                                     n_positions=64, bos_token_id=0, eos_token_id=0)
+  elif family == "llama":
+    config = transformers.LlamaConfig(num_hidden_layers=3, hidden_size=48, num_attention_heads=3,
+                                      num_key_value_heads=3, intermediate_size=37, vocab_size=91,
+                                      max_position_embeddings=64, bos_token_id=0, eos_token_id=0,
+                                      pad_token_id=0)
+  else:
+    config = transformers.ViTConfig(num_hidden_layers=3, hidden_size=36, num_attention_heads=3,
+                                    intermediate_size=50, image_size=20, patch_size=5,
+                                    num_labels=7)
+  model = HF_CLASSES[family](config)
+  with torch.no_grad():
+    for p in model.parameters():
+      p.add_(0.05 * torch.randn(p.shape))
+  return model
+
+
+def make_batch(family, model, batch, length, seed):
+  rng = np.random.RandomState(seed)
+  if family == "vit":
+    images = rng.randn(batch, 3, model.image_size, model.image_size).astype(np.float32)
+    return images, rng.randint(0, model.num_classes, batch)
+  return rng.randint(0, model.vocab_size, (batch, length)), None
+
+
+def torch_loss(family, logits, x, labels):
+  if family == "vit":
+    return F.cross_entropy(logits, torch.as_tensor(labels))
+  return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
+                         torch.as_tensor(x[:, 1:]).reshape(-1))
+
+
+def jax_loss(family, logits, x, labels):
+  if family == "vit":
+    targets, logits = jnp.asarray(labels), logits
+  else:
+    targets, logits = jnp.asarray(x[:, 1:]), logits[:, :-1]
+  logp = jax.nn.log_softmax(logits, axis=-1)
+  return -jnp.take_along_axis(logp, targets[..., None], axis=-1).mean()
+
+
+def run_torch(family, module, x, labels, grads_to_flat):
+  """(logits, loss, {mha_jax path: grad}) from a PyTorch module."""
+  module.zero_grad()
+  inp = torch.as_tensor(x)
+  out = module(inp)
+  logits = out.logits if hasattr(out, "logits") else out
+  loss = torch_loss(family, logits, x, labels)
+  loss.backward()
+  grads = {name: p.grad for name, p in module.named_parameters() if p.grad is not None}
+  return logits.detach().numpy(), loss.item(), grads_to_flat(grads)
+
+
+def run_jax(family, model, params, x, labels):
+  inp = jnp.asarray(x.transpose(0, 2, 3, 1) if family == "vit" else x)  # NCHW → NHWC
+
+  def loss_fn(p):
+    logits, _ = model.apply({"params": p}, inp)
+    return jax_loss(family, logits, x, labels), logits
+
+  (loss, logits), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(params)
+  return np.asarray(logits), float(loss), common.flatten(layers.unstack_layer_params(grads))
+
+
+def diff_row(name, ours, theirs):
+  (lj, loss_j, gj), (lt, loss_t, gt) = ours, theirs
+  missing = sorted(set(gj) ^ set(gt))
+  if missing:
+    raise ValueError(f"{name}: gradient paths differ between frameworks: {missing[:4]}")
+  grad_diff = max(float(np.abs(gj[k] - gt[k]).max()) for k in gj)
+  grad_scale = max(float(np.abs(gt[k]).max()) for k in gt)
+  return dict(row=name, logits=lj, logits_max_abs=float(np.abs(lj - lt).max()),
+              logits_mean_abs=float(np.abs(lj - lt).mean()), loss_jax=loss_j, loss_torch=loss_t,
+              loss_diff=abs(loss_j - loss_t), grad_max_abs=grad_diff,
+              grad_max_rel=grad_diff / max(grad_scale, 1e-30))
+
+
+def hf_grads_to_flat(family, num_layers, num_heads):
+  converter = interop.pretrained.CONVERTERS[family]
+
+  def convert(grads):  # gradients transform like the weights: reuse the importer
+    sd = {k: v.detach().numpy() for k, v in grads.items()}
+    flat, _ = converter.import_state_dict(sd, num_layers, num_heads, "torch grads")
+    return flat
+  return convert
+
+
+def compare(args):
+  directory = args.checkpoint
+  if directory is None:
+    directory = tempfile.mkdtemp(prefix=f"compare_{args.family}_")
+    small_hf_model(args.family, args.seed).save_pretrained(directory)
+  family, options = interop.model_options_from_pretrained(directory)
+  hf = HF_CLASSES[family].from_pretrained(directory, attn_implementation="eager").eval()
+  model = interop.model_from_pretrained(directory)
+  params = interop.load_pretrained(directory, model)
+  x, labels = make_batch(family, model, args.batch, args.length, args.seed)
+  rows = [diff_row("standard: HF torch vs mha_jax",
+                   run_jax(family, model, params, x, labels),
+                   run_torch(family, hf, x, labels,
+                             hf_grads_to_flat(family, options["num_layers"], options["num_heads"])))]
+  if family in ("gpt2", "vit"):
+    reference_cls = torch_models.GPT2 if family == "gpt2" else torch_models.ViT
+    for kind in ("standard", "hopfield"):
+      att = dict(kind=kind, alpha=args.alpha, alpha_hidden=args.alpha_hidden,
+                 residual=args.residual, h0=args.h0)
+      ref = reference_cls.from_hf(hf, torch_reference.Attention(**att))
+      mha_model = interop.model_from_pretrained(directory, attention=att)
+      flat_grads = lambda g, ref=ref: common.flatten(ref.to_jax(g))  # noqa: E731
+      label = "mha" if kind == "hopfield" else "standard"
+      rows.append(diff_row(f"{label}: torch reference vs mha_jax",
+                           run_jax(family, mha_model, params, x, labels),
+                           run_torch(family, ref, x, labels, flat_grads)))
+  if len(rows) == 3:  # how far MHA moves the logits: the parity above is not vacuous
+    effect = float(np.abs(rows[2]["logits"] - rows[1]["logits"]).max())
+  else:
+    effect = None
+  for r in rows:
+    del r["logits"]
+  return dict(family=family, checkpoint=directory, options=options, args=vars(args),
+              rows=rows, mha_vs_standard_logits_max_abs=effect)
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--family", choices=sorted(HF_CLASSES), default="gpt2",
+                      help="model built with random weights when no --checkpoint is given")
+  parser.add_argument("--checkpoint", help="local HF directory (config.json + weights)")
+  parser.add_argument("--batch", type=int, default=2)
+  parser.add_argument("--length", type=int, default=13, help="tokens per sequence (LMs)")
+  parser.add_argument("--alpha", type=float, default=0.5)
+  parser.add_argument("--alpha_hidden", type=float, default=0.5)
+  parser.add_argument("--residual", default="convex",
+                      choices=("convex", "scaled_branch", "standard"))
+  parser.add_argument("--h0", default="zeros", choices=("zeros", "first_scores"))
+  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--json", help="also write the report here")
+  args = parser.parse_args(argv)
+  report = compare(args)
+  print(f"{report['family']} from {report['checkpoint']} (fp32, batch {args.batch}; "
+        f"MHA α={args.alpha} α′={args.alpha_hidden} residual={args.residual} h0={args.h0})")
+  header = ("row", "logits max|Δ|", "logits mean|Δ|", "loss |Δ|", "grad max|Δ|", "grad rel")
+  print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
+  for r in report["rows"]:
+    print(f"| {r['row']} | {r['logits_max_abs']:.2e} | {r['logits_mean_abs']:.2e} | "
+          f"{r['loss_diff']:.2e} | {r['grad_max_abs']:.2e} | {r['grad_max_rel']:.2e} |")
+  if report["mha_vs_standard_logits_max_abs"] is not None:
+    print(f"MHA vs standard attention, same weights: logits max|Δ| = "
+          f"{report['mha_vs_standard_logits_max_abs']:.2e}")
+  else:
+    print("mha row: n/a for LLaMA (the PyTorch reference has no RMSNorm/SwiGLU/rotary block)")
+  if args.json:
+    with open(args.json, "w") as f:
+      json.dump(report, f, indent=2)
+  return report
+
+
+if __name__ == "__main__":
+  main()
