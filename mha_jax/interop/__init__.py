@@ -6,9 +6,10 @@ The converters need only NumPy and safetensors; torch is needed for .bin/.pt fil
 
 from mha_jax.interop.checkpoint_io import read_checkpoint, write_checkpoint
 from mha_jax.interop.common import CheckpointError
-from mha_jax.interop.pretrained import (export_pretrained, load_pretrained, model_family,
+from mha_jax.interop.pretrained import (export_pretrained, load_pretrained,
+                                        model_config_from_pretrained, model_family,
                                         model_from_pretrained, model_options_from_pretrained)
 
-__all__ = ["CheckpointError", "export_pretrained", "load_pretrained", "model_family",
-           "model_from_pretrained", "model_options_from_pretrained", "read_checkpoint",
-           "write_checkpoint"]
+__all__ = ["CheckpointError", "export_pretrained", "load_pretrained",
+           "model_config_from_pretrained", "model_family", "model_from_pretrained",
+           "model_options_from_pretrained", "read_checkpoint", "write_checkpoint"]

@@ -10,6 +10,7 @@ that does not fit fails with one line naming the checkpoint key and both shapes.
 from __future__ import annotations
 
 import dataclasses
+import re
 import warnings
 
 import flax.linen as nn
@@ -55,6 +56,12 @@ def model_options_from_pretrained(directory):
   return name, CONVERTERS[name].model_options(config)
 
 
+def model_config_from_pretrained(directory, **overrides):
+  """A training `config.model` dict ({"name": ..., **options}) shaped like the checkpoint."""
+  name, options = model_options_from_pretrained(directory)
+  return {"name": name, **options, **overrides}
+
+
 def model_from_pretrained(directory, **overrides):
   """An mha_jax model shaped like the checkpoint; overrides (attention=..., scan_layers=...) win."""
   name, options = model_options_from_pretrained(directory)
@@ -76,9 +83,15 @@ def expected_shapes(model, example_input):
   return common.flat_shapes(nn.unbox(shapes))
 
 
-def load_pretrained(directory, model):
+def load_pretrained(directory, model, *, exclude=None):
   """Params for `model` from a local PyTorch checkpoint: unboxed, in the model's layout
-  (scanned or not), in its param_dtype. Raises one-line ValueErrors for misfits."""
+  (scanned or not), in its param_dtype. Raises one-line ValueErrors for misfits.
+
+  exclude: regex on mha_jax parameter paths ("decoder/layers_0/mlp/fc1/kernel",
+  "head/kernel") left out of both sides, e.g. "^head/" to fine-tune a pretrained ViT
+  on a new class count; the returned tree then lacks them (the caller initialises
+  them fresh).
+  """
   config, state_dict = checkpoint_io.read_checkpoint(directory)
   family = model_family(model)
   converter = CONVERTERS[family]
@@ -88,6 +101,10 @@ def load_pretrained(directory, model):
       state_dict, options.get("num_layers", model.stack.num_layers),
       options.get("num_heads", model.stack.num_heads), source=directory)
   expected = expected_shapes(model, _example_input(model, state_dict))
+  if exclude:
+    skip = re.compile(exclude)
+    params = {p: v for p, v in params.items() if not skip.search(p)}
+    expected = {p: v for p, v in expected.items() if not skip.search(p)}
   tree = common.unflatten(common.check_against(params, origin, expected, directory))
   if model.stack.scan_layers:
     return layers.stack_layer_params(tree)

@@ -143,3 +143,31 @@ def test_vit_in_memory_state_dict_names(hf_vit):
   assert sorted(params) == sorted(flat)
   for path in flat:
     np.testing.assert_array_equal(params[path], flat[path])
+
+
+def test_vit_new_head_needs_exclude(hf_vit):
+  """Transfer to another class count: strict by default, `exclude` leaves the head out."""
+  _, directory = hf_vit
+  model = interop.model_from_pretrained(directory, num_classes=10)
+  with pytest.raises(ValueError, match=r"'classifier\.(weight|bias)' gives head/\w+ shape \((36, )?7\)"):
+    interop.load_pretrained(directory, model)
+  params = interop.load_pretrained(directory, model, exclude="^head/")
+  assert "head" not in params and params["encoder"]["layers"]["mlp"]["fc1"]["kernel"].shape == (2, 36, 50)
+
+
+@pytest.mark.slow
+def test_compare_pytorch_script(tmp_path):
+  """experiments/compare_pytorch.py: every row within the parity bound, MHA not vacuous."""
+  import importlib.util
+  path = os.path.join(os.path.dirname(__file__), "..", "..", "experiments", "compare_pytorch.py")
+  spec = importlib.util.spec_from_file_location("compare_pytorch", path)
+  script = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(script)
+  report = script.main(["--family", "vit", "--alpha", "0.7", "--alpha_hidden", "0.7",
+                        "--json", str(tmp_path / "report.json")])
+  assert [r["row"].split(":")[0] for r in report["rows"]] == ["standard", "standard", "mha"]
+  for row in report["rows"]:
+    assert row["logits_max_abs"] <= TOL and row["loss_diff"] <= TOL, row
+    assert row["grad_max_rel"] <= 1e-4, row
+  assert report["mha_vs_standard_logits_max_abs"] > 1e-2
+  assert os.path.exists(tmp_path / "report.json")
