@@ -37,4 +37,6 @@ def build_input(data_config, *, split: str, global_batch_size: int, train: bool,
   """
   split_data = registry.build_split(data_config, split)
   return make_input(split_data, global_batch_size=global_batch_size, train=train, seed=seed,
-                    process_index=process_index, process_count=process_count)
+                    process_index=process_index, process_count=process_count,
+                    read_threads=data_config.read_threads,
+                    prefetch_batches=data_config.prefetch_batches)

@@ -54,7 +54,7 @@ class Input:
   describe. An eval pass ends with StopIteration; the next loop starts a new pass.
   """
 
-  def __init__(self, info: DatasetInfo, dataset: grain.MapDataset, num_batches: int | None):
+  def __init__(self, info: DatasetInfo, dataset: grain.IterDataset, num_batches: int | None):
     self.info = info
     self.num_batches = num_batches  # per pass and process; None = infinite (train)
     self._dataset = dataset
@@ -104,9 +104,16 @@ def _seed32(seed):
   return int(seed) % 2**32
 
 
-def make_input(split: Split, *, global_batch_size, train, seed, process_index, process_count):
-  """Split → Input (see the module docstring for the train and eval orders)."""
+def make_input(split: Split, *, global_batch_size, train, seed, process_index, process_count,
+               read_threads=4, prefetch_batches=4):
+  """Split → Input (see the module docstring for the train and eval orders).
+
+  `read_threads` threads build whole batches ahead, up to `prefetch_batches`
+  (grain's defaults, 16 and 500, would hold hundreds of ImageNet batches); the
+  batches and the state do not depend on either.
+  """
   process_index, process_count = resolve_processes(process_index, process_count)
+  read_options = grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=prefetch_batches)
   batch_size = host_batch_size(global_batch_size, process_count)
   shard_indices = np.arange(process_index, len(split.source), process_count)
   if train:
@@ -119,7 +126,7 @@ def make_input(split: Split, *, global_batch_size, train, seed, process_index, p
     if split.batch_transform is not None:
       # `.seed` above derives a distinct stream for each random transformation.
       ds = ds.random_map(split.batch_transform)
-    return Input(split.info, ds, None)
+    return Input(split.info, ds.to_iter_dataset(read_options), None)
   # Every process runs the same number of batches: the longest shard sets it.
   longest_shard = -(-len(split.source) // process_count)
   num_batches = -(-longest_shard // batch_size)
@@ -129,7 +136,7 @@ def make_input(split: Split, *, global_batch_size, train, seed, process_index, p
   ds = (grain.MapDataset.source(padded)
         .map(lambda i: pad_example if i < 0 else split.preprocess(split.source[int(i)], None))
         .batch(batch_size))
-  return Input(split.info, ds, num_batches)
+  return Input(split.info, ds.to_iter_dataset(read_options), num_batches)
 
 
 def _masked(example):

@@ -19,6 +19,8 @@ def _common(name, train_split="train", eval_split="validation"):
       cache_dir="",  # offline files and token caches; "" = $MHA_JAX_DATA_DIR or ~/.cache/mha_jax
       tfds_data_dir="",  # TFDS ArrayRecord root; "" = TFDS's default (~/tensorflow_datasets)
       manual_dir="",  # wikitext103 / bookcorpus / imagenet2012 raw files (prepare only)
+      read_threads=4,  # threads preparing batches ahead (0: in the caller's thread)
+      prefetch_batches=4,  # batches prepared ahead, per process
   )
 
 

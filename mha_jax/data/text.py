@@ -48,7 +48,10 @@ class GPT2Tokenizer:
   """tiktoken's `gpt2` encoding; EOS is <|endoftext|> (50256)."""
 
   def __init__(self, cache_dir=""):
-    import tiktoken  # an optional dependency, imported only when text needs it
+    try:
+      import tiktoken  # an optional dependency, imported only when text needs it
+    except ImportError:
+      raise offline.MissingDataError("GPT-2 BPE needs tiktoken: pip install 'mha-jax[data]'") from None
     path = offline.gpt2_tiktoken_path(cache_dir)
     if path.exists():
       self._encoding = tiktoken.Encoding(name="gpt2", pat_str=GPT2_PATTERN,

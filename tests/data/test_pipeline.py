@@ -109,3 +109,11 @@ def test_batch_size_must_divide_among_processes():
 def test_unknown_dataset_lists_the_allowed_names():
   with pytest.raises(ValueError, match="allowed: .*mnist5k"):
     data.default_data_config("mnist")
+
+
+def test_read_threads_do_not_change_the_batches():
+  split = index_split(40)
+  build = lambda threads: pipeline.make_input(split, global_batch_size=4, train=True, seed=2,
+                                              process_index=0, process_count=1,
+                                              read_threads=threads, prefetch_batches=threads)
+  assert_same(take(build(0), 12), take(build(3), 12))
