@@ -17,11 +17,6 @@ from absl import app, flags
 
 from mha_jax.data import offline, registry, tfds_data
 
-_CACHE_DIR = flags.DEFINE_string("cache_dir", "", "offline files and token caches "
-                                 "(default $MHA_JAX_DATA_DIR or ~/.cache/mha_jax)")
-_TFDS_DATA_DIR = flags.DEFINE_string("tfds_data_dir", "", "TFDS root (default TFDS's)")
-_MANUAL_DIR = flags.DEFINE_string("manual_dir", "", "raw files for manual TFDS datasets")
-
 # Files that are not datasets themselves, and what each offline dataset needs.
 ASSETS = {"shakespeare": offline.prepare_shakespeare,
           "gpt2_tokenizer": offline.prepare_gpt2_tokenizer}
@@ -55,11 +50,16 @@ def main(argv):
     sys.exit(f"usage: python -m mha_jax.data.prepare NAME [--cache_dir=...]; NAME is one of "
              f"{', '.join(TARGETS)}")
   try:
-    print(prepare(argv[1], cache_dir=_CACHE_DIR.value, tfds_data_dir=_TFDS_DATA_DIR.value,
-                  manual_dir=_MANUAL_DIR.value))
+    print(prepare(argv[1], cache_dir=flags.FLAGS.cache_dir,
+                  tfds_data_dir=flags.FLAGS.tfds_data_dir, manual_dir=flags.FLAGS.manual_dir))
   except offline.MissingDataError as e:
     sys.exit(f"error: {e}")
 
 
 if __name__ == "__main__":
+  # Defined here, not at import, so importing `prepare` adds no global flags.
+  flags.DEFINE_string("cache_dir", "", "offline files and token caches "
+                      "(default $MHA_JAX_DATA_DIR or ~/.cache/mha_jax)")
+  flags.DEFINE_string("tfds_data_dir", "", "TFDS root (default TFDS's)")
+  flags.DEFINE_string("manual_dir", "", "raw files for manual TFDS datasets")
   app.run(main)

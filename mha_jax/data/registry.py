@@ -8,7 +8,7 @@ import ml_collections
 import numpy as np
 
 from mha_jax.data import images, offline, text, tfds_data
-from mha_jax.data.pipeline import DatasetInfo
+from mha_jax.data.pipeline import DatasetInfo, Split
 
 
 def _common(name, train_split="train", eval_split="validation"):
@@ -104,7 +104,7 @@ def _synthetic_text(cfg, split):
                      vocab_size=cfg.vocab_size, seq_len=cfg.seq_len)
   source = SyntheticText(cfg.num_examples, cfg.seq_len, cfg.vocab_size,
                          _split_seed(cfg.seed, split))
-  return text.Split(info=info, source=source, preprocess=lambda example, rng: example)
+  return Split(info=info, source=source, preprocess=lambda example, rng: example)
 
 
 def _shakespeare(cfg, split):

