@@ -24,10 +24,9 @@ def _common(name, train_split="train", eval_split="validation"):
   )
 
 
-def _config(name, family, train_split="train", eval_split="validation"):
-  config = family
-  config.update(_common(name, train_split, eval_split))
-  return config
+def _config(name, family_fields, train_split="train", eval_split="validation"):
+  family_fields.update(_common(name, train_split, eval_split))
+  return family_fields
 
 
 class ArraySource:
@@ -114,12 +113,7 @@ def _shakespeare(cfg, split):
     alphabet = "".join(sorted({c for s in offline.SPLITS
                                for _, t in offline.shakespeare_works(s, cfg.cache_dir) for c in t}))
   tokenizer = text.make_tokenizer(cfg, alphabet)
-  path = (offline.cache_root(cfg.cache_dir) / "tokens" / cfg.name
-          / text.cache_name(split, tokenizer, len(works)))
-  stream, original = text.cached_stream(path, lambda: text.tokenize_documents(
-      (t for _, t in works), tokenizer, num_documents=len(works), unit=cfg.original_tokens,
-      description=f"{cfg.name}[{split}]"))
-  return text.make_split(cfg.name, stream, original, tokenizer, cfg)
+  return _packed_text(cfg, split, tokenizer, lambda: (t for _, t in works), len(works))
 
 
 def _tfds_images(cfg, split):
@@ -132,12 +126,18 @@ def _tfds_images(cfg, split):
 
 def _tfds_text(cfg, split):
   source = tfds_data.data_source(cfg.name, split, cfg.tfds_data_dir)
-  tokenizer = text.make_tokenizer(cfg)
-  path = (offline.cache_root(cfg.cache_dir) / "tokens" / cfg.name
-          / text.cache_name(split, tokenizer, len(source)))
+  keys = tuple(cfg.text_keys)
+  return _packed_text(cfg, split, text.make_tokenizer(cfg),
+                      lambda: tfds_data.read_documents(source, keys), len(source), *keys)
+
+
+def _packed_text(cfg, split, tokenizer, documents, num_documents, *variant):
+  """The split's token stream, from the cache or tokenised now (and cached), packed."""
+  name = text.cache_name(split, tokenizer, num_documents, cfg.original_tokens, *variant)
+  path = offline.cache_root(cfg.cache_dir) / "tokens" / cfg.name / name
   stream, original = text.cached_stream(path, lambda: text.tokenize_documents(
-      tfds_data.read_documents(source, tuple(cfg.text_keys)), tokenizer,
-      num_documents=len(source), unit=cfg.original_tokens, description=f"{cfg.name}[{split}]"))
+      documents(), tokenizer, num_documents=num_documents, unit=cfg.original_tokens,
+      description=f"{cfg.name}[{split}]"))
   return text.make_split(cfg.name, stream, original, tokenizer, cfg)
 
 

@@ -175,9 +175,10 @@ def cached_stream(path, build):
   return stream, original
 
 
-def cache_name(split, tokenizer, num_documents):
-  """A file name per (split, tokeniser, document count); the count catches stale caches."""
-  return f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', split)}.{tokenizer.name}.{num_documents}.npy"
+def cache_name(split, tokenizer, num_documents, *variant):
+  """A file name per (split, tokeniser, document count, variant...): a stale cache gets a new name."""
+  parts = (split, tokenizer.name, num_documents, *variant)
+  return re.sub(r"[^A-Za-z0-9_.-]+", "_", ".".join(map(str, parts))) + ".npy"
 
 
 class PackedSequences:
