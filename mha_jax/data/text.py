@@ -14,6 +14,7 @@ import base64
 import functools
 import hashlib
 import json
+import os
 import pathlib
 import re
 
@@ -168,7 +169,7 @@ def cached_stream(path, build):
     return np.load(path, mmap_mode="r"), json.loads(meta_path.read_text())["original_tokens"]
   stream, original = build()
   path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_suffix(".tmp.npy")
+  tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")  # hosts sharing a file system may race
   np.save(tmp, stream)
   tmp.rename(path)  # atomic: a crashed prepare leaves no half-written cache behind
   meta_path.write_text(json.dumps({"num_tokens": int(len(stream)), "original_tokens": original}))

@@ -1,5 +1,6 @@
 """Tokenisers, packing, and perplexity per original token."""
 
+import hashlib
 import math
 
 import ml_collections
@@ -26,6 +27,20 @@ def test_gpt2_tokenizer_matches_known_ids_and_round_trips_real_text(cache_dir):
   assert 2 < len(sample) / len(ids) < 5  # BPE compresses English to ~3-4 characters a token
   # Text that spells the special token is ordinary text, never the EOS id.
   assert tokenizer.eos_id not in tokenizer.encode_batch(["<|endoftext|>"])[0]
+
+
+def test_gpt2_tokenizer_equals_tiktokens_own_r50k_base(cache_dir, tmp_path, monkeypatch):
+  """r50k_base is GPT-2's BPE (same ranks, regex and <|endoftext|>); point tiktoken's
+  own loader at our file through its cache so it needs no network."""
+  import tiktoken
+  url = "https://openaipublic.blob.core.windows.net/encodings/r50k_base.tiktoken"
+  (tmp_path / hashlib.sha1(url.encode()).hexdigest()).write_bytes(
+      offline.gpt2_tiktoken_path(cache_dir).read_bytes())
+  monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path))
+  reference = tiktoken.get_encoding("r50k_base")
+  works = [t[:30_000] for _, t in offline.shakespeare_works("validation", cache_dir)]
+  assert gpt2(cache_dir).encode_batch(works) == reference.encode_ordinary_batch(works)
+  assert reference.eot_token == gpt2(cache_dir).eos_id
 
 
 def test_char_tokenizer_round_trip_on_real_text(cache_dir):
