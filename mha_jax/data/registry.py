@@ -142,11 +142,15 @@ def _packed_text(cfg, split, tokenizer, documents, num_documents, *variant):
 
 
 def _digits_config():
-  return _config("digits", images.base_config(image_size=8, crop="none"))
+  config = _config("digits", images.base_config(image_size=8, crop="none"))
+  config.flip = False  # a mirrored digit is not that digit
+  return config
 
 
 def _mnist5k_config():
-  return _config("mnist5k", images.base_config(image_size=28, crop="pad_crop"))
+  config = _config("mnist5k", images.base_config(image_size=28, crop="pad_crop"))
+  config.update(dict(flip=False, pad=2))  # no mirroring; shifts of up to 2 of 28 pixels
+  return config
 
 
 def _synthetic_images_config():
