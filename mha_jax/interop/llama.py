@@ -86,7 +86,8 @@ def export_config(model):
   """config.json for `LlamaForCausalLM.from_pretrained` (untied head)."""
   cfg = model.stack
   if cfg.mlp != "swiglu" or cfg.norm != "rmsnorm" or cfg.use_bias or cfg.rope_theta is None:
-    raise ValueError("only a LLaMA-shaped stack (rmsnorm, SwiGLU, rope, no bias) exports to HF LLaMA")
+    raise ValueError("only a LLaMA-shaped stack (rmsnorm, SwiGLU, rope, no bias) "
+                     "exports to HF LLaMA")
   return dict(model_type="llama", architectures=["LlamaForCausalLM"],
               num_hidden_layers=cfg.num_layers, hidden_size=cfg.width,
               num_attention_heads=cfg.num_heads, num_key_value_heads=cfg.num_heads,

@@ -1,8 +1,8 @@
 """Whole models around the PyTorch reference stack, loaded from Hugging Face models,
 so MHA can run in PyTorch on pretrained weights (experiments/compare_pytorch.py).
 
-GPT-2 and ViT only: the reference block is pre-LayerNorm with a GELU MLP; LLaMA's
-RMSNorm / SwiGLU / rotary block is not in the reference.
+Each `from_hf` copies an HF model's weights; `to_jax` maps this module's named
+tensors (parameters or their gradients) onto mha_jax's loop-layout tree.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ class GPT2(nn.Module):
     self.num_heads = num_heads
     self.wte, self.wpe = nn.Embedding(vocab_size, width), nn.Embedding(max_len, width)
     self.stack = torch_reference.Stack(num_layers, width, num_heads, mlp_dim, attention,
-                                       "gelu_tanh", norm_eps)
+                                       mlp="gelu_tanh", norm_eps=norm_eps)
     self.ln_f = nn.LayerNorm(width, eps=norm_eps)
 
   def forward(self, tokens_BxT):
@@ -85,8 +85,8 @@ class ViT(nn.Module):
     self.patch = nn.Conv2d(channels, width, patch_size, stride=patch_size)
     self.cls = nn.Parameter(torch.zeros(1, 1, width))
     self.pos = nn.Parameter(torch.zeros(1, (image_size // patch_size) ** 2 + 1, width))
-    self.stack = torch_reference.Stack(num_layers, width, num_heads, mlp_dim, attention, mlp,
-                                       norm_eps)
+    self.stack = torch_reference.Stack(num_layers, width, num_heads, mlp_dim, attention,
+                                       mlp=mlp, norm_eps=norm_eps)
     self.norm = nn.LayerNorm(width, eps=norm_eps)
     self.head = nn.Linear(width, num_classes)
 
@@ -129,6 +129,51 @@ class ViT(nn.Module):
             "encoder_norm": {"scale": t["norm.weight"], "bias": t["norm.bias"]},
             "head": {"kernel": t["head.weight"].T, "bias": t["head.bias"]},
             "encoder": _stack_to_jax(t, self.num_heads)}
+
+
+class Llama(nn.Module):
+  """LLaMA with the reference stack: RMSNorm, SwiGLU, rotary, no biases, untied head."""
+
+  def __init__(self, num_layers, width, num_heads, mlp_dim, vocab_size, attention=Attention(),
+               norm_eps=1e-6, rope_theta=10000.0):
+    super().__init__()
+    self.num_heads = num_heads
+    self.embed = nn.Embedding(vocab_size, width)
+    self.stack = torch_reference.Stack(num_layers, width, num_heads, mlp_dim, attention,
+                                       mlp="swiglu", norm_eps=norm_eps, norm="rmsnorm",
+                                       bias=False, rope_theta=rope_theta)
+    self.norm = nn.RMSNorm(width, eps=norm_eps)
+    self.lm_head = nn.Linear(width, vocab_size, bias=False)
+
+  def forward(self, tokens_BxT):
+    return self.lm_head(self.norm(self.stack(self.embed(tokens_BxT), causal=True)[0]))
+
+  @classmethod
+  def from_hf(cls, hf_model, attention=Attention()):
+    """From a `LlamaForCausalLM` (Linear weights already [out, in])."""
+    c = hf_model.config
+    theta = (getattr(c, "rope_parameters", None) or {}).get("rope_theta", 10000.0)
+    model = cls(c.num_hidden_layers, c.hidden_size, c.num_attention_heads, c.intermediate_size,
+                c.vocab_size, attention, c.rms_norm_eps, theta)
+    sd = dict(hf_model.state_dict())
+    names = {f"{mine}.weight": (f"{theirs}.weight", False)
+             for mine, theirs in (("query", "self_attn.q_proj"), ("key", "self_attn.k_proj"),
+                                  ("value", "self_attn.v_proj"), ("out", "self_attn.o_proj"),
+                                  ("gate", "mlp.gate_proj"), ("up", "mlp.up_proj"),
+                                  ("down", "mlp.down_proj"), ("attention_norm", "input_layernorm"),
+                                  ("mlp_norm", "post_attention_layernorm"))}
+    ours = _load_stack(model, sd, "model.layers.", names)
+    ours.update({"embed.weight": sd["model.embed_tokens.weight"],
+                 "norm.weight": sd["model.norm.weight"], "lm_head.weight": sd["lm_head.weight"]})
+    model.load_state_dict({k: v.contiguous() for k, v in ours.items()})
+    return model.eval()
+
+  def to_jax(self, tensors):
+    t = {k: v.detach().numpy() for k, v in tensors.items()}
+    return {"token_embedding": {"embedding": t["embed.weight"]},
+            "final_norm": {"scale": t["norm.weight"]},
+            "lm_head": {"kernel": t["lm_head.weight"].T},
+            "decoder": _stack_to_jax(t, self.num_heads)}
 
 
 def _stack_to_jax(tensors, num_heads):

@@ -12,6 +12,8 @@ Per layer n, per head:
     x  ← x + MLP(Norm(x))
 
 Standard attention is the baseline block: A = softmax(mask(s)), x ← x + u, no H.
+Norm is LayerNorm or RMSNorm, MLP GELU or SwiGLU, and Q, K optionally rotary
+(half-split, as HF LLaMA), so GPT-2, ViT and LLaMA blocks can all be expressed.
 """
 
 from __future__ import annotations
@@ -35,24 +37,47 @@ class Attention:
 
 
 class Block(nn.Module):
-  """Pre-LayerNorm block with separate Q/K/V Linear layers and a GELU MLP."""
+  """Pre-norm block with separate Q/K/V Linear layers.
 
-  def __init__(self, width, num_heads, mlp_dim, mlp="gelu", norm_eps=1e-6):
+  GPT-2 / ViT shape: LayerNorm, GELU MLP (fc1, fc2), biases. LLaMA shape:
+  norm="rmsnorm", mlp="swiglu" (gate, up, down), bias=False, rope_theta set.
+  """
+
+  def __init__(self, width, num_heads, mlp_dim, mlp="gelu", norm_eps=1e-6, norm="layernorm",
+               bias=True, rope_theta=None):
     super().__init__()
-    self.num_heads, self.mlp = num_heads, mlp
-    self.attention_norm = nn.LayerNorm(width, eps=norm_eps)
-    self.query, self.key, self.value = (nn.Linear(width, width) for _ in range(3))
-    self.out = nn.Linear(width, width)
-    self.mlp_norm = nn.LayerNorm(width, eps=norm_eps)
-    self.fc1, self.fc2 = nn.Linear(width, mlp_dim), nn.Linear(mlp_dim, width)
+    self.num_heads, self.mlp, self.rope_theta = num_heads, mlp, rope_theta
+    make_norm = {"layernorm": nn.LayerNorm, "rmsnorm": nn.RMSNorm}[norm]
+    self.attention_norm = make_norm(width, eps=norm_eps)
+    self.query, self.key, self.value = (nn.Linear(width, width, bias=bias) for _ in range(3))
+    self.out = nn.Linear(width, width, bias=bias)
+    self.mlp_norm = make_norm(width, eps=norm_eps)
+    if mlp == "swiglu":
+      self.gate = nn.Linear(width, mlp_dim, bias=bias)
+      self.up = nn.Linear(width, mlp_dim, bias=bias)
+      self.down = nn.Linear(mlp_dim, width, bias=bias)
+    else:
+      self.fc1 = nn.Linear(width, mlp_dim, bias=bias)
+      self.fc2 = nn.Linear(mlp_dim, width, bias=bias)
 
   def heads(self, y_BxTxD):
     b, t, d = y_BxTxD.shape
     return y_BxTxD.view(b, t, self.num_heads, d // self.num_heads).transpose(1, 2)
 
+  def rope(self, x_BxNxTxD):
+    """Rotary embedding, half-split: pair (x_i, x_{i+D/2}) rotated by t·θ^(−2i/D)."""
+    t, d = x_BxNxTxD.shape[-2:]
+    inv_freq = self.rope_theta ** (-torch.arange(0, d, 2, dtype=torch.float64) / d)
+    angle = torch.arange(t, dtype=torch.float64)[:, None] * inv_freq[None, :]
+    cos, sin = angle.cos().to(x_BxNxTxD.dtype), angle.sin().to(x_BxNxTxD.dtype)
+    x1, x2 = x_BxNxTxD[..., : d // 2], x_BxNxTxD[..., d // 2:]
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+
   def forward(self, x_BxTxD, h_prev_BxNxTxT, mask_TxT, att: Attention):
     y = self.attention_norm(x_BxTxD)
     q, k, v = self.heads(self.query(y)), self.heads(self.key(y)), self.heads(self.value(y))
+    if self.rope_theta is not None:
+      q, k = self.rope(q), self.rope(k)
     s = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
     if att.kind == "standard":
       h = s
@@ -71,19 +96,22 @@ class Block(nn.Module):
       x = x_BxTxD + (1 - att.alpha) * u
     else:
       raise ValueError(f"residual={att.residual!r}")
-    hidden = self.fc1(self.mlp_norm(x))
-    hidden = F.gelu(hidden, approximate="tanh" if self.mlp == "gelu_tanh" else "none")
-    return x + self.fc2(hidden), (None if att.kind == "standard" else h)
+    return x + self.feed_forward(self.mlp_norm(x)), (None if att.kind == "standard" else h)
+
+  def feed_forward(self, y_BxTxD):
+    if self.mlp == "swiglu":
+      return self.down(F.silu(self.gate(y_BxTxD)) * self.up(y_BxTxD))
+    approximate = "tanh" if self.mlp == "gelu_tanh" else "none"
+    return self.fc2(F.gelu(self.fc1(y_BxTxD), approximate=approximate))
 
 
 class Stack(nn.Module):
-  """L blocks carrying (x, H) from the first layer to the last."""
+  """L blocks carrying (x, H) from the first layer to the last; block_kw as `Block`."""
 
-  def __init__(self, num_layers, width, num_heads, mlp_dim, attention=Attention(), mlp="gelu",
-               norm_eps=1e-6):
+  def __init__(self, num_layers, width, num_heads, mlp_dim, attention=Attention(), **block_kw):
     super().__init__()
     self.attention = attention
-    self.layers = nn.ModuleList(Block(width, num_heads, mlp_dim, mlp, norm_eps)
+    self.layers = nn.ModuleList(Block(width, num_heads, mlp_dim, **block_kw)
                                 for _ in range(num_layers))
 
   def forward(self, x_BxTxD, causal=False):
@@ -116,6 +144,7 @@ def stack_tensors_to_jax(tensors, num_heads):
         value = value.reshape(num_heads, -1, value.shape[-1])
     elif module in ("query", "key", "value"):
       value = value.reshape(num_heads, -1)
-    group = "mlp" if module in ("fc1", "fc2") else "attention"
-    layer.setdefault(group, {}).setdefault(module, {})["kernel" if kind == "weight" else "bias"] = value
+    group = "mlp" if module in ("fc1", "fc2", "gate", "up", "down") else "attention"
+    leaf = "kernel" if kind == "weight" else "bias"
+    layer.setdefault(group, {}).setdefault(module, {})[leaf] = value
   return tree

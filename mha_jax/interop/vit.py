@@ -57,7 +57,8 @@ def timm_model_options(config):
   name = config["architecture"]
   match = re.fullmatch(r"vit_(\w+?)_patch(\d+)_(\d+)(?:\.\w+)?", name)
   if not args and not (match and match.group(1) in TIMM_SIZES):
-    raise ValueError(f"timm architecture {name!r}: give model_args or use a vit_<size>_patch<p>_<img> name")
+    raise ValueError(f"timm architecture {name!r}: give model_args or use a "
+                     f"vit_<size>_patch<p>_<img> name")
   width, depth, heads = TIMM_SIZES[match.group(1)] if not args else (None,) * 3
   width = args.get("embed_dim", width)
   return dict(num_layers=args.get("depth", depth), width=width,
@@ -173,7 +174,8 @@ def export_state_dict(flat, num_layers, timm=False):
           "norm.weight": glob["norm_w"], "norm.bias": glob["norm_b"],
           "head.weight": glob["head_w"], "head.bias": glob["head_b"]}
   else:
-    sd = {"vit.embeddings.cls_token": glob["cls"], "vit.embeddings.position_embeddings": glob["pos"],
+    sd = {"vit.embeddings.cls_token": glob["cls"],
+          "vit.embeddings.position_embeddings": glob["pos"],
           "vit.embeddings.patch_embeddings.projection.weight": glob["patch_w"],
           "vit.embeddings.patch_embeddings.projection.bias": glob["patch_b"],
           "vit.layernorm.weight": glob["norm_w"], "vit.layernorm.bias": glob["norm_b"],
@@ -198,7 +200,8 @@ def export_state_dict(flat, num_layers, timm=False):
                  p + "attention.output.dense.bias": t["o_b"],
                  p + "layernorm_before.weight": t["n1_w"], p + "layernorm_before.bias": t["n1_b"],
                  p + "layernorm_after.weight": t["n2_w"], p + "layernorm_after.bias": t["n2_b"],
-                 p + "intermediate.dense.weight": t["fc1_w"], p + "intermediate.dense.bias": t["fc1_b"],
+                 p + "intermediate.dense.weight": t["fc1_w"],
+                 p + "intermediate.dense.bias": t["fc1_b"],
                  p + "output.dense.weight": t["fc2_w"], p + "output.dense.bias": t["fc2_b"]})
   return sd
 

@@ -56,7 +56,8 @@ def timm_checkpoint(tmp_path_factory):
   hub_config = {"architecture": f"vit_custom_patch{PATCH}_{IMAGE}", "num_classes": CLASSES,
                 "model_args": {"embed_dim": WIDTH, "depth": DEPTH, "num_heads": HEADS,
                                "mlp_ratio": MLP / WIDTH, "patch_size": PATCH, "img_size": IMAGE}}
-  checkpoint_io.write_checkpoint(directory, hub_config, {k: v.numpy() for k, v in state_dict.items()})
+  checkpoint_io.write_checkpoint(directory, hub_config,
+                                 {k: v.numpy() for k, v in state_dict.items()})
   # And a bare training checkpoint: a .pth holding {"state_dict": ...}, no config.
   bare = str(tmp_path_factory.mktemp("timm_bare") / "vit.pth")
   torch.save({"state_dict": state_dict, "epoch": 3}, bare)
@@ -97,7 +98,8 @@ def test_timm_export_round_trip(timm_checkpoint, tmp_path):
   for key, value in state_dict.items():
     np.testing.assert_array_equal(exported[key], value.numpy(), err_msg=key)
   assert config["model_args"]["num_heads"] == HEADS
-  assert interop.model_options_from_pretrained(out) == interop.model_options_from_pretrained(directory)
+  same = interop.model_options_from_pretrained(directory)
+  assert interop.model_options_from_pretrained(out) == same
 
 
 def test_timm_layer_scale_is_reported_not_dropped(timm_checkpoint, tmp_path):

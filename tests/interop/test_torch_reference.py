@@ -13,13 +13,16 @@ from mha_jax import attention
 from mha_jax.interop import torch_reference
 from mha_jax.models import layers
 
-LAYERS, WIDTH, HEADS, MLP, BATCH, LENGTH = 3, 20, 4, 28, 2, 7
+LAYERS, WIDTH, HEADS, MLP, BATCH, LENGTH = 3, 24, 4, 28, 2, 7  # head_dim 6: rotary needs even
 
 
 @functools.lru_cache(maxsize=None)  # the guard tests below reuse the parametrized runs
-def run_both(att, causal, mlp="gelu_tanh", seed=0):
+def run_both(att, causal, mlp="gelu_tanh", seed=0, llama=False):
   torch.manual_seed(seed)
-  ref = torch_reference.Stack(LAYERS, WIDTH, HEADS, MLP, att, mlp=mlp, norm_eps=1e-5).double()
+  shape = dict(mlp=mlp, norm_eps=1e-5)
+  if llama:
+    shape = dict(mlp="swiglu", norm_eps=1e-5, norm="rmsnorm", bias=False, rope_theta=100.0)
+  ref = torch_reference.Stack(LAYERS, WIDTH, HEADS, MLP, att, **shape).double()
   with torch.no_grad():  # non-trivial norms, so a swapped scale/bias shows
     for name, p in ref.named_parameters():
       if "norm" in name:
@@ -34,8 +37,9 @@ def run_both(att, causal, mlp="gelu_tanh", seed=0):
   torch_grads = torch_reference.stack_tensors_to_jax(
       {name: p.grad for name, p in ref.named_parameters()}, HEADS)
 
+  jax_shape = dict(shape, use_bias=shape.pop("bias", True))
   cfg = layers.StackConfig(num_layers=LAYERS, width=WIDTH, num_heads=HEADS, mlp_dim=MLP,
-                           norm_eps=1e-5, mlp=mlp, attention=dataclass_dict(att))
+                           attention=dataclass_dict(att), **jax_shape)
   stack = layers.LayerStack(cfg)
   params = layers.stack_layer_params(
       torch_reference.stack_tensors_to_jax(ref.state_dict(), HEADS))
@@ -78,6 +82,15 @@ def test_mha_stack_matches_torch_reference(alpha, h0, causal):
     np.testing.assert_allclose(hidden_j[n], hidden_t[n].detach().numpy(), atol=1e-5)
 
 
+def test_llama_shaped_stack_matches_torch_reference():
+  """RMSNorm, SwiGLU, rotary Q/K, no biases; MHA with first_scores."""
+  att = torch_reference.Attention(kind="hopfield", alpha=0.5, alpha_hidden=0.5, h0="first_scores")
+  r = run_both(att, True, llama=True)
+  assert np.abs(r["out"][0] - r["out"][1]).max() <= 1e-5
+  assert np.abs(r["dx"][0] - r["dx"][1]).max() <= 1e-4
+  assert max_grad_diff(*r["grads"]) <= 1e-4
+
+
 @pytest.mark.parametrize("residual", ["scaled_branch", "standard"])
 def test_other_residual_forms(residual):
   att = torch_reference.Attention(kind="hopfield", alpha=0.7, alpha_hidden=0.3, residual=residual)
@@ -86,9 +99,8 @@ def test_other_residual_forms(residual):
   assert max_grad_diff(*r["grads"]) <= 1e-4
 
 
-@pytest.mark.parametrize("causal", [True, False])
-def test_standard_attention_matches_torch_reference(causal):
-  r = run_both(torch_reference.Attention(kind="standard"), causal)
+def test_standard_attention_matches_torch_reference():
+  r = run_both(torch_reference.Attention(kind="standard"), True)
   assert np.abs(r["out"][0] - r["out"][1]).max() <= 1e-5
   assert np.abs(r["dx"][0] - r["dx"][1]).max() <= 1e-4
   assert max_grad_diff(*r["grads"]) <= 1e-4
