@@ -5,8 +5,8 @@ on 2 CPU cores. No download beyond `pip install 'mha-jax[data]'`.
   python -m mha_jax.main --config=configs/demo.py:attention=standard --workdir=runs/demo_std
   python -m mha_jax.main --config=configs/demo.py:attention=hopfield --workdir=runs/demo_mha
 
-Model: 6 layers, width 64, 4 heads, patch 4 (49 patches + class token).
-Training: 400 steps of batch 128 (≈13 epochs), AdamW lr 2e-3, cosine, 40 warmup.
+Model: 6 layers, width 64, 4 heads, patch 7 (16 patches + class token).
+Training: 500 steps of batch 128 (16 epochs), AdamW lr 2e-3, cosine, 40 warmup.
 Compare `eval/accuracy` in runs/*/metrics.jsonl (see mha_jax/train/README.md for
 measured numbers; at this scale the difference is small and within seed noise,
 which is itself a result: the paper's gains are for deeper, larger models).
@@ -18,13 +18,15 @@ from mha_jax.train import config_util
 
 def get_config(arg=None):
   a = config_util.parse_arg(arg, attention="standard", alpha=0.5, alpha_hidden=-1.0,
-                            residual="convex", depth=6, steps=400, seed=0, smoke=False)
+                            residual="convex", depth=6, steps=500, seed=0, smoke=False)
   config = config_util.base_config()
   config.update(seed=a.seed, total_steps=a.steps, batch_size=128, eval_batch_size=200,
                 log_every=20, eval_every=100,
                 checkpoint_every=200, label_smoothing=0.0)
-  config.data = config_util.data_config("mnist5k")
-  config.model = dict(name="vit", variant="Ti/4", num_layers=a.depth, width=64, num_heads=4,
+  # No flips (mirrored digits are not digits) and no shifted crops: with 7-pixel
+  # patches a 4-pixel shift costs more accuracy in 500 steps than it buys.
+  config.data = config_util.data_config("mnist5k", flip=False, crop="none")
+  config.model = dict(name="vit", variant="Ti/7", num_layers=a.depth, width=64, num_heads=4,
                       mlp_dim=128, pool="token",
                       attention=config_util.attention_config(a.attention, a.alpha,
                                                              a.alpha_hidden, a.residual))

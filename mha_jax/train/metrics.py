@@ -18,9 +18,8 @@ import tqdm
 class MetricWriter:
   """`write(step, split, metrics)` appends to <workdir>/metrics.jsonl and tb/."""
 
-  def __init__(self, workdir, *, total_steps, initial_step, unit, progress_bar=True):
+  def __init__(self, workdir, *, total_steps, initial_step, progress_bar=True):
     self.active = jax.process_index() == 0
-    self.unit = unit
     self._tb = self._file = self._bar = None
     if not self.active:
       return

@@ -96,8 +96,7 @@ def init_state(config, model, tx, info, mesh, rules):
   abstract_boxed = jax.eval_shape(init, jax.random.key(config.seed))
   state_sh = sharding.state_shardings(abstract_boxed, mesh, rules)
   abstract = nn.unbox(abstract_boxed)
-  # Init runs outside the logical-rules context: flax's DenseGeneral would apply
-  # the 3-d kernel constraint to its flattened 2-d init value.
+  # Outside `sharding.step_context`, for the reason given there.
   make = jax.jit(lambda k: nn.unbox(init(k)), out_shardings=state_sh)
   return lambda: make(jax.random.key(config.seed)), state_sh, abstract
 
@@ -111,7 +110,10 @@ def create_state(config, model, tx, info, mesh, rules, manager):
     return resumed[0], state_sh, resumed[1]
   state = make()
   if config.get("init_from"):
-    loaded = checkpoint.load_init_params(config.init_from, model)
+    try:
+      loaded = checkpoint.load_init_params(config.init_from, model)
+    except FileNotFoundError as e:
+      raise ConfigError(f"init_from={config.init_from!r}: {e}") from e
     state["params"], fresh = checkpoint.merge_params(state["params"], loaded)
     logging.info("init_from %s; freshly initialised: %s", config.init_from, fresh)
   return state, state_sh, None
@@ -157,6 +159,7 @@ def train_and_evaluate(config, workdir):
   sharding.check_batch(config.eval_batch_size, mesh, 1)
   rules = sharding.logical_rules(config)
   train_input = build_input(config, train=True)
+  eval_input = build_input(config, train=False) if config.eval_every else None
   info = train_input.info
   model = build_model(config.model, info)
   tx, schedule = optim.make_optimizer(config.optim, config.total_steps)
@@ -167,7 +170,6 @@ def train_and_evaluate(config, workdir):
   if data_state is not None:
     train_input.set_state(data_state)
   train_fn, eval_fn = compile_steps(config, model, tx, info.kind, state_sh, mesh)
-  eval_input = build_input(config, train=False) if config.eval_every else None
   runner = loop.TrainLoop(config, workdir, info, schedule, manager, mesh,
                           initial_step=int(jax.device_get(state["step"])))
   try:

@@ -74,4 +74,4 @@ def helpers():
   """The functions above, for test modules (conftest is not importable under
   --import-mode=importlib)."""
   return types.SimpleNamespace(smoke_config=smoke_config, read_metrics=read_metrics,
-                               checkpoint_steps=checkpoint_steps)
+                               checkpoint_steps=checkpoint_steps, configs=CONFIGS)

@@ -9,9 +9,11 @@ from mha_jax.train import train_and_evaluate
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.parametrize("name", ["vit_cifar", "gpt2_wikitext103"])
-def test_smoke_trains_checkpoints_and_resumes(name, tmp_path, helpers):
-  config = helpers.smoke_config(name, **{"model.attention.kind": "hopfield"})
+@pytest.mark.parametrize("name, dtype", [("vit_cifar", "float32"),
+                                         ("gpt2_wikitext103", "bfloat16")])
+def test_smoke_trains_checkpoints_and_resumes(name, dtype, tmp_path, helpers):
+  config = helpers.smoke_config(name, **{"model.attention.kind": "hopfield",
+                                         "model.dtype": dtype})
   final = train_and_evaluate(config, str(tmp_path))
 
   losses = [row["loss"] for row in helpers.read_metrics(tmp_path, "train")]

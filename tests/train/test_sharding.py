@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from mha_jax.train import config_util, optim, sharding, steps, train
+from mha_jax.train import config_util, optim, sharding, train
 
 TOL = 2e-5
 pytestmark = pytest.mark.slow   # ~10 s of compilation per mesh on 2 cores
