@@ -19,7 +19,8 @@ def get_config(arg=None):
                             residual="convex", steps=5000, smoke=False)
   config = config_util.base_config()
   config.update(total_steps=a.steps, batch_size=512, eval_batch_size=512, log_every=50,
-                eval_every=1000, checkpoint_every=1000, init_from="")
+                eval_every=1000, checkpoint_every=1000, init_from="",
+                init_from_exclude="^head/")   # a new head for the new classes
   config.data = config_util.data_config(a.dataset, image_size=224, crop="random_resized_crop")
   config.model = dict(name="vit", variant=a.variant, dtype="bfloat16",
                       attention=config_util.attention_config(a.attention, a.alpha,

@@ -64,12 +64,14 @@ def _load_orbax_params(directory):
   return jax.tree.map(np.asarray, restored.state["params"])
 
 
-def load_init_params(directory, model):
-  """Unboxed params from an orbax workdir or a Hugging Face / PyTorch directory."""
+def load_init_params(directory, model, exclude=""):
+  """Unboxed params from an orbax workdir or a Hugging Face / PyTorch directory;
+  `exclude` (regex on param paths, e.g. "^head/") leaves leaves out of the
+  PyTorch import so they stay freshly initialised."""
   if os.path.exists(os.path.join(directory, "config.json")) and not os.path.isdir(
       os.path.join(directory, "checkpoints")):
     from mha_jax import interop  # torch is optional: import only when asked for
-    return interop.load_pretrained(directory, model)
+    return interop.load_pretrained(directory, model, exclude=exclude or None)
   return _load_orbax_params(directory)
 
 

@@ -69,6 +69,7 @@ def base_config():
       async_checkpoints=True,
       progress_bar=True,
       init_from="",            # orbax workdir or Hugging Face dir: params for a warm start
+      init_from_exclude="",    # regex of params not taken from a Hugging Face init_from
       distributed=False,       # jax.distributed.initialize() (multi-host)
       mesh=dict(data=-1, fsdp=1, tensor=1),   # -1: the remaining devices
       sharding_rules=(),       # () = mha_jax.train.sharding.DEFAULT_RULES

@@ -111,8 +111,9 @@ def create_state(config, model, tx, info, mesh, rules, manager):
   state = make()
   if config.get("init_from"):
     try:
-      loaded = checkpoint.load_init_params(config.init_from, model)
-    except FileNotFoundError as e:
+      loaded = checkpoint.load_init_params(config.init_from, model,
+                                           config.get("init_from_exclude", ""))
+    except (FileNotFoundError, ValueError) as e:
       raise ConfigError(f"init_from={config.init_from!r}: {e}") from e
     state["params"], fresh = checkpoint.merge_params(state["params"], loaded)
     logging.info("init_from %s; freshly initialised: %s", config.init_from, fresh)

@@ -1,33 +1,53 @@
-"""End to end: the ViT and GPT smoke configs train, evaluate, checkpoint, resume."""
+"""End to end: the ViT and GPT smoke configs train, evaluate, checkpoint; the GPT
+run resumes, the ViT run seeds a linear probe through `init_from`."""
 
 import pathlib
 
+import jax
+import numpy as np
 import pytest
 
-from mha_jax.train import train_and_evaluate
+from mha_jax.train import checkpoint, train_and_evaluate
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.parametrize("name, dtype", [("vit_cifar", "float32"),
-                                         ("gpt2_wikitext103", "bfloat16")])
-def test_smoke_trains_checkpoints_and_resumes(name, dtype, tmp_path, helpers):
-  config = helpers.smoke_config(name, **{"model.attention.kind": "hopfield",
-                                         "model.dtype": dtype})
-  final = train_and_evaluate(config, str(tmp_path))
-
-  losses = [row["loss"] for row in helpers.read_metrics(tmp_path, "train")]
+def check_smoke_run(workdir, final, helpers, text):
+  losses = [row["loss"] for row in helpers.read_metrics(workdir, "train")]
   assert min(losses[1:]) < losses[0] - 0.1, losses
-  eval_losses = [row["loss"] for row in helpers.read_metrics(tmp_path, "eval")]
+  eval_losses = [row["loss"] for row in helpers.read_metrics(workdir, "eval")]
   assert eval_losses[-1] < eval_losses[0], eval_losses
-  assert {"loss", "accuracy"} <= set(final)
-  assert ("perplexity" in final) == (name == "gpt2_wikitext103")
-  assert [row["step"] for row in helpers.read_metrics(tmp_path, "eval")] == [10, 20]
-  assert helpers.checkpoint_steps(tmp_path) == [10, 20]
-  assert (tmp_path / "config.json").exists()
-  assert list(pathlib.Path(tmp_path, "tb").glob("events.out.tfevents.*"))
+  assert [row["step"] for row in helpers.read_metrics(workdir, "eval")] == [10, 20]
+  assert {"loss", "accuracy"} <= set(final) and ("perplexity" in final) == text
+  assert helpers.checkpoint_steps(workdir) == [10, 20]
+  assert (workdir / "config.json").exists()
+  assert list(pathlib.Path(workdir, "tb").glob("events.out.tfevents.*"))
+
+
+def test_gpt_smoke_bf16_trains_and_resumes(tmp_path, helpers):
+  config = helpers.smoke_config("gpt2_wikitext103", **{"model.attention.kind": "hopfield",
+                                                       "model.dtype": "bfloat16"})
+  final = train_and_evaluate(config, str(tmp_path))
+  check_smoke_run(tmp_path, final, helpers, text=True)
 
   config.total_steps = 25   # a second call resumes from step 20
   train_and_evaluate(config, str(tmp_path))
   assert [row["step"] for row in helpers.read_metrics(tmp_path, "train")][-1] == 25
   assert helpers.checkpoint_steps(tmp_path)[-1] == 25
+
+
+def test_vit_smoke_trains_then_seeds_a_linear_probe(tmp_path, helpers):
+  source, probe = tmp_path / "source", tmp_path / "probe"
+  config = helpers.smoke_config("vit_cifar", **{"model.attention.kind": "hopfield"})
+  final = train_and_evaluate(config, str(source))
+  check_smoke_run(source, final, helpers, text=False)
+
+  config.update(total_steps=3, eval_every=0, init_from=str(source))
+  config.optim.trainable = "^head/"
+  train_and_evaluate(config, str(probe))
+  before = checkpoint._load_orbax_params(str(source))
+  after = checkpoint._load_orbax_params(str(probe))
+  frozen = {k: v for k, v in before.items() if k != "head"}
+  for a, b in zip(jax.tree.leaves(frozen), jax.tree.leaves({k: after[k] for k in frozen})):
+    np.testing.assert_array_equal(a, b)   # loaded, then left alone
+  assert not np.array_equal(before["head"]["kernel"], after["head"]["kernel"])
