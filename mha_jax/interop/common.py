@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 
+import jax
 import numpy as np
 
 
@@ -107,58 +108,32 @@ def merge_out(kernel_HxKxD):
   return kernel_HxKxD.reshape(-1, kernel_HxKxD.shape[-1])
 
 
+def _leaves(tree, prefix=()):
+  """(path tuple, leaf) pairs of a nested dict."""
+  if not isinstance(tree, dict):
+    yield prefix, tree
+    return
+  for key, value in tree.items():
+    yield from _leaves(value, prefix + (key,))
+
+
 def flat_shapes(params_tree):
-  """Nested (possibly scanned) param structs → {loop-layout path: struct}."""
+  """Param structs, scanned or not → {loop-layout path: ShapeDtypeStruct}."""
   out = {}
-
-  def walk(node, prefix):
-    if isinstance(node, dict):
-      for key, value in node.items():
-        if key == "layers":  # scanned: leaves carry a leading layer axis
-          walk_scanned(value, prefix)
-        else:
-          walk(value, prefix + (key,))
-    else:
-      out["/".join(prefix)] = node
-
-  def walk_scanned(node, prefix):
-    leaves = {}
-
-    def collect(n, rel):
-      if isinstance(n, dict):
-        for k, v in n.items():
-          collect(v, rel + (k,))
-      else:
-        leaves[rel] = n
-
-    collect(node, ())
-    num_layers = next(iter(leaves.values())).shape[0]
-    for i in range(num_layers):
-      for rel, leaf in leaves.items():
-        out["/".join(prefix + (f"layers_{i}",) + rel)] = _Struct(leaf.shape[1:], leaf.dtype)
-
-  walk(params_tree, ())
+  for path, leaf in _leaves(params_tree):
+    if "layers" not in path:
+      out["/".join(path)] = leaf
+      continue
+    at = path.index("layers")  # scanned: leaves carry a leading layer axis
+    for i in range(leaf.shape[0]):
+      layer_path = path[:at] + (f"layers_{i}",) + path[at + 1:]
+      out["/".join(layer_path)] = jax.ShapeDtypeStruct(leaf.shape[1:], leaf.dtype)
   return out
-
-
-class _Struct:
-  def __init__(self, shape, dtype):
-    self.shape, self.dtype = tuple(shape), dtype
 
 
 def flatten(params_tree):
   """Nested loop-layout params → {path: array}."""
-  out = {}
-
-  def walk(node, prefix):
-    if isinstance(node, dict):
-      for key, value in node.items():
-        walk(value, prefix + (key,))
-    else:
-      out["/".join(prefix)] = np.asarray(node)
-
-  walk(params_tree, ())
-  return out
+  return {"/".join(path): np.asarray(leaf) for path, leaf in _leaves(params_tree)}
 
 
 def unflatten(flat):

@@ -25,8 +25,8 @@ from mha_jax.models import layers
 from mha_jax.models import llama as llama_model
 from mha_jax.models import vit as vit_model
 
+# build_model name → converter; the names are also HF config.json `model_type`s.
 CONVERTERS = {"gpt2": gpt2, "llama": llama, "vit": vit}
-MODEL_TYPES = {"gpt2": "gpt2", "llama": "llama", "vit": "vit"}  # HF model_type → build_model name
 # Numerics that do not show in shapes: a mismatch loads fine and computes other logits.
 NUMERICS = ("norm_eps", "mlp", "rope_theta")
 
@@ -48,11 +48,10 @@ def model_options_from_pretrained(directory):
   config = checkpoint_io.read_config(directory)
   if "architecture" in config:  # timm hub config
     return "vit", vit.timm_model_options(config)
-  model_type = config.get("model_type")
-  if model_type not in MODEL_TYPES:
-    raise ValueError(f"{directory}: config.json model_type={model_type!r}; supported: "
-                     f"{sorted(MODEL_TYPES)} or a timm config with 'architecture'")
-  name = MODEL_TYPES[model_type]
+  name = config.get("model_type")
+  if name not in CONVERTERS:
+    raise ValueError(f"{directory}: config.json model_type={name!r}; supported: "
+                     f"{sorted(CONVERTERS)} or a timm config with 'architecture'")
   return name, CONVERTERS[name].model_options(config)
 
 
