@@ -10,6 +10,7 @@ import torch
 import transformers
 
 from mha_jax import interop
+from mha_jax.interop import common, vit
 
 TOL = 1e-4
 
@@ -74,6 +75,24 @@ def test_gpt2_export_reloads_identically(hf_gpt2, tmp_path, weights_format):
   assert_state_dicts_equal(reloaded.state_dict(), hf.state_dict())
   x = tokens(97, seed=1)
   np.testing.assert_array_equal(torch_logits(reloaded, x), torch_logits(hf, x))
+  assert_params_equal(interop.load_pretrained(out, model), params)  # and our own reader
+
+
+def assert_params_equal(a, b):
+  """Equal trees (nested or already flat {path: array})."""
+  flat_a, flat_b = common.flatten(a), common.flatten(b)
+  assert sorted(flat_a) == sorted(flat_b)
+  for path in flat_a:
+    np.testing.assert_array_equal(flat_a[path], flat_b[path], err_msg=path)
+
+
+def test_sharded_safetensors(hf_gpt2, tmp_path):
+  hf, directory = hf_gpt2
+  hf.save_pretrained(tmp_path, max_shard_size="30KB")
+  assert os.path.exists(tmp_path / "model.safetensors.index.json")
+  model = interop.model_from_pretrained(directory)
+  assert_params_equal(interop.load_pretrained(str(tmp_path), model),
+                      interop.load_pretrained(directory, model))
 
 
 def test_gpt2_export_records_mha_settings(hf_gpt2, tmp_path):
@@ -131,18 +150,12 @@ def test_vit_export_reloads_identically(hf_vit, tmp_path):
 def test_vit_in_memory_state_dict_names(hf_vit):
   """transformers 5 renames ViT modules in memory (q_proj, mlp.fc1); both spellings load."""
   hf, directory = hf_vit
-  model = interop.model_from_pretrained(directory)
   state_dict = {k: v.numpy() for k, v in hf.state_dict().items()}
   assert "vit.layers.0.attention.q_proj.weight" in state_dict
-  from mha_jax.interop import vit
   params, _ = vit.import_state_dict(state_dict, 2, 3, "memory")
-  from_file = interop.load_pretrained(directory, model)
-  from mha_jax.interop import common
-  from mha_jax.models import layers
-  flat = common.flatten(layers.unstack_layer_params(from_file))
-  assert sorted(params) == sorted(flat)
-  for path in flat:
-    np.testing.assert_array_equal(params[path], flat[path])
+  model = interop.model_from_pretrained(directory, scan_layers=False)
+  from_file = common.flatten(interop.load_pretrained(directory, model))
+  assert_params_equal(params, from_file)
 
 
 def test_vit_new_head_needs_exclude(hf_vit):
