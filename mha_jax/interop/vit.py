@@ -52,14 +52,16 @@ def model_options(config):
 
 
 def timm_model_options(config):
-  """From `model_args` when the config has them (our export does), else the name."""
+  """From `model_args` when the config has them (our export writes them), else from
+  a vit_<size>_patch<p>_<img> architecture name."""
   args = config.get("model_args") or {}
   name = config["architecture"]
   match = re.fullmatch(r"vit_(\w+?)_patch(\d+)_(\d+)(?:\.\w+)?", name)
-  if not args and not (match and match.group(1) in TIMM_SIZES):
+  size = TIMM_SIZES.get(match.group(1)) if match else None
+  if size is None and not args:
     raise ValueError(f"timm architecture {name!r}: give model_args or use a "
                      f"vit_<size>_patch<p>_<img> name")
-  width, depth, heads = TIMM_SIZES[match.group(1)] if not args else (None,) * 3
+  width, depth, heads = size or (None, None, None)
   width = args.get("embed_dim", width)
   return dict(num_layers=args.get("depth", depth), width=width,
               num_heads=args.get("num_heads", heads),

@@ -13,7 +13,7 @@ import torch
 import transformers
 
 from mha_jax import interop
-from mha_jax.interop import checkpoint_io
+from mha_jax.interop import checkpoint_io, vit
 
 DEPTH, WIDTH, HEADS, MLP, IMAGE, PATCH, CLASSES = 2, 36, 3, 54, 20, 5, 7
 
@@ -111,3 +111,13 @@ def test_timm_layer_scale_is_reported_not_dropped(timm_checkpoint, tmp_path):
   model = interop.model_from_pretrained(directory)
   with pytest.raises(ValueError, match=r"unexpected key 'blocks\.0\.ls1\.gamma' of shape \(36,\)"):
     interop.load_pretrained(str(tmp_path), model)
+
+
+def test_timm_options_from_architecture_name():
+  """A timm hub config without model_args: sizes from timm's published table."""
+  options = vit.timm_model_options({"architecture": "vit_small_patch16_384.augreg_in21k",
+                                    "num_classes": 21843})
+  assert (options["width"], options["num_layers"], options["num_heads"], options["mlp_dim"],
+          options["patch_size"], options["image_size"]) == (384, 12, 6, 1536, 16, 384)
+  with pytest.raises(ValueError, match="give model_args"):
+    vit.timm_model_options({"architecture": "vit_base_patch16_clip_224"})
