@@ -29,7 +29,7 @@ import torch.nn.functional as F
 import transformers
 
 from mha_jax import interop
-from mha_jax.interop import common, torch_models, torch_reference
+from mha_jax.interop import checkpoint_io, common, torch_models, torch_reference
 from mha_jax.models import layers
 
 HF_CLASSES = {"gpt2": transformers.GPT2LMHeadModel, "llama": transformers.LlamaForCausalLM,
@@ -134,6 +134,9 @@ def compare(args):
     directory = tempfile.mkdtemp(prefix=f"compare_{args.family}_")
     small_hf_model(args.family, args.seed).save_pretrained(directory)
   family, options = interop.model_options_from_pretrained(directory)
+  if "architecture" in checkpoint_io.read_config(directory):
+    raise SystemExit(f"{directory} is a timm checkpoint; this script runs HF models "
+                     f"(timm is not a dependency)")
   hf = HF_CLASSES[family].from_pretrained(directory, attn_implementation="eager").eval()
   model = interop.model_from_pretrained(directory)
   params = interop.load_pretrained(directory, model)
