@@ -95,6 +95,7 @@ class StackConfig:
   param_dtype: str = "float32"
   scan_layers: bool = True
   remat_policy: str = "none"
+  skip_connections: bool = True      # False: x ← Attn(Norm x); x ← MLP(Norm x) (depth study)
 
   def __post_init__(self):
     if isinstance(self.attention, dict):
@@ -239,11 +240,14 @@ class Block(nn.Module):
     u_BxTxD, h_BxNxTxT = SelfAttention(cfg, name="attention")(
         make_norm(cfg, "attention_norm")(x_BxTxD), h_prev, restart, mask, deterministic)
     u_BxTxD = dropout(u_BxTxD)
-    if att.kind == "hopfield":
+    if not cfg.skip_connections:
+      x_BxTxD = u_BxTxD
+    elif att.kind == "hopfield":
       x_BxTxD = attention.residual_update(x_BxTxD, u_BxTxD, att.alpha, att.residual)
     else:
       x_BxTxD = x_BxTxD + u_BxTxD
-    x_BxTxD = x_BxTxD + dropout(Mlp(cfg, name="mlp")(make_norm(cfg, "mlp_norm")(x_BxTxD)))
+    mlp_BxTxD = dropout(Mlp(cfg, name="mlp")(make_norm(cfg, "mlp_norm")(x_BxTxD)))
+    x_BxTxD = x_BxTxD + mlp_BxTxD if cfg.skip_connections else mlp_BxTxD
     x_BxTxD = nn.with_logical_constraint(x_BxTxD, ("batch", "length", "embed"))
     outputs = None
     if self.return_intermediates:

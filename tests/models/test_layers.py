@@ -35,7 +35,7 @@ def np_gelu_tanh(x):
   return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)))
 
 
-def np_stack(params, x, att, causal):
+def np_stack(params, x, att, causal, skip=True):
   """Spec §2, line by line, in float64, over the loop-layout parameters."""
   p64 = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
   length = x.shape[1]
@@ -56,10 +56,13 @@ def np_stack(params, x, att, causal):
     weights /= weights.sum(-1, keepdims=True)
     u = np.einsum("bnts,bsnh->btnh", weights, v)
     u = np.einsum("btnh,nhd->btd", u, p["attention"]["out"]["kernel"]) + p["attention"]["out"]["bias"]
-    x = x + u if att.kind == "realformer" else a * x + (1 - a) * u
+    if not skip:
+      x = u
+    else:
+      x = x + u if att.kind == "realformer" else a * x + (1 - a) * u
     y = np_layernorm(x, p["mlp_norm"])
     hidden = np_gelu_tanh(y @ p["mlp"]["fc1"]["kernel"] + p["mlp"]["fc1"]["bias"])
-    x = x + hidden @ p["mlp"]["fc2"]["kernel"] + p["mlp"]["fc2"]["bias"]
+    x = (x if skip else 0) + hidden @ p["mlp"]["fc2"]["kernel"] + p["mlp"]["fc2"]["bias"]
   return x, h
 
 
@@ -78,6 +81,17 @@ def test_mha_stack_matches_numpy_equations(kind, h0, causal):
   np.testing.assert_allclose(out, expected_x, atol=1e-5)
   np.testing.assert_allclose(per_layer["hidden_state"][-1], expected_h, atol=1e-5)
   np.testing.assert_allclose(per_layer["residual"][-1], out, atol=0)
+
+
+def test_no_skip_stack_matches_numpy():
+  cfg = layers.StackConfig(**{**stack_config(kind="hopfield", alpha=0.6, alpha_hidden=0.7).__dict__,
+                              "skip_connections": False})
+  x = jax.random.normal(jax.random.key(1), (BATCH, LENGTH, WIDTH))
+  params = init_stack(cfg, x)
+  out, _ = layers.LayerStack(cfg).apply({"params": params}, x)
+  expected, _ = np_stack(layers.unstack_layer_params(params), np.asarray(x, np.float64),
+                         cfg.attention, causal=False, skip=False)
+  np.testing.assert_allclose(out, expected, atol=1e-5)
 
 
 def loss_fn(cfg, x, mask):
