@@ -7,8 +7,8 @@
 Paper (CIFAR-10 / CIFAR-100 top-1 % at depth 1, 2, 4, 8, 12):
   standard 55.08/30.90, 63.72/40.06, 57.38/32.25, 48.59/17.19, 10/1
   MHA      65.41/40.08, 79.75/56.94, 85.74/64.39, 80.34/49.90, 10/1
-Needs the model option `skip_connections` (x ← u and x ← MLP(Norm x)); until the
-model has it this config stops before compute with "unknown model option".
+`skip_connections=False` in the model: x ← Attn(Norm x), then x ← MLP(Norm x)
+(MHA keeps its hidden state H, which is the point of the study).
 """
 
 import os

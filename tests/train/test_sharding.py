@@ -1,9 +1,10 @@
 """Data-, fsdp- and tensor-parallel steps equal one device; H is sharded over heads.
 
 Runs on the 8 simulated CPU devices of tests/conftest.py. Tolerance: losses and
-updated parameters after two AdamW steps agree to 2e-5 absolute (float32
-reductions are summed in a different order across shards; measured max
-differences are ~1e-6).
+updated parameters after two AdamW steps (lr 1e-2, attention dropout 0.1) agree
+to 2e-5 absolute; float32 reductions are summed in a different order across
+shards. Measured: loss ≤ 4.8e-7, parameters ≤ 3.2e-6 (data=8, fsdp=8,
+data=2×tensor=4), 5.1e-6 (2×2×2); grad accumulation ×4: 2.7e-6.
 """
 
 import types
