@@ -154,6 +154,39 @@ def apply_rope(x_BxTxNxD, theta):
   return rotated.astype(x_BxTxNxD.dtype)
 
 
+class Projection(nn.Module):
+  """y = x · W + b contracting the last `num_input_axes` axes of x.
+
+  Like `nn.DenseGeneral`, but the kernel is created in its full shape, so its
+  logical axis names apply under `jax.set_mesh` (DenseGeneral initialises a
+  flattened kernel and cannot take a 3-d logical annotation there).
+  """
+  cfg: StackConfig
+  features: tuple
+  axes: tuple                  # logical names of the kernel's axes
+  num_input_axes: int = 1
+  residual_projection: bool = False
+
+  @nn.compact
+  def __call__(self, x):
+    cfg, n_in = self.cfg, self.num_input_axes
+    in_shape = x.shape[-n_in:]
+    out_axes = tuple(range(n_in, n_in + len(self.features)))
+    if cfg.init_std is None:
+      init = nn.initializers.xavier_uniform(in_axis=tuple(range(n_in)), out_axis=out_axes)
+      init = nn.with_logical_partitioning(init, self.axes)
+    else:
+      init = kernel_init(cfg, self.axes, self.residual_projection)
+    kernel = self.param("kernel", init, in_shape + tuple(self.features), cfg.param_dtype)
+    y = jnp.tensordot(x.astype(cfg.dtype), kernel.astype(cfg.dtype), n_in)
+    if cfg.use_bias:
+      bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros,
+                                                             self.axes[n_in:]),
+                        tuple(self.features), cfg.param_dtype)
+      y = y + bias.astype(cfg.dtype)
+    return y
+
+
 class SelfAttention(nn.Module):
   """Q/K/V/O projections around `attention.hopfield_attention`."""
   cfg: StackConfig
@@ -163,11 +196,8 @@ class SelfAttention(nn.Module):
     cfg, att = self.cfg, self.cfg.attention
 
     def project(name):
-      y = nn.DenseGeneral((cfg.num_heads, cfg.head_dim), use_bias=cfg.use_bias,
-                          kernel_init=kernel_init(cfg, ("embed", "heads", "kv")),
-                          bias_init=nn.with_logical_partitioning(nn.initializers.zeros,
-                                                                 ("heads", "kv")),
-                          dtype=cfg.dtype, param_dtype=cfg.param_dtype, name=name)(x_BxTxD)
+      y = Projection(cfg, (cfg.num_heads, cfg.head_dim), ("embed", "heads", "kv"),
+                     name=name)(x_BxTxD)
       return checkpoint_name(y, name)
 
     q_BxTxNxD, k_BxTxNxD, v_BxTxNxD = project("query"), project("key"), project("value")
@@ -186,15 +216,13 @@ class SelfAttention(nn.Module):
       out_BxTxNxD, h_BxNxTxT = attention.hopfield_attention(
           q_BxTxNxD, k_BxTxNxD, v_BxTxNxD, h_prev, alpha_hidden=1.0, score_weight=1.0,
           restart=restart, **common)
-      h_BxNxTxT = nn.with_logical_constraint(h_BxNxTxT, ("batch", "heads", None, None))
     else:
       out_BxTxNxD, h_BxNxTxT = attention.dot_product_attention(
           q_BxTxNxD, k_BxTxNxD, v_BxTxNxD, **common), None
-    y_BxTxD = nn.DenseGeneral(
-        cfg.width, axis=(-2, -1), use_bias=cfg.use_bias,
-        kernel_init=kernel_init(cfg, ("heads", "kv", "embed"), residual_projection=True),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
-        dtype=cfg.dtype, param_dtype=cfg.param_dtype, name="out")(out_BxTxNxD)
+    if h_BxNxTxT is not None:
+      h_BxNxTxT = nn.with_logical_constraint(h_BxNxTxT, ("batch", "heads", None, None))
+    y_BxTxD = Projection(cfg, (cfg.width,), ("heads", "kv", "embed"), num_input_axes=2,
+                         residual_projection=True, name="out")(out_BxTxNxD)
     return y_BxTxD, h_BxNxTxT
 
 

@@ -8,6 +8,7 @@ ViT-Ti's 3 heads on a 2-way tensor axis).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 
@@ -73,18 +74,12 @@ def logical_rules(config):
                for name, axes in (rules or DEFAULT_RULES))
 
 
+@contextlib.contextmanager
 def step_context(mesh, rules):
-  """Context in which the steps are traced.
-
-  The model's activation constraints only act under `jax.set_mesh(mesh)`, but
-  there flax's `DenseGeneral` (Q/K/V/O projections) fails: every apply re-runs
-  its kernel init abstractly to check shapes, and that init unboxes the 3-d
-  logical constraint onto the flattened 2-d kernel. Until the model boxes those
-  kernels itself, activations (and H) take their sharding from the parameter
-  and batch shardings by propagation; the rules still name the mesh axes.
-  """
-  del mesh  # add `jax.set_mesh(mesh)` here once the model allows it
-  return nn.logical_axis_rules(rules)
+  """Context in which the steps are traced: the mesh, and the rules that map the
+  model's logical axis names (on params, activations and H) onto it."""
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    yield
 
 
 def batch_sharding(mesh):

@@ -96,7 +96,9 @@ def init_state(config, model, tx, info, mesh, rules):
   abstract_boxed = jax.eval_shape(init, jax.random.key(config.seed))
   state_sh = sharding.state_shardings(abstract_boxed, mesh, rules)
   abstract = nn.unbox(abstract_boxed)
-  # Outside `sharding.step_context`, for the reason given there.
+  # Outside `sharding.step_context`: unboxing there would constrain each parameter
+  # to its raw logical spec, including dimensions the mesh does not divide;
+  # state_sh holds the fitted specs.
   make = jax.jit(lambda k: nn.unbox(init(k)), out_shardings=state_sh)
   return lambda: make(jax.random.key(config.seed)), state_sh, abstract
 
