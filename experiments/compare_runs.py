@@ -30,17 +30,9 @@ flags.DEFINE_string("plot", None, "save eval curves (loss and the main metric) h
 
 
 def attention_label(model_config):
-  """Kind, α, α′ and residual form, with the model's defaults filled in."""
-  att = layers.AttentionConfig(**model_config.get("attention", {}))
-  if not model_config.get("skip_connections", True):
-    residual = "none (x←u)"
-  elif att.kind == "hopfield":
-    residual = att.residual
-  else:   # standard attention and RealFormer ignore `residual`
-    residual = "x+u"
-  if att.kind == "hopfield":
-    return f"hopfield α={att.alpha:g} α′={att.alpha_hidden:g} residual={residual}"
-  return f"{att.kind} residual={residual}"
+  """The model's own description, with its defaults filled in."""
+  attention = layers.AttentionConfig(**dict(model_config.get("attention", {})))
+  return layers.describe_attention(attention, model_config.get("skip_connections", True))
 
 
 def load_run(workdir):

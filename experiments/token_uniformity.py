@@ -49,20 +49,6 @@ def read_config(workdir):
     return ml_collections.ConfigDict(json.load(f))
 
 
-def attention_label(stack):
-  """Kind, α, α′ and the residual form of a model's layer stack."""
-  att = stack.attention
-  if not stack.skip_connections:
-    residual = "none (x←u)"
-  elif att.kind == "hopfield":
-    residual = att.residual
-  else:   # standard attention and RealFormer ignore `residual`
-    residual = "x+u"
-  if att.kind == "hopfield":
-    return f"hopfield α={att.alpha:g} α′={att.alpha_hidden:g} residual={residual}"
-  return f"{att.kind} residual={residual}"
-
-
 def default_layers(depth):
   return sorted({max(depth // 2, 1), depth})
 
@@ -122,7 +108,7 @@ def measure(name, config, workdir, layers, num_batches, batch_size):
     for layer in layers:
       cosines[layer].append(analysis.pairwise_token_cosine(x_LxBxTxD[layer - 1], valid_BxT))
       residuals[layer].append(rank_residuals(x_LxBxTxD[layer - 1], valid_BxT))
-  label = attention_label(model.stack)
+  label = model.stack.describe_attention()
   return [dict(name=name, label=label, layer=layer, cosines=np.concatenate(cosines[layer]),
                rank_residuals=np.concatenate(residuals[layer])) for layer in layers]
 

@@ -119,6 +119,22 @@ class StackConfig:
   def head_dim(self):
     return self.width // self.num_heads
 
+  def describe_attention(self):
+    return describe_attention(self.attention, self.skip_connections)
+
+
+def describe_attention(att: AttentionConfig, skip_connections=True):
+  """Kind, α, α′ and the residual form actually used: every result names them."""
+  if not skip_connections:
+    residual = "none (x←u)"
+  elif att.kind == "hopfield":
+    residual = att.residual
+  else:   # standard attention and RealFormer ignore `residual`
+    residual = "x+u"
+  if att.kind == "hopfield":
+    return f"hopfield α={att.alpha:g} α′={att.alpha_hidden:g} residual={residual}"
+  return f"{att.kind} residual={residual}"
+
 
 def kernel_init(cfg: StackConfig, axes, residual_projection=False):
   if cfg.init_std is None:
