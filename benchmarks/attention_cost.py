@@ -8,6 +8,9 @@ O(T²) extra elementwise work per layer.
 
     python benchmarks/attention_cost.py                       # CPU-sized defaults
     python benchmarks/attention_cost.py --lengths=512,1024,2048 --batch=8 --width=768 --heads=12
+    # GPT-2 small's shape, memory only (compiles, runs nothing):
+    python benchmarks/attention_cost.py --lengths=1024 --batch=8 --layers=12 --width=768 \
+        --heads=12 --repeats=0
 """
 
 import time
@@ -27,7 +30,7 @@ flags.DEFINE_integer("batch", 4, "batch size")
 flags.DEFINE_integer("layers", 6, "depth")
 flags.DEFINE_integer("width", 256, "model width")
 flags.DEFINE_integer("heads", 4, "attention heads")
-flags.DEFINE_integer("repeats", 3, "timed steps (after one warm-up)")
+flags.DEFINE_integer("repeats", 3, "timed steps (after one warm-up); 0: memory only")
 flags.DEFINE_string("dtype", "float32", "compute dtype")
 
 
@@ -51,6 +54,8 @@ def compiled_step(kind, length, remat):
 def measure(kind, length, remat):
   step, params, x = compiled_step(kind, length, remat)
   temp_bytes = step.memory_analysis().temp_size_in_bytes
+  if not FLAGS.repeats:   # memory only: plan a large shape without running it
+    return temp_bytes, float("nan")
   jax.block_until_ready(step(params, x))
   times = []
   for _ in range(FLAGS.repeats):
