@@ -25,6 +25,9 @@ from mha_jax import attention
 ATTENTION_KINDS = ("standard", "hopfield", "realformer")
 RESIDUAL_FORMS = ("convex", "scaled_branch", "standard")
 H0_POLICIES = ("zeros", "first_scores", "noise")
+# How standard attention is computed: our einsum path, or jax.nn.dot_product_attention
+# (XLA, or cuDNN's fused flash kernel on GPU). MHA needs H, so it is always "naive".
+IMPLEMENTATIONS = ("naive", "xla", "cudnn")
 NORMS = ("layernorm", "rmsnorm")
 MLPS = ("gelu", "gelu_tanh", "swiglu")  # exact GELU (ViT), tanh GELU (GPT-2)
 DTYPES = ("float32", "bfloat16", "float16")
@@ -61,11 +64,16 @@ class AttentionConfig:
   h0_noise_seed: int = 0          # H_0 noise is a fixed draw, equal at train and eval
   reset_every: int = 0            # restart H every N layers (0: never; 1: no memory)
   score_scale: float | None = None  # None: 1/√head_dim
+  implementation: str = "naive"   # standard attention only: naive | xla | cudnn
 
   def __post_init__(self):
     _check_choice("attention.kind", self.kind, ATTENTION_KINDS)
     _check_choice("attention.residual", self.residual, RESIDUAL_FORMS)
     _check_choice("attention.h0", self.h0, H0_POLICIES)
+    _check_choice("attention.implementation", self.implementation, IMPLEMENTATIONS)
+    if self.implementation != "naive" and self.kind != "standard":
+      raise ValueError(f"attention.implementation={self.implementation!r} needs kind='standard' "
+                       f"(a fused kernel never materialises H), got kind={self.kind!r}")
     _check_unit_interval("attention.alpha", self.alpha)
     _check_unit_interval("attention.alpha_hidden", self.alpha_hidden)
     if self.reset_every < 0:
@@ -112,6 +120,9 @@ class StackConfig:
     _check_choice("remat_policy", self.remat_policy, REMAT_POLICIES)
     _check_unit_interval("dropout", self.dropout)
     _check_unit_interval("attention_dropout", self.attention_dropout)
+    if self.attention.implementation != "naive" and self.attention_dropout:
+      raise ValueError(f"attention.implementation={self.attention.implementation!r} has no "
+                       f"attention dropout; got attention_dropout={self.attention_dropout}")
     if self.rope_theta is not None and (self.width // self.num_heads) % 2:
       raise ValueError(f"rotary embeddings need an even head_dim, got {self.width // self.num_heads}")
 
@@ -232,6 +243,10 @@ class SelfAttention(nn.Module):
       out_BxTxNxD, h_BxNxTxT = attention.hopfield_attention(
           q_BxTxNxD, k_BxTxNxD, v_BxTxNxD, h_prev, alpha_hidden=1.0, score_weight=1.0,
           restart=restart, **common)
+    elif att.implementation != "naive":
+      out_BxTxNxD, h_BxNxTxT = jax.nn.dot_product_attention(
+          q_BxTxNxD, k_BxTxNxD, v_BxTxNxD, mask=mask, scale=att.score_scale,
+          implementation=att.implementation), None
     else:
       out_BxTxNxD, h_BxNxTxT = attention.dot_product_attention(
           q_BxTxNxD, k_BxTxNxD, v_BxTxNxD, **common), None

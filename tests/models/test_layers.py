@@ -155,6 +155,17 @@ def test_alpha_hidden_zero_with_standard_residual_is_the_baseline():
   np.testing.assert_allclose(mha, baseline, atol=1e-6)
 
 
+def test_fused_standard_attention_matches_the_naive_path():
+  x = jax.random.normal(jax.random.key(9), (BATCH, LENGTH, WIDTH))
+  mask = layers.attention.causal_mask(LENGTH) & (jnp.arange(LENGTH) > 0)[None, None, None, :]
+  params = init_stack(stack_config(), x, mask)
+  naive = layers.LayerStack(stack_config()).apply({"params": params}, x, mask)[0]
+  fused = layers.LayerStack(stack_config(implementation="xla")).apply({"params": params}, x, mask)[0]
+  np.testing.assert_allclose(fused, naive, atol=1e-5)
+  with pytest.raises(ValueError, match="needs kind='standard'"):
+    stack_config(kind="hopfield", implementation="cudnn")
+
+
 def test_reset_every_layer_forgets_the_state():
   """reset_every=1 with first_scores: H_n = s_n at every layer, i.e. α′ plays no role."""
   x = jax.random.normal(jax.random.key(5), (BATCH, LENGTH, WIDTH))
