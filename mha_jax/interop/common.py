@@ -89,12 +89,12 @@ def linear_to_kernel(w_OxI):
 
 
 def split_heads_in(kernel_DxHD, num_heads):
-  """Dense kernel [D, heads·head_dim] → DenseGeneral q/k/v kernel [D, heads, head_dim]."""
+  """Dense kernel [D, heads·head_dim] → q/k/v `Projection` kernel [D, heads, head_dim]."""
   return kernel_DxHD.reshape(kernel_DxHD.shape[0], num_heads, -1)
 
 
 def split_heads_out(kernel_HDxD, num_heads):
-  """Dense kernel [heads·head_dim, D] → DenseGeneral `out` kernel [heads, head_dim, D]."""
+  """Dense kernel [heads·head_dim, D] → `out` `Projection` kernel [heads, head_dim, D]."""
   return kernel_HDxD.reshape(num_heads, -1, kernel_HDxD.shape[-1])
 
 
