@@ -3,10 +3,13 @@ and loading a config file by path (tests, notebooks) as `--config` does."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import os
 
 import ml_collections
+
+from mha_jax.models import layers
 
 
 def _convert(key, text, default):
@@ -88,9 +91,11 @@ def base_config():
 
 
 def attention_config(kind, alpha, alpha_hidden=-1.0, residual="convex", **extra):
-  """config.model.attention; alpha_hidden < 0 ties α′ = α as the paper does."""
-  return dict(kind=kind, alpha=alpha, alpha_hidden=alpha if alpha_hidden < 0 else alpha_hidden,
-              residual=residual, **extra)
+  """config.model.attention with every field of the model's AttentionConfig, so
+  `--config.model.attention.h0=...` works; alpha_hidden < 0 ties α′ = α as the paper does."""
+  return dict(dataclasses.asdict(layers.AttentionConfig()), kind=kind, alpha=alpha,
+              alpha_hidden=alpha if alpha_hidden < 0 else alpha_hidden, residual=residual,
+              **extra)
 
 
 def shrink_to_smoke(config):

@@ -1,6 +1,7 @@
 """Configs load and build their models; arguments, optimizer masks, meshes and
 init_from merging behave. No training here: all fast."""
 
+import dataclasses
 import types
 
 import jax
@@ -8,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from mha_jax.models import layers
 from mha_jax.train import ConfigError, checkpoint, config_util, optim, sharding, train
 
 PAPER_ROWS = [
@@ -100,3 +102,11 @@ def test_init_from_merge_keeps_new_head():
   merged, kept = checkpoint.merge_params(fresh, loaded)
   assert np.all(merged["body"]["kernel"] == 1) and np.all(merged["head"]["kernel"] == 0)
   assert kept == ["['head']['kernel']"]
+
+
+def test_every_attention_field_is_overridable_from_the_command_line():
+  config = config_util.load_config("configs/demo.py:attention=hopfield,alpha=0.7")
+  assert set(config.model.attention) == {f.name for f in dataclasses.fields(layers.AttentionConfig)}
+  assert config.model.attention.alpha_hidden == 0.7   # tied to α as in the paper
+  config.model.attention.h0 = "first_scores"           # what --config.model.attention.h0 does
+  assert layers.AttentionConfig(**config.model.attention).h0 == "first_scores"
