@@ -44,6 +44,11 @@ class StateDictReader:
     """params[path] = transform(state_dict[key])."""
     self.put_many([path], key, lambda a: [transform(a)])
 
+  def put_layer_norm(self, path, key_prefix):
+    """A LayerNorm: path/scale ← key_prefix.weight, path/bias ← key_prefix.bias."""
+    self.put(f"{path}/scale", f"{key_prefix}.weight")
+    self.put(f"{path}/bias", f"{key_prefix}.bias")
+
   def put_many(self, paths, key, split):
     """One fused tensor (GPT-2 c_attn, timm qkv) → several parameters."""
     array = self.take(key, paths)

@@ -42,9 +42,8 @@ def import_state_dict(state_dict, num_layers, num_heads, source):
   r.put("position_embedding", "transformer.wpe.weight")
   for i in range(num_layers):
     hf, ours = f"transformer.h.{i}.", f"decoder/layers_{i}/"
-    for norm_hf, norm in (("ln_1", "attention_norm"), ("ln_2", "mlp_norm")):
-      r.put(ours + f"{norm}/scale", hf + f"{norm_hf}.weight")
-      r.put(ours + f"{norm}/bias", hf + f"{norm_hf}.bias")
+    r.put_layer_norm(ours + "attention_norm", hf + "ln_1")
+    r.put_layer_norm(ours + "mlp_norm", hf + "ln_2")
     qkv = [ours + f"attention/{n}" for n in ("query", "key", "value")]
     r.put_many([p + "/kernel" for p in qkv], hf + "attn.c_attn.weight",
                lambda w: [common.split_heads_in(part, num_heads)
@@ -58,8 +57,7 @@ def import_state_dict(state_dict, num_layers, num_heads, source):
     r.put(ours + "mlp/fc1/bias", hf + "mlp.c_fc.bias")
     r.put(ours + "mlp/fc2/kernel", hf + "mlp.c_proj.weight")
     r.put(ours + "mlp/fc2/bias", hf + "mlp.c_proj.bias")
-  r.put("final_norm/scale", "transformer.ln_f.weight")
-  r.put("final_norm/bias", "transformer.ln_f.bias")
+  r.put_layer_norm("final_norm", "transformer.ln_f")
   return r.finish()
 
 

@@ -85,9 +85,8 @@ def import_state_dict(state_dict, num_layers, num_heads, source):
   r.put("embedding/bias", "vit.embeddings.patch_embeddings.projection.bias")
   for i in range(num_layers):
     hf, ours = f"vit.encoder.layer.{i}.", f"encoder/layers_{i}/"
-    for norm_hf, norm in (("layernorm_before", "attention_norm"), ("layernorm_after", "mlp_norm")):
-      r.put(ours + f"{norm}/scale", hf + f"{norm_hf}.weight")
-      r.put(ours + f"{norm}/bias", hf + f"{norm_hf}.bias")
+    r.put_layer_norm(ours + "attention_norm", hf + "layernorm_before")
+    r.put_layer_norm(ours + "mlp_norm", hf + "layernorm_after")
     for name in ("query", "key", "value"):
       r.put(ours + f"attention/{name}/kernel", hf + f"attention.attention.{name}.weight",
             lambda w: common.split_heads_in(common.linear_to_kernel(w), num_heads))
@@ -100,8 +99,7 @@ def import_state_dict(state_dict, num_layers, num_heads, source):
     r.put(ours + "mlp/fc1/bias", hf + "intermediate.dense.bias")
     r.put(ours + "mlp/fc2/kernel", hf + "output.dense.weight", common.linear_to_kernel)
     r.put(ours + "mlp/fc2/bias", hf + "output.dense.bias")
-  r.put("encoder_norm/scale", "vit.layernorm.weight")
-  r.put("encoder_norm/bias", "vit.layernorm.bias")
+  r.put_layer_norm("encoder_norm", "vit.layernorm")
   r.put("head/kernel", "classifier.weight", common.linear_to_kernel)
   r.put("head/bias", "classifier.bias")
   return r.finish()
@@ -115,9 +113,8 @@ def _import_timm(state_dict, num_layers, num_heads, source):
   r.put("embedding/bias", "patch_embed.proj.bias")
   for i in range(num_layers):
     tm, ours = f"blocks.{i}.", f"encoder/layers_{i}/"
-    for norm_tm, norm in (("norm1", "attention_norm"), ("norm2", "mlp_norm")):
-      r.put(ours + f"{norm}/scale", tm + f"{norm_tm}.weight")
-      r.put(ours + f"{norm}/bias", tm + f"{norm_tm}.bias")
+    r.put_layer_norm(ours + "attention_norm", tm + "norm1")
+    r.put_layer_norm(ours + "mlp_norm", tm + "norm2")
     qkv = [ours + f"attention/{n}" for n in ("query", "key", "value")]
     r.put_many([p + "/kernel" for p in qkv], tm + "attn.qkv.weight",
                lambda w: [common.split_heads_in(common.linear_to_kernel(part), num_heads)
@@ -130,8 +127,7 @@ def _import_timm(state_dict, num_layers, num_heads, source):
     for fc in ("fc1", "fc2"):
       r.put(ours + f"mlp/{fc}/kernel", tm + f"mlp.{fc}.weight", common.linear_to_kernel)
       r.put(ours + f"mlp/{fc}/bias", tm + f"mlp.{fc}.bias")
-  r.put("encoder_norm/scale", "norm.weight")
-  r.put("encoder_norm/bias", "norm.bias")
+  r.put_layer_norm("encoder_norm", "norm")
   r.put("head/kernel", "head.weight", common.linear_to_kernel)
   r.put("head/bias", "head.bias")
   return r.finish()
