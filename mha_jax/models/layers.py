@@ -326,11 +326,13 @@ def restart_flags(att: AttentionConfig, num_layers):
 
 
 def initial_hidden_state(att: AttentionConfig, batch, num_heads, length):
-  """H_0 [B, N, T, T] float32: zeros, or a fixed N(0, σ²) draw for h0="noise"."""
+  """H_0 [B, N, T, T] float32: zeros, or for h0="noise" a fixed N(0, σ²) draw per
+  head, the same for every example and batch size (train and eval see one H_0)."""
   shape = (batch, num_heads, length, length)
   if att.h0 == "noise":
-    noise = jax.random.normal(jax.random.key(att.h0_noise_seed), shape, jnp.float32)
-    return att.h0_noise_std * noise
+    noise_1xNxTxT = jax.random.normal(jax.random.key(att.h0_noise_seed),
+                                      (1,) + shape[1:], jnp.float32)
+    return jnp.broadcast_to(att.h0_noise_std * noise_1xNxTxT, shape)
   return jnp.zeros(shape, jnp.float32)
 
 

@@ -189,6 +189,11 @@ def test_noise_h0_is_a_fixed_draw_and_matters():
   assert np.abs(np.asarray(run() - run(h0_noise_seed=1))).max() > 1e-4
   zeros = layers.LayerStack(stack_config(kind="hopfield")).apply({"params": params}, x)[0]
   np.testing.assert_allclose(run(h0_noise_std=0.0), zeros, atol=1e-6)
+  h0 = layers.initial_hidden_state(stack_config(kind="hopfield", h0="noise").attention, 3, HEADS, 5)
+  np.testing.assert_array_equal(h0[0], h0[2])   # one H_0 for every example
+  np.testing.assert_array_equal(
+      layers.initial_hidden_state(stack_config(kind="hopfield", h0="noise").attention, 1, HEADS, 5)[0],
+      h0[0])                                     # whatever the batch size
 
 
 def test_bfloat16_compute_keeps_hidden_state_float32():
