@@ -11,6 +11,7 @@ the traceback. A signal before the first step exits 130 (SIGINT) / 143 (SIGTERM)
 
 from __future__ import annotations
 
+import difflib
 import errno
 import glob
 import importlib.util
@@ -57,15 +58,37 @@ def parse_command_line(argv):
   try:
     rest = flag_values(argv)
     config = flag_values.config
-  except flags.UnrecognizedFlagError as e:
-    raise CommandLineError(f"{_last_line(e)} (config fields: --help --config=...)") from e
-  except (flags.Error, OSError, ValueError, KeyError, AttributeError, TypeError) as e:
+    if config is not None:
+      config.keys()   # a config file that failed to load raises only when touched
+  except (KeyError, AttributeError) as e:   # an override names no field of the config
+    raise CommandLineError(_unknown_field(argv) or _last_line(e)) from e
+  except (flags.Error, OSError, ValueError, TypeError) as e:
     raise CommandLineError(_last_line(e).replace("Error whilst parsing config file:", "")) from e
   if len(rest) > 1:
     raise CommandLineError(f"unexpected arguments: {rest[1:]}")
   if config is None or not flag_values.workdir:
     raise CommandLineError(f"--config and --workdir are required; {USAGE}")
   return config, flag_values.workdir, flag_values.debug
+
+
+def _unknown_field(argv):
+  """'--config.optim.lr=1: no field optim.lr (did you mean learning_rate?) ...'."""
+  from mha_jax.train import config_util
+  spec = next(a.split("=", 1)[1] for a in argv if a.startswith("--config="))
+  config = config_util.load_config(spec)
+  for arg in argv:
+    if not arg.startswith("--config."):
+      continue
+    node, parts = config, arg[len("--config."):].split("=", 1)[0].split(".")
+    for depth, part in enumerate(parts):
+      if not hasattr(node, "keys") or part not in node:
+        siblings = list(node.keys()) if hasattr(node, "keys") else []
+        close = difflib.get_close_matches(part, siblings, n=1)
+        hint = f" (did you mean {'.'.join(parts[:depth] + close)}?)" if close else ""
+        return (f"{arg}: the config has no field {'.'.join(parts[:depth + 1])}{hint}; "
+                f"list the fields with --help --config={spec}")
+      node = node[part]
+  return None
 
 
 def _config_arguments(path):
