@@ -9,7 +9,7 @@ import os
 
 import ml_collections
 
-from mha_jax.models import layers
+from mha_jax.models import stack_config
 
 
 def _convert(key, text, default):
@@ -106,10 +106,10 @@ def attention_config(kind, alpha, alpha_hidden=None, residual="convex", **extra)
   """config.model.attention with every field of the model's AttentionConfig, so
   `--config.model.attention.h0=...` works; alpha_hidden None ties α′ = α as the
   paper does. Checked here, so a bad `:argument` fails as the override would."""
-  fields = dict(dataclasses.asdict(layers.AttentionConfig()), kind=kind, alpha=alpha,
+  fields = dict(dataclasses.asdict(stack_config.AttentionConfig()), kind=kind, alpha=alpha,
                 alpha_hidden=alpha if alpha_hidden is None else alpha_hidden,
                 residual=residual, **extra)
-  layers.AttentionConfig(**fields)
+  stack_config.AttentionConfig(**fields)
   return fields
 
 

@@ -6,7 +6,7 @@ import types
 
 import pytest
 
-from mha_jax.models import layers
+from mha_jax.models import stack_config
 from mha_jax.train import ConfigError, config_util, tasks, train, validation
 
 PAPER_ROWS = [
@@ -52,10 +52,11 @@ def test_parse_arg_types_and_unknown_keys():
 
 def test_every_attention_field_is_overridable_from_the_command_line():
   config = config_util.load_config("configs/demo.py:attention=hopfield,alpha=0.7")
-  assert set(config.model.attention) == {f.name for f in dataclasses.fields(layers.AttentionConfig)}
+  fields = {f.name for f in dataclasses.fields(stack_config.AttentionConfig)}
+  assert set(config.model.attention) == fields
   assert config.model.attention.alpha_hidden == 0.7   # tied to α as in the paper
   config.model.attention.h0 = "first_scores"           # what --config.model.attention.h0 does
-  assert layers.AttentionConfig(**config.model.attention).h0 == "first_scores"
+  assert stack_config.AttentionConfig(**config.model.attention).h0 == "first_scores"
 
 
 @pytest.mark.parametrize("value", ["-0.1", "-1", "1.5"])
