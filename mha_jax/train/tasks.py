@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from mha_jax import data
+
 
 @dataclasses.dataclass(frozen=True)
 class ImageClassification:
@@ -88,10 +90,8 @@ class LanguageModelling:
     loss = float(sums["loss"]) / weight
     out = {"loss": loss, "accuracy": float(sums["correct"]) / weight,
            "perplexity": math.exp(min(loss, 50.0))}
-    ratio = getattr(eval_info, "original_tokens_per_token", None)
-    if ratio:
-      # Same total NLL spread over the original (e.g. word-level) tokens.
-      out["perplexity_original"] = math.exp(min(loss / ratio, 50.0))
+    if getattr(eval_info, "original_tokens_per_token", None):
+      out["perplexity_original"] = data.perplexity_per_original_token(loss, eval_info)
     return out
 
 
