@@ -30,7 +30,8 @@ def _number(key, text, kind):
   try:
     return kind(text)
   except ValueError:
-    raise ValueError(f"config arg {key}={text!r} is not a{'n integer' if kind is int else ' number'}") from None
+    what = "an integer" if kind is int else "a number"
+    raise ValueError(f"config arg {key}={text!r} is not {what}") from None
 
 
 def parse_arg(arg, **defaults):

@@ -74,8 +74,8 @@ def run(tmp_path, grad_norms=(), preemption=None, **overrides):
   runner = loop.TrainLoop(config, tasks.LanguageModelling(INFO), writer, lambda s: 0.1,
                           manager, mesh, initial_step=0)
   try:
-    result = runner.run({"step": jnp.asarray(0), "params": {}}, scripted_step(dict(grad_norms)), eval_fn,
-                        Input(), Input(), preemption or Preemption(), None)
+    result = runner.run({"step": jnp.asarray(0), "params": {}}, scripted_step(dict(grad_norms)),
+                        eval_fn, Input(), Input(), preemption or Preemption(), None)
   finally:
     writer.close()
   rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
