@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -22,9 +23,9 @@ class ImageClassification:
   them, optional label smoothing); top-1 accuracy."""
   info: object
   label_smoothing: float = 0.0
-  throughput_name: str = "examples_per_sec"
-  throughput_unit: str = "img/s"
-  items_per_example: int = 1
+  throughput_name: ClassVar[str] = "examples_per_sec"
+  throughput_unit: ClassVar[str] = "img/s"
+  items_per_example: ClassVar[int] = 1
 
   def model_defaults(self):
     return {"num_classes": self.info.num_classes, "image_size": self.info.image_shape[0]}
@@ -60,8 +61,8 @@ class ImageClassification:
 class LanguageModelling:
   """Per-token next-token cross-entropy; next-token accuracy and perplexity."""
   info: object
-  throughput_name: str = "tokens_per_sec"
-  throughput_unit: str = "tok/s"
+  throughput_name: ClassVar[str] = "tokens_per_sec"
+  throughput_unit: ClassVar[str] = "tok/s"
 
   @property
   def items_per_example(self):
