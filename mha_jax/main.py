@@ -16,6 +16,7 @@ import errno
 import glob
 import importlib.util
 import os
+import re
 import sys
 
 from absl import flags, logging
@@ -47,9 +48,10 @@ def define_flags(argv):
 
 
 def _last_line(text):
-  """The informative line of an absl/ml_collections message that embeds a traceback."""
+  """The informative line of an absl/ml_collections message that embeds a traceback,
+  without the exception's class name."""
   lines = [line.strip() for line in str(text).splitlines() if line.strip()]
-  return lines[-1] if lines else type(text).__name__
+  return re.sub(r"^\w+(Error|Exception): ", "", lines[-1]) if lines else type(text).__name__
 
 
 def parse_command_line(argv):
