@@ -32,6 +32,10 @@ CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__fil
                            "configs")
 
 
+WRITE_ERRORS = (errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EPERM, errno.ENOTDIR,
+                errno.EEXIST, errno.EDQUOT)
+
+
 class CommandLineError(Exception):
   """A flag or config problem found while parsing the command line."""
 
@@ -131,11 +135,15 @@ def describe_error(error):
     return str(error).strip().splitlines()[0]
   seen = error
   while seen is not None:   # orbax wraps the OSError of a failed write in its own errors
-    if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EACCES, errno.EROFS,
-                                                   errno.EPERM, errno.ENOTDIR, errno.EEXIST,
-                                                   errno.EDQUOT):
+    if isinstance(seen, OSError) and seen.errno in WRITE_ERRORS:
       where = f": {seen.filename}" if seen.filename else ""
       return f"cannot write{where}: {os.strerror(seen.errno)}"
+    # tensorstore reports the OS error as text: `... "path" ... [os_error_code='28']`
+    code = re.search(r"os_error_code='(\d+)'", str(seen))
+    if code and int(code.group(1)) in WRITE_ERRORS:
+      path = re.search(r'Failed writing: "([^"]+)"', str(seen))
+      where = f": {path.group(1)}" if path else ""
+      return f"cannot write{where}: {os.strerror(int(code.group(1)))}"
     seen = seen.__cause__ or seen.__context__
   return None
 
@@ -149,7 +157,9 @@ def main(argv, preemption=None):
   try:
     config, workdir, debug = parse_command_line(argv)
     debug = debug or os.environ.get("MHA_DEBUG", "") not in ("", "0")
-    logging.set_verbosity(logging.WARNING)   # orbax logs every file it writes at INFO
+    # Orbax logs every file it writes at INFO, and a failed save from each of its
+    # threads at ERROR: the one line below says it once (--debug shows them).
+    logging.set_verbosity(logging.WARNING if debug else logging.FATAL)
     if preemption is not None:
       preemption.check("start-up")
     from mha_jax.train import train
@@ -173,6 +183,10 @@ def run():
   status = main(sys.argv, preemption)
   sys.stdout.flush()
   sys.stderr.flush()
+  if status:
+    # After a failed save, orbax's background threads print tracebacks while the
+    # interpreter shuts down; everything of ours is closed and flushed by now.
+    os._exit(status)
   sys.exit(status)
 
 
