@@ -14,6 +14,8 @@ import jax
 import numpy as np
 import tqdm
 
+from mha_jax import data
+
 
 class MetricWriter:
   """`write(step, split, metrics)` appends to <workdir>/metrics.jsonl and tb/."""
@@ -89,8 +91,7 @@ def summarize_eval(sums, kind, original_tokens_per_token=None):
   loss = float(sums["loss"]) / weight
   out = {"loss": loss, "accuracy": float(sums["correct"]) / weight}
   if kind == "text":
-    out["perplexity"] = math.exp(min(loss, 50.0))
+    out["perplexity"] = data.perplexity(loss)
     if original_tokens_per_token:
-      # Same total NLL spread over the original (e.g. word-level) tokens.
-      out["perplexity_original"] = math.exp(min(loss / original_tokens_per_token, 50.0))
+      out["perplexity_original"] = data.perplexity(loss, original_tokens_per_token)
   return out
