@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 H0_POLICIES = ("zeros", "first_scores")
 
@@ -94,6 +95,28 @@ def hopfield_attention(q_BxTxNxD, k_BxSxNxD, v_BxSxNxD, h_prev_BxNxTxS, *,
   out_BxTxNxD = jnp.einsum("bnts,bsnd->btnd", weights_BxNxTxS.astype(v_BxSxNxD.dtype),
                            v_BxSxNxD)
   return out_BxTxNxD, h_BxNxTxS
+
+
+def restart_flags(num_layers, *, reset_every=0, carried_h0=False):
+  """[L] bools: where a layer starts a new chain of hidden states.
+
+  Layer 1 starts one unless H_0 is itself carried in (a random H_0, which
+  layer 1 must not discard); `reset_every` = N restarts every N layers.
+  """
+  layer_L = np.arange(num_layers)
+  if reset_every:
+    return layer_L % reset_every == 0
+  return (layer_L == 0) & (not carried_h0)
+
+
+def initial_hidden_state(batch, num_heads, length, *, noise_std=None, noise_seed=0):
+  """H_0 [B, N, T, T] float32: zeros, or with `noise_std` a fixed N(0, σ²) draw
+  per head, the same for every example and batch size (train and eval see one H_0)."""
+  shape = (batch, num_heads, length, length)
+  if noise_std is None:
+    return jnp.zeros(shape, jnp.float32)
+  noise_1xNxTxT = jax.random.normal(jax.random.key(noise_seed), (1,) + shape[1:], jnp.float32)
+  return jnp.broadcast_to(noise_std * noise_1xNxTxT, shape)
 
 
 def dot_product_attention(q_BxTxNxD, k_BxSxNxD, v_BxSxNxD, *, mask=None, scale=None,

@@ -21,7 +21,7 @@ import numpy as np
 from mha_jax.interop import checkpoint_io, common, gpt2, llama, vit
 from mha_jax.models import build_model
 from mha_jax.models import gpt as gpt_model
-from mha_jax.models import layers
+from mha_jax.models import param_layout
 from mha_jax.models import llama as llama_model
 from mha_jax.models import vit as vit_model
 
@@ -106,7 +106,7 @@ def load_pretrained(directory, model, *, exclude=None):
     expected = {p: v for p, v in expected.items() if not skip.search(p)}
   tree = common.unflatten(common.check_against(params, origin, expected, directory))
   if model.stack.scan_layers:
-    return layers.stack_layer_params(tree)
+    return param_layout.stack_layer_params(tree)
   return jax.tree.map(jnp.asarray, tree)
 
 
@@ -129,7 +129,7 @@ def export_pretrained(params, model, directory, *, timm=False, weights_format="s
   family = model_family(model)
   converter = CONVERTERS[family]
   flat = {path: np.asarray(value, np.float32) for path, value in
-          common.flatten(layers.unstack_layer_params(nn.unbox(params))).items()}
+          common.flatten(param_layout.unstack_layer_params(nn.unbox(params))).items()}
   num_layers = model.stack.num_layers
   if family == "vit":
     state_dict = converter.export_state_dict(flat, num_layers, timm=timm)

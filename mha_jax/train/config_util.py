@@ -9,7 +9,7 @@ import os
 
 import ml_collections
 
-from mha_jax.models import layers
+from mha_jax.models import stack_config
 
 
 def _convert(key, text, default):
@@ -91,7 +91,7 @@ def base_config():
 def attention_config(kind, alpha, alpha_hidden=-1.0, residual="convex", **extra):
   """config.model.attention with every field of the model's AttentionConfig, so
   `--config.model.attention.h0=...` works; alpha_hidden < 0 ties α′ = α as the paper does."""
-  return dict(dataclasses.asdict(layers.AttentionConfig()), kind=kind, alpha=alpha,
+  return dict(dataclasses.asdict(stack_config.AttentionConfig()), kind=kind, alpha=alpha,
               alpha_hidden=alpha if alpha_hidden < 0 else alpha_hidden, residual=residual,
               **extra)
 

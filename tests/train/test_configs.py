@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mha_jax.models import layers
+from mha_jax.models import stack_config
 from mha_jax.train import ConfigError, checkpoint, config_util, optim, sharding, train
 
 PAPER_ROWS = [
@@ -106,7 +106,7 @@ def test_init_from_merge_keeps_new_head():
 
 def test_every_attention_field_is_overridable_from_the_command_line():
   config = config_util.load_config("configs/demo.py:attention=hopfield,alpha=0.7")
-  assert set(config.model.attention) == {f.name for f in dataclasses.fields(layers.AttentionConfig)}
+  assert set(config.model.attention) == {f.name for f in dataclasses.fields(stack_config.AttentionConfig)}
   assert config.model.attention.alpha_hidden == 0.7   # tied to α as in the paper
   config.model.attention.h0 = "first_scores"           # what --config.model.attention.h0 does
-  assert layers.AttentionConfig(**config.model.attention).h0 == "first_scores"
+  assert stack_config.AttentionConfig(**config.model.attention).h0 == "first_scores"
