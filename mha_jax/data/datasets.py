@@ -18,7 +18,6 @@ COMMON_FIELDS = dict(
     prefetch_batches=4,  # batches prepared ahead, per process
 )
 IMAGE_FIELDS = dict(
-    kind="image",
     image_size=32,  # output H = W
     mean=(0.5, 0.5, 0.5),  # per channel, on x/255; one entry for 1-channel images
     std=(0.5, 0.5, 0.5),
@@ -35,7 +34,6 @@ IMAGE_FIELDS = dict(
     eval_crop_fraction=1.0,  # central crop of the shorter side (ImageNet: 0.875)
 )
 TEXT_FIELDS = dict(
-    kind="text",
     seq_len=1024,  # T: tokens per sequence
     tokenizer="",  # "" = the dataset's own (its row); another one fails
 )
