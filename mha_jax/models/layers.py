@@ -90,8 +90,11 @@ class SelfAttention(nn.Module):
   cfg: StackConfig
 
   @nn.compact
-  def __call__(self, x_BxTxD, h_prev, restart, mask, deterministic):
+  def __call__(self, x_BxTxD, state, restart, mask, deterministic):
+    """state: what this attention kind carries between layers (see `initial_state`);
+    returns (y [B, T, D], the next layer's state)."""
     cfg, att = self.cfg, self.cfg.attention
+    h_prev = state.get("hidden")
 
     def project(name):
       y = Projection(cfg, (cfg.num_heads, cfg.head_dim), ("embed", "heads", "kv"),
@@ -121,11 +124,12 @@ class SelfAttention(nn.Module):
     else:
       out_BxTxNxD, h_BxNxTxT = attention.dot_product_attention(
           q_BxTxNxD, k_BxTxNxD, v_BxTxNxD, **common), None
+    new_state = {}
     if h_BxNxTxT is not None:
-      h_BxNxTxT = nn.with_logical_constraint(h_BxNxTxT, ("batch", "heads", None, None))
+      new_state["hidden"] = nn.with_logical_constraint(h_BxNxTxT, ("batch", "heads", None, None))
     y_BxTxD = Projection(cfg, (cfg.width,), ("heads", "kv", "embed"), num_input_axes=2,
                          residual_projection=True, name="out")(out_BxTxNxD)
-    return y_BxTxD, h_BxNxTxT
+    return y_BxTxD, new_state
 
 
 class Mlp(nn.Module):
@@ -156,8 +160,9 @@ class Block(nn.Module):
 
   Standard attention and RealFormer use x ← x + Attn(Norm x).
 
-  Called as ((x, h), restart, mask, deterministic) → ((x, h), per-layer outputs),
-  the signature `nn.scan` needs; h is None for standard attention.
+  Called as ((x, state), restart, mask, deterministic) → ((x, state), per-layer
+  outputs), the signature `nn.scan` needs; state is the dict an attention kind
+  carries from layer to layer ({} for standard attention, {"hidden": H} for MHA).
   """
   cfg: StackConfig
   return_intermediates: bool = False
@@ -165,10 +170,10 @@ class Block(nn.Module):
   @nn.compact
   def __call__(self, carry, restart, mask, deterministic):
     cfg, att = self.cfg, self.cfg.attention
-    x_BxTxD, h_prev = carry
+    x_BxTxD, state = carry
     dropout = nn.Dropout(cfg.dropout, deterministic=deterministic)
-    u_BxTxD, h_BxNxTxT = SelfAttention(cfg, name="attention")(
-        make_norm(cfg, "attention_norm")(x_BxTxD), h_prev, restart, mask, deterministic)
+    u_BxTxD, state = SelfAttention(cfg, name="attention")(
+        make_norm(cfg, "attention_norm")(x_BxTxD), state, restart, mask, deterministic)
     u_BxTxD = dropout(u_BxTxD)
     if not cfg.skip_connections:
       x_BxTxD = u_BxTxD
@@ -182,10 +187,19 @@ class Block(nn.Module):
     outputs = None
     if self.return_intermediates:
       outputs = {"residual": x_BxTxD}
-      if h_BxNxTxT is not None:
-        outputs["hidden_state"] = h_BxNxTxT
-    return (x_BxTxD, h_BxNxTxT), outputs
+      if "hidden" in state:
+        outputs["hidden_state"] = state["hidden"]
+    return (x_BxTxD, state), outputs
 
+
+def initial_state(cfg: StackConfig, batch, length):
+  """The attention state before layer 1: {} for standard attention, else H_0."""
+  att = cfg.attention
+  if att.kind == "standard":
+    return {}
+  return {"hidden": attention.initial_hidden_state(
+      batch, cfg.num_heads, length, noise_seed=att.h0_noise_seed,
+      noise_std=att.h0_noise_std if att.h0 == "noise" else None)}
 
 
 class LayerStack(nn.Module):
@@ -198,12 +212,6 @@ class LayerStack(nn.Module):
     cfg = self.cfg
     batch, length = x_BxTxD.shape[:2]
     x_BxTxD = x_BxTxD.astype(cfg.dtype)  # the scan carry keeps one dtype
-    h_BxNxTxT = None
-    if cfg.attention.kind != "standard":
-      att = cfg.attention
-      h_BxNxTxT = attention.initial_hidden_state(
-          batch, cfg.num_heads, length, noise_seed=att.h0_noise_seed,
-          noise_std=att.h0_noise_std if att.h0 == "noise" else None)
     restarts_L = jnp.asarray(attention.restart_flags(
         cfg.num_layers, reset_every=cfg.attention.reset_every,
         carried_h0=cfg.attention.h0 == "noise"))
@@ -213,7 +221,7 @@ class LayerStack(nn.Module):
       # 0 = self, 1 = carry, 2 = restart, 3 = mask, 4 = deterministic (static).
       block = nn.remat(Block, prevent_cse=not cfg.scan_layers, static_argnums=(4,),
                        policy=REMAT_POLICIES[cfg.remat_policy])
-    carry = (x_BxTxD, h_BxNxTxT)
+    carry = (x_BxTxD, initial_state(cfg, batch, length))
     if cfg.scan_layers:
       stack = nn.scan(block,
                       variable_axes={"params": 0},
