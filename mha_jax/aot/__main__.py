@@ -19,6 +19,7 @@ buffer assignment) compared with every chip of mha_jax.chips.
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 from absl import app, flags, logging
@@ -54,6 +55,8 @@ def _devices(topology, cpu_devices):
     return devices, f"{len(devices)} simulated CPU devices (estimate)", None
   name = topology.split(":")[0]
   chip = chips.chip(name)
+  # Nothing runs on a TPU here: several compiling processes may share libtpu.
+  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
   try:
     from jax.experimental import topologies
     desc = topologies.get_topology_desc(platform="tpu", topology_name=topology,

@@ -1,0 +1,112 @@
+"""The README's fit table: GPT-2 S/M/L/XL (T=1024), LLaMA 60m…1b (T=1024, 2048),
+ViT-B/L (224²), standard vs MHA, compiled by `python -m mha_jax.aot` for TPU
+topologies (needs libtpu; nothing runs on a TPU).
+
+  python benchmarks/fit_table.py --out=runs/fit --topologies=v5e:4x4,v5p:2x2x1   # compile
+  python benchmarks/fit_table.py --out=runs/fit --table                          # markdown
+
+Each entry is one compile of the full train step (bf16 compute, FSDP over every
+chip, remat none: XLA:TPU rematerialises by itself to fit HBM, and refuses to
+compile what cannot fit, naming the bytes it needed). Entries already in --out
+are skipped, so an interrupted run continues. One compile takes minutes on 2 CPU
+cores; run one at a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+GiB = 2**30
+
+# (row name, config spec, per-chip batch); bf16 everywhere.
+MODELS = [
+    ("GPT-2 S T=1024", "gpt2_wikitext103.py:size=small", 4),
+    ("GPT-2 M T=1024", "gpt2_wikitext103.py:size=medium", 4),
+    ("GPT-2 L T=1024", "gpt2_wikitext103.py:size=large", 4),
+    ("GPT-2 XL T=1024", "gpt2_wikitext103.py:size=xl", 4),
+    *[(f"LLaMA {size} T={t}", f"llama_lm.py:size={size},seq_len={t}", 4 * 1024 // t)
+      for t in (1024, 2048) for size in ("60m", "130m", "350m", "1b")],
+    ("ViT-B/16 224²", "vit_imagenet.py:variant=B/16", 32),
+    ("ViT-L/16 224²", "vit_imagenet.py:variant=L/16", 32),
+]
+ATTENTION = {"standard": "attention=standard", "MHA": "attention=hopfield,alpha=0.5"}
+
+
+def entry_name(row, attention, topology):
+  safe = "".join(c if c.isalnum() else "_" for c in f"{row}_{attention}_{topology}")
+  return f"{safe}.json"
+
+
+def compile_entry(out, row, spec, per_chip, attention, topology):
+  path = out / entry_name(row, attention, topology)
+  if path.exists():
+    return
+  chips = 1
+  for size in topology.split(":")[1].split("x"):
+    chips *= int(size)
+  argv = [sys.executable, "-m", "mha_jax.aot", f"--config=configs/{spec},{ATTENTION[attention]}",
+          "--config.mesh.data=1", "--config.mesh.fsdp=-1",
+          f"--config.batch_size={per_chip * chips}", "--config.model.dtype=bfloat16",
+          f"--topology={topology}", "--remat=none", "--noxla_flops", f"--json={path}"]
+  print(" ".join(argv[1:]), flush=True)
+  run = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, check=False)
+  if run.returncode:
+    print(run.stderr[-1500:], flush=True)
+
+
+def table(out, topologies):
+  header = "| model | per-chip batch | " + " | ".join(
+      f"{t} std | {t} MHA | MHA's H" for t in topologies) + " |"
+  lines = [header, "|" + "---|" * (2 + 3 * len(topologies))]
+  for row, _, per_chip in MODELS:
+    cells = [row, str(per_chip)]
+    for topology in topologies:
+      results = {}
+      for attention in ATTENTION:
+        path = out / entry_name(row, attention, topology)
+        results[attention] = json.loads(path.read_text())[0] if path.exists() else None
+      for attention in ATTENTION:
+        cells.append(_cell(results[attention]))
+      mha = results["MHA"]
+      cells.append(f"{mha['hidden_state_bytes'] / GiB:.1f} GiB" if mha else "–")
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def _cell(result):
+  """'✓ 9.1 GiB (57%)' / '✗ needs 31 GiB' / '–' (not compiled)."""
+  if result is None:
+    return "–"
+  total = result["total_bytes"]
+  if result["fits"]:
+    return f"✓ {total / GiB:.1f} GiB ({100 * total / result['hbm_bytes']:.0f}%)"
+  return f"✗ needs {total / GiB:.0f} GiB" if total else "✗"
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--out", default="runs/fit")
+  parser.add_argument("--topologies", default="v5e:4x4,v5p:2x2x1")
+  parser.add_argument("--table", action="store_true", help="print the markdown table")
+  args = parser.parse_args()
+  out = pathlib.Path(args.out)
+  out.mkdir(parents=True, exist_ok=True)
+  topologies = args.topologies.split(",")
+  if args.table:
+    print(table(out, topologies))
+    return
+  os.environ.setdefault("JAX_PLATFORMS", "cpu")
+  for topology in topologies:
+    for row, spec, per_chip in MODELS:
+      for attention in ATTENTION:
+        compile_entry(out, row, spec, per_chip, attention, topology)
+
+
+if __name__ == "__main__":
+  main()
