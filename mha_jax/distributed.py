@@ -22,7 +22,6 @@ import dataclasses
 import hashlib
 import os
 
-import jax
 import numpy as np
 
 ENV_COORDINATOR = "JAX_COORDINATOR_ADDRESS"
@@ -95,6 +94,7 @@ def _checked(cluster):
 def initialize(cluster: Cluster | None, timeout_s: int = DEFAULT_TIMEOUT_S) -> None:
   """Joins the job (no-op for None or a 1-process cluster). Must run before any
   JAX call that touches devices."""
+  import jax   # here, not at the top: the launcher reads this module without JAX
   if cluster is None or cluster.num_processes == 1 or jax.distributed.is_initialized():
     return
   # Collectives between CPU devices of different processes (tests, `launch local`).
@@ -109,6 +109,7 @@ def initialize(cluster: Cluster | None, timeout_s: int = DEFAULT_TIMEOUT_S) -> N
 
 def describe(mesh=None) -> str:
   """'process 0/2: 4 local cpu devices of 8; mesh data=2 fsdp=2 tensor=2'."""
+  import jax
   text = (f"process {jax.process_index()}/{jax.process_count()}: "
           f"{jax.local_device_count()} local {jax.default_backend()} devices of "
           f"{jax.device_count()}")
@@ -126,9 +127,10 @@ def fingerprint(*parts: str) -> np.ndarray:
 def check_same_run(config_json: str, declared_processes: int | None = None) -> None:
   """Every process must run the same config with the same process count; else
   each process stops with one line naming the processes that differ."""
+  import jax
+  from jax.experimental import multihost_utils
   if jax.process_count() == 1:
     return
-  from jax.experimental import multihost_utils
   declared = jax.process_count() if declared_processes is None else declared_processes
   mine = np.concatenate([fingerprint(config_json), [declared]]).astype(np.int32)
   every = np.asarray(multihost_utils.process_allgather(mine))   # [processes, 9]

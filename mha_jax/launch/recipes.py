@@ -43,7 +43,7 @@ def tpu_topology(tpu: chips.TpuSlice) -> str:
 
 def _show_or_run(argv, dry_run, env=None):
   if dry_run:
-    print(shlex.join(argv))
+    print(shlex.join(argv), flush=True)
     return 0
   return subprocess.run(argv, env=env, check=False).returncode
 
@@ -53,7 +53,7 @@ def tpu(command, *, accelerator_type, tpu_name, zone, project="", create=False,
   """All workers of a TPU VM slice run `command` (one JAX process per worker)."""
   tpu_slice = chips.tpu_slice(accelerator_type)
   print(f"# {tpu_slice.accelerator_type}: {tpu_slice.num_chips} chips on "
-        f"{tpu_slice.num_hosts} hosts -> {tpu_slice.num_hosts} JAX processes")
+        f"{tpu_slice.num_hosts} hosts -> {tpu_slice.num_hosts} JAX processes", flush=True)
   env = dict(os.environ, TPU_NAME=tpu_name, ZONE=zone, PROJECT=project,
              ACCELERATOR_TYPE=tpu_slice.accelerator_type, DATA_BUCKET=data_bucket,
              CREATE="1" if create else "", DRY_RUN="1" if dry_run else "")
