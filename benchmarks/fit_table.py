@@ -18,8 +18,6 @@ import argparse
 import json
 import os
 import pathlib
-import subprocess
-import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 GiB = 2**30
@@ -44,20 +42,28 @@ def entry_name(row, attention, topology):
 
 
 def compile_entry(out, row, spec, per_chip, attention, topology):
+  """What `python -m mha_jax.aot --config=configs/<spec>,<attention> --config.mesh.data=1
+  --config.mesh.fsdp=-1 --config.batch_size=<per_chip × chips> --config.model.dtype=bfloat16
+  --topology=<topology> --remat=none --noxla_flops --json=<entry>` does, in this
+  process (one JAX start-up for the whole table)."""
+  import time
+  from mha_jax.aot import fit, report
+  from mha_jax.train import config_util
   path = out / entry_name(row, attention, topology)
   if path.exists():
     return
-  chips = 1
-  for size in topology.split(":")[1].split("x"):
-    chips *= int(size)
-  argv = [sys.executable, "-m", "mha_jax.aot", f"--config=configs/{spec},{ATTENTION[attention]}",
-          "--config.mesh.data=1", "--config.mesh.fsdp=-1",
-          f"--config.batch_size={per_chip * chips}", "--config.model.dtype=bfloat16",
-          f"--topology={topology}", "--remat=none", "--noxla_flops", f"--json={path}"]
-  print(" ".join(argv[1:]), flush=True)
-  run = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, check=False)
-  if run.returncode:
-    print(run.stderr[-1500:], flush=True)
+  devices, label, chip = fit.target_devices(topology=topology)
+  config = config_util.load_config(f"{ROOT}/configs/{spec},{ATTENTION[attention]}")
+  config.mesh = dict(data=1, fsdp=-1, tensor=1)
+  config.batch_size = per_chip * len(devices)
+  config.model.dtype = "bfloat16"
+  config.model.remat_policy = "none"
+  start = time.perf_counter()
+  result = fit.measure(config, devices, label, hbm_bytes=chip.hbm_bytes, with_xla_flops=False)
+  result.label = f"{row} {attention}"
+  print(f"{result.label} on {topology}: fits={result.fits} total={result.total_bytes} "
+        f"({time.perf_counter() - start:.0f} s)", flush=True)
+  path.write_text(json.dumps([report.as_json(result, 0.4, chip)], indent=2))
 
 
 def table(out, topologies):

@@ -65,3 +65,17 @@ def tpu_slice(accelerator_type: str) -> TpuSlice:
   num_chips = count // 2 if the_chip.cores_in_name else count
   gcloud_prefix = "v5litepod" if the_chip.name == "v5e" else match[1]
   return TpuSlice(f"{gcloud_prefix}-{count}", the_chip, max(num_chips, 1))
+
+
+# device_kind strings as JAX reports them → our chip names (first match wins).
+_DEVICE_KINDS = (("v5 lite", "v5e"), ("v5e", "v5e"), ("v5p", "v5p"), ("v5", "v5p"),
+                 ("v6", "v6e"), ("v4", "v4"), ("h200", "H200"), ("h100", "H100"))
+
+
+def chip_for_device(device) -> Chip | None:
+  """The Chip of a jax Device ("TPU v5 lite", "NVIDIA H100 80GB HBM3", ...); None
+  for CPUs and chips not in the table (no MFU then)."""
+  kind = getattr(device, "device_kind", "").lower()
+  if getattr(device, "platform", "") == "cpu":
+    return None
+  return next((CHIPS[name] for key, name in _DEVICE_KINDS if key in kind), None)

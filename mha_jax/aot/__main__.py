@@ -19,7 +19,6 @@ buffer assignment) compared with every chip of mha_jax.chips.
 from __future__ import annotations
 
 import json
-import os
 import sys
 
 from absl import app, flags, logging
@@ -41,31 +40,6 @@ flags.DEFINE_bool("xla_flops", True, "Also compile 1- and 2-layer unscanned copi
                   "cost_analysis FLOPs.")
 flags.DEFINE_string("json", None, "Write the figures to this JSON file.")
 flags.mark_flags_as_required(["config"])
-
-
-def _devices(topology, cpu_devices):
-  """(devices, label, chip or None)."""
-  import jax
-  from mha_jax import chips
-  if (topology is None) == (cpu_devices is None):
-    raise app.UsageError("give exactly one of --topology and --cpu_devices")
-  if cpu_devices is not None:
-    jax.config.update("jax_num_cpu_devices", cpu_devices)
-    devices = jax.devices("cpu")[:cpu_devices]
-    return devices, f"{len(devices)} simulated CPU devices (estimate)", None
-  name = topology.split(":")[0]
-  chip = chips.chip(name)
-  # Nothing runs on a TPU here: several compiling processes may share libtpu.
-  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
-  try:
-    from jax.experimental import topologies
-    desc = topologies.get_topology_desc(platform="tpu", topology_name=topology,
-                                        chip_config_name="default",
-                                        chips_per_host_bounds=(2, 2, 1), num_slices=1)
-  except Exception as e:  # no libtpu, or a topology it does not know
-    sys.exit(f"error: --topology={topology}: {str(e).splitlines()[0]} "
-             "(TPU compilation needs `pip install 'mha-jax[tpu]'`)")
-  return desc.devices, f"{topology} ({len(desc.devices)} TPU {chip.name} devices)", chip
 
 
 def _with(config, **model_or_batch):
@@ -119,7 +93,13 @@ def main(argv):
   from mha_jax.aot import report
   from mha_jax.train.sharding import ConfigError
   config, mfu = flags.FLAGS.config, flags.FLAGS.mfu
-  devices, label, chip = _devices(flags.FLAGS.topology, flags.FLAGS.cpu_devices)
+  from mha_jax.aot import fit
+  if (flags.FLAGS.topology is None) == (flags.FLAGS.cpu_devices is None):
+    raise app.UsageError("give exactly one of --topology and --cpu_devices")
+  try:
+    devices, label, chip = fit.target_devices(flags.FLAGS.topology, flags.FLAGS.cpu_devices)
+  except ValueError as e:
+    sys.exit(f"error: {e}")
   time_chip = chip or chips.chip(flags.FLAGS.chip)
   try:
     if flags.FLAGS.sweep:

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import re
 
 import jax
 import numpy as np
 
+from mha_jax import chips
 from mha_jax import data as data_lib
 from mha_jax import flops as flops_lib
 from mha_jax.train import optim, sharding, train
@@ -45,6 +47,27 @@ class Fit:
   items_per_step: int
   item_name: str
   error: str = ""
+
+
+def target_devices(topology=None, cpu_devices=None):
+  """(devices, label, Chip or None) for a TPU topology ("v5e:4x4", compiled by
+  libtpu) or N simulated CPU devices; ValueError if libtpu cannot provide it."""
+  if cpu_devices is not None:
+    jax.config.update("jax_num_cpu_devices", cpu_devices)   # before the CPU backend starts
+    devices = jax.devices("cpu")[:cpu_devices]
+    return devices, f"{len(devices)} simulated CPU devices (estimate)", None
+  chip = chips.chip(topology.split(":")[0])
+  # Nothing runs on a TPU here: several compiling processes may share libtpu.
+  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+  try:
+    from jax.experimental import topologies
+    desc = topologies.get_topology_desc(platform="tpu", topology_name=topology,
+                                        chip_config_name="default",
+                                        chips_per_host_bounds=(2, 2, 1), num_slices=1)
+  except Exception as e:  # noqa: BLE001 — no libtpu, or a topology it does not know
+    raise ValueError(f"--topology={topology}: {str(e).strip().splitlines()[0]} (TPU "
+                     "compilation needs `pip install 'mha-jax[tpu]'`)") from e
+  return desc.devices, f"{topology} ({len(desc.devices)} TPU {chip.name} devices)", chip
 
 
 def dataset_info(config):
