@@ -164,13 +164,12 @@ def xla_flops(config, devices, info):
   return counts[0] + (num_layers - 1) * (counts[1] - counts[0])
 
 
-def _oom_bytes(message):
-  """Bytes XLA:TPU says the program needs, from its out-of-memory compile error."""
-  match = re.search(r"Used ([\d.]+)([KMGT]i?)B? of ([\d.]+)([KMGT]i?)B? hbm", message)
+def _oom_temp_bytes(message):
+  """HLO temporaries XLA:TPU says the program needs, from its out-of-memory error."""
+  match = re.search(r"required for HLO temporaries \(([\d.]+)([KMGT])\)", message)
   if not match:
     return None
-  scale = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
-  return int(float(match[1]) * scale[match[2][0]])
+  return int(float(match[1]) * {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}[match[2]])
 
 
 def measure(config, devices, device_label, hbm_bytes=None, with_xla_flops=True) -> Fit:
@@ -194,7 +193,9 @@ def measure(config, devices, device_label, hbm_bytes=None, with_xla_flops=True) 
       item_name=step_flops.item_name)
   if isinstance(compiled, Exception):
     fit.fits, fit.error = False, str(compiled).strip().splitlines()[0][:300]
-    fit.total_bytes = _oom_bytes(str(compiled))
+    fit.temp_bytes = _oom_temp_bytes(str(compiled))
+    if fit.temp_bytes is not None:   # what it would need: temporaries + the state
+      fit.total_bytes = fit.temp_bytes + fit.params_bytes + fit.opt_bytes
     return fit
   memory = compiled.memory_analysis()
   fit.temp_bytes = int(memory.temp_size_in_bytes)
