@@ -18,25 +18,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mha_jax import models
 from mha_jax.interop import checkpoint_io, common, gpt2, llama, vit
-from mha_jax.models import build_model
-from mha_jax.models import gpt as gpt_model
 from mha_jax.models import param_layout
-from mha_jax.models import llama as llama_model
-from mha_jax.models import vit as vit_model
 
-# build_model name → converter; the names are also HF config.json `model_type`s.
+# The interop side of each `models.FAMILIES` entry, by the same name.
 CONVERTERS = {"gpt2": gpt2, "llama": llama, "vit": vit}
 # Numerics that do not show in shapes: a mismatch loads fine and computes other logits.
 NUMERICS = ("norm_eps", "mlp", "rope_theta")
 
 
-def model_family(model):
-  """build_model name of a model instance."""
-  for name, cls in (("gpt2", gpt_model.GPT), ("llama", llama_model.Llama), ("vit", vit_model.ViT)):
-    if isinstance(model, cls):
-      return name
-  raise TypeError(f"no PyTorch converter for {type(model).__name__}")
+def table_for(family, timm=False):
+  """The two-way name table of a family (HF naming, or timm for ViT)."""
+  if timm and family != "vit":
+    raise ValueError(f"timm=True is for ViT models only, not {family!r}")
+  return vit.TIMM_TABLE if timm else CONVERTERS[family].TABLE
 
 
 def model_options_from_pretrained(directory):
@@ -64,11 +60,11 @@ def model_config_from_pretrained(directory, **overrides):
 def model_from_pretrained(directory, **overrides):
   """An mha_jax model shaped like the checkpoint; overrides (attention=..., scan_layers=...) win."""
   name, options = model_options_from_pretrained(directory)
-  return build_model(name, **{**options, **overrides})
+  return models.build_model(name, **{**options, **overrides})
 
 
-def _example_input(model, state_dict):
-  if isinstance(model, vit_model.ViT):
+def _example_input(family, model, state_dict):
+  if family == "vit":
     patch = state_dict.get("vit.embeddings.patch_embeddings.projection.weight",
                            state_dict.get("patch_embed.proj.weight"))
     channels = 3 if patch is None else patch.shape[1]
@@ -92,14 +88,14 @@ def load_pretrained(directory, model, *, exclude=None):
   them fresh).
   """
   config, state_dict = checkpoint_io.read_checkpoint(directory)
-  family = model_family(model)
-  converter = CONVERTERS[family]
-  options = converter.model_options(config) if config else {}
+  family = models.family_name(model)
+  options = CONVERTERS[family].model_options(config) if config else {}
   _warn_numerics(options, model, directory)
-  params, origin = converter.import_state_dict(
+  table = table_for(family, timm=family == "vit" and vit.is_timm(state_dict))
+  params, origin = table.import_state_dict(
       state_dict, options.get("num_layers", model.stack.num_layers),
       options.get("num_heads", model.stack.num_heads), source=directory)
-  expected = expected_shapes(model, _example_input(model, state_dict))
+  expected = expected_shapes(model, _example_input(family, model, state_dict))
   if exclude:
     skip = re.compile(exclude)
     params = {p: v for p, v in params.items() if not skip.search(p)}
@@ -119,6 +115,18 @@ def _warn_numerics(options, model, directory):
                     stacklevel=3)
 
 
+def export_state_dict(params, model, *, timm=False):
+  """(config.json dict, float32 state dict) of params in either layout, boxed or not."""
+  family = models.family_name(model)
+  flat = {path: np.asarray(value, np.float32)
+          for path, value in common.flatten(nn.unbox(params)).items()}
+  state_dict = table_for(family, timm).export_state_dict(
+      flat, model.stack.num_layers, model.stack.num_heads)
+  if family == "vit":
+    return vit.export_config(model, flat["embedding/kernel"].shape[2], timm=timm), state_dict
+  return CONVERTERS[family].export_config(model), state_dict
+
+
 def export_pretrained(params, model, directory, *, timm=False, weights_format="safetensors"):
   """Write params (either layout, boxed or not) as a PyTorch checkpoint directory that
   `<HF class>.from_pretrained(directory)` (or timm, with timm=True) loads.
@@ -126,19 +134,7 @@ def export_pretrained(params, model, directory, *, timm=False, weights_format="s
   PyTorch runs standard attention: an MHA-trained model's settings are recorded in
   config.json under "mha_jax_attention", but HF will not apply them.
   """
-  family = model_family(model)
-  converter = CONVERTERS[family]
-  flat = {path: np.asarray(value, np.float32) for path, value in
-          common.flatten(param_layout.unstack_layer_params(nn.unbox(params))).items()}
-  num_layers = model.stack.num_layers
-  if family == "vit":
-    state_dict = converter.export_state_dict(flat, num_layers, timm=timm)
-    config = converter.export_config(model, flat["embedding/kernel"].shape[2], timm=timm)
-  elif timm:
-    raise ValueError("timm=True is for ViT models only")
-  else:
-    state_dict = converter.export_state_dict(flat, num_layers)
-    config = converter.export_config(model)
+  config, state_dict = export_state_dict(params, model, timm=timm)
   attention = model.stack.attention
   if attention.kind != "standard" or attention.score_scale is not None:
     config["mha_jax_attention"] = dataclasses.asdict(attention)
