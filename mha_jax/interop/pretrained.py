@@ -10,7 +10,9 @@ that does not fit fails with one line naming the checkpoint key and both shapes.
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
+import shutil
 import warnings
 
 import flax.linen as nn
@@ -26,6 +28,7 @@ from mha_jax.models import param_layout
 CONVERTERS = {"gpt2": gpt2, "llama": llama, "vit": vit}
 # Numerics that do not show in shapes: a mismatch loads fine and computes other logits.
 NUMERICS = ("norm_eps", "mlp", "rope_theta")
+CUSTOM_CODE_FILES = ("configuration_mha.py", "modeling_mha.py")
 
 
 def table_for(family, timm=False):
@@ -44,11 +47,14 @@ def model_options_from_pretrained(directory):
   config = checkpoint_io.read_config(directory)
   if "architecture" in config:  # timm hub config
     return "vit", vit.timm_model_options(config)
-  name = config.get("model_type")
+  name = config.get("model_type", "").removeprefix("mha_")  # our custom-code exports
   if name not in CONVERTERS:
     raise ValueError(f"{directory}: config.json model_type={name!r}; supported: "
                      f"{sorted(CONVERTERS)} or a timm config with 'architecture'")
-  return name, CONVERTERS[name].model_options(config)
+  options = CONVERTERS[name].model_options(config)
+  if "auto_map" in config and "mha_jax_attention" in config:
+    options["attention"] = dict(config["mha_jax_attention"])
+  return name, options
 
 
 def model_config_from_pretrained(directory, **overrides):
@@ -128,15 +134,34 @@ def export_state_dict(params, model, *, timm=False):
 
 
 def export_pretrained(params, model, directory, *, timm=False, weights_format="safetensors"):
-  """Write params (either layout, boxed or not) as a PyTorch checkpoint directory that
-  `<HF class>.from_pretrained(directory)` (or timm, with timm=True) loads.
+  """Write params (either layout, boxed or not) as a PyTorch checkpoint directory.
 
-  PyTorch runs standard attention: an MHA-trained model's settings are recorded in
-  config.json under "mha_jax_attention", but HF will not apply them.
+  Standard attention: a plain HF (or, timm=True, timm) checkpoint. MHA and RealFormer:
+  an HF custom-code model (hf_code/*.py copied beside the weights, `auto_map` in
+  config.json) that `AutoModelFor...from_pretrained(directory, trust_remote_code=True)`
+  runs with the same attention; the settings sit in config.json "mha_jax_attention".
   """
   config, state_dict = export_state_dict(params, model, timm=timm)
   attention = model.stack.attention
   if attention.kind != "standard" or attention.score_scale is not None:
     config["mha_jax_attention"] = dataclasses.asdict(attention)
+  if attention.kind != "standard" and not timm:
+    _as_custom_code(config, model)
   checkpoint_io.write_checkpoint(directory, config, state_dict, weights_format)
+  for name in CUSTOM_CODE_FILES if "auto_map" in config else ():
+    shutil.copy(os.path.join(os.path.dirname(__file__), "hf_code", name), directory)
   return directory
+
+
+def _as_custom_code(config, model):
+  """config.json of the hf_code subclass of the stock class (model_type "mha_<family>")."""
+  if model.stack.attention.h0 == "noise" or not model.stack.skip_connections:
+    raise ValueError("h0='noise' and skip_connections=False do not export to transformers "
+                     "(a random H_0 is a JAX draw); export h0 'zeros' or 'first_scores'")
+  stock = config["architectures"][0]
+  auto = "AutoModelForImageClassification" if stock.startswith("ViT") else "AutoModelForCausalLM"
+  config_class = {"gpt2": "MhaGPT2Config", "llama": "MhaLlamaConfig", "vit": "MhaViTConfig"}
+  family = config["model_type"]
+  config.update(model_type=f"mha_{family}", architectures=[f"Mha{stock}"],
+                auto_map={"AutoConfig": f"configuration_mha.{config_class[family]}",
+                          auto: f"modeling_mha.Mha{stock}"})
