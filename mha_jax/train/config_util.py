@@ -61,9 +61,7 @@ def load_config(spec):
 def data_config(name, **overrides):
   """The data issue's defaults for `name`, with overrides (e.g. seq_len)."""
   from mha_jax import data  # configs stay importable while data is optional
-  config = data.default_data_config(name)
-  config.update(overrides)
-  return config
+  return data.default_data_config(name, **overrides)
 
 
 def base_config():

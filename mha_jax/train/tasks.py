@@ -7,7 +7,6 @@ The steps, the loop and state setup call a Task and never ask "image or text?".
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import ClassVar
 
 import jax
@@ -90,9 +89,9 @@ class LanguageModelling:
     weight = max(float(sums["weight"]), 1.0)
     loss = float(sums["loss"]) / weight
     out = {"loss": loss, "accuracy": float(sums["correct"]) / weight,
-           "perplexity": math.exp(min(loss, 50.0))}
+           "perplexity": data.perplexity(loss)}
     if getattr(eval_info, "original_tokens_per_token", None):
-      out["perplexity_original"] = data.perplexity_per_original_token(loss, eval_info)
+      out["perplexity_original"] = data.perplexity(loss, eval_info.original_tokens_per_token)
     return out
 
 
