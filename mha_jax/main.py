@@ -19,11 +19,9 @@ import os
 import re
 import sys
 
-from absl import flags, logging
-from ml_collections import config_flags
-
-# Imports only this light module before flags are parsed: a config file imports
-# JAX, and the signal handler must be in place before that (see preemption.py).
+# Only the standard library and this light module at import time: `run` installs
+# the signal handlers first thing, before absl, the config file and JAX load
+# (see preemption.py); everything else is imported inside the functions.
 from mha_jax.train.preemption import Interrupted, Preemption
 
 USAGE = ("usage: python -m mha_jax.main --config=configs/<name>.py[:key=value,...] "
@@ -41,6 +39,8 @@ class CommandLineError(Exception):
 
 
 def define_flags(argv):
+  from absl import flags
+  from ml_collections import config_flags
   flag_values = flags.FlagValues()
   flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and config.json.",
                       flag_values=flag_values)
@@ -60,6 +60,7 @@ def _last_line(text):
 
 def parse_command_line(argv):
   """(config, workdir, debug); CommandLineError with one line for anything wrong."""
+  from absl import flags
   flag_values = define_flags(argv)
   try:
     rest = flag_values(argv)
@@ -159,6 +160,7 @@ def main(argv, preemption=None):
     debug = debug or os.environ.get("MHA_DEBUG", "") not in ("", "0")
     # Orbax logs every file it writes at INFO, and a failed save from each of its
     # threads at ERROR: the one line below says it once (--debug shows them).
+    from absl import logging
     logging.set_verbosity(logging.WARNING if debug else logging.FATAL)
     if preemption is not None:
       preemption.check("start-up")
@@ -179,6 +181,7 @@ def main(argv, preemption=None):
 def run():
   """Console-script entry point (`mha-train`)."""
   preemption = Preemption().install()   # before the config file imports JAX
+  from absl import flags
   flags.FLAGS.mark_as_parsed()   # absl logging reads the global flags; ours are our own
   status = main(sys.argv, preemption)
   sys.stdout.flush()
