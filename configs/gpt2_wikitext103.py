@@ -28,6 +28,7 @@ def get_config(arg=None):
                 eval_every=2000, eval_steps=-1, checkpoint_every=2000)
   config.data = config_util.data_config("wikitext103", seq_len=a.seq_len)
   config.model = dict(name="gpt2", variant=a.size, dropout=0.1, max_len=a.seq_len,
+                      dtype="float32",   # bfloat16 on TPU: --config.model.dtype=bfloat16
                       attention=config_util.attention_config(a.attention, a.alpha,
                                                              a.alpha_hidden, a.residual))
   config.optim.update(learning_rate=6e-4 if a.size == "small" else 3e-4, warmup_steps=2000,
