@@ -155,9 +155,15 @@ def export_pretrained(params, model, directory, *, timm=False, weights_format="s
 
 def _as_custom_code(config, model):
   """config.json of the hf_code subclass of the stock class (model_type "mha_<family>")."""
-  if model.stack.attention.h0 == "noise" or not model.stack.skip_connections:
-    raise ValueError("h0='noise' and skip_connections=False do not export to transformers "
-                     "(a random H_0 is a JAX draw); export h0 'zeros' or 'first_scores'")
+  att = model.stack.attention
+  if att.kind not in ("hopfield", "realformer"):
+    raise ValueError(f"attention.kind={att.kind!r} does not export to transformers; the "
+                     f"custom code runs 'hopfield' and 'realformer' (and 'standard' as plain HF)")
+  for bad, setting in ((att.h0 == "noise", "attention.h0='noise' (a JAX random draw)"),
+                       (att.hidden_window, f"attention.hidden_window={att.hidden_window}"),
+                       (not model.stack.skip_connections, "skip_connections=False")):
+    if bad:
+      raise ValueError(f"{setting} does not export to transformers")
   stock = config["architectures"][0]
   auto = "AutoModelForImageClassification" if stock.startswith("ViT") else "AutoModelForCausalLM"
   config_class = {"gpt2": "MhaGPT2Config", "llama": "MhaLlamaConfig", "vit": "MhaViTConfig"}
