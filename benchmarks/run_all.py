@@ -1,0 +1,68 @@
+"""Runs every benchmark in this folder, each in its own process, and writes one JSON.
+
+A benchmark is any benchmarks/<name>.py other than this file and helpers named
+_*.py; it must accept `--quick` (tiny shapes: checks the output, not speed) and
+`--json_out=PATH` (write its results there), and print its own table.
+
+    python benchmarks/run_all.py                      # everything, full size
+    python benchmarks/run_all.py --quick              # what CI runs
+    python benchmarks/run_all.py --only=step_cost,tpu_aot --out=/tmp/bench.json
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import tempfile
+import time
+
+from absl import app, flags
+
+flags.DEFINE_bool("quick", False, "pass --quick to every benchmark")
+flags.DEFINE_list("only", [], "run only these benchmarks (file stems)")
+flags.DEFINE_string("out", "benchmark_results.json", "where the combined JSON goes")
+FLAGS = flags.FLAGS
+HERE = pathlib.Path(__file__).resolve().parent
+
+
+def discover():
+  """Stems of the benchmark scripts, sorted."""
+  return sorted(p.stem for p in HERE.glob("*.py")
+                if p.name != pathlib.Path(__file__).name and not p.name.startswith("_"))
+
+
+def run_one(name, tmp):
+  out = pathlib.Path(tmp) / f"{name}.json"
+  args = [sys.executable, str(HERE / f"{name}.py"), f"--json_out={out}"]
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+      filter(None, [str(HERE.parent), os.environ.get("PYTHONPATH")])))
+  print(f"\n=== {name} ===", flush=True)
+  start = time.perf_counter()
+  rc = subprocess.run(args + (["--quick"] if FLAGS.quick else []), env=env).returncode
+  result = json.loads(out.read_text()) if out.exists() else None
+  return {"returncode": rc, "seconds": time.perf_counter() - start, "result": result}
+
+
+def main(argv):
+  del argv
+  names = discover()
+  unknown = set(FLAGS.only) - set(names)
+  if unknown:
+    raise SystemExit(f"--only names unknown benchmarks {sorted(unknown)}; allowed: {names}")
+  results = {}
+  with tempfile.TemporaryDirectory() as tmp:
+    for name in FLAGS.only or names:
+      results[name] = run_one(name, tmp)
+  pathlib.Path(FLAGS.out).write_text(json.dumps(
+      {"quick": FLAGS.quick, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+       "benchmarks": results}, indent=1))
+  failed = [name for name, r in results.items() if r["returncode"] or r["result"] is None]
+  print(f"\nwrote {FLAGS.out}; " + (f"FAILED: {failed}" if failed else "all benchmarks ran"))
+  sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+  app.run(main)
