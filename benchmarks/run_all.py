@@ -6,7 +6,8 @@ _*.py; it must accept `--quick` (tiny shapes: checks the output, not speed) and
 
     python benchmarks/run_all.py                      # everything, full size
     python benchmarks/run_all.py --quick              # what CI runs
-    python benchmarks/run_all.py --only=step_cost,tpu_aot --out=/tmp/bench.json
+    python benchmarks/run_all.py --only=step_cost,tpu_aot --out=/tmp/bench.json \
+        --flag=step_cost:--lengths=256,4096 --flag=step_cost:--repeats=2
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from absl import app, flags
 flags.DEFINE_bool("quick", False, "pass --quick to every benchmark")
 flags.DEFINE_list("only", [], "run only these benchmarks (file stems)")
 flags.DEFINE_string("out", "benchmark_results.json", "where the combined JSON goes")
+flags.DEFINE_multi_string("flag", [], "NAME:--FLAG=VALUE passed to one benchmark, e.g. "
+                          "--flag=step_cost:--lengths=256,4096 (repeatable)")
 FLAGS = flags.FLAGS
 HERE = pathlib.Path(__file__).resolve().parent
 
@@ -37,6 +40,7 @@ def discover():
 def run_one(name, tmp):
   out = pathlib.Path(tmp) / f"{name}.json"
   args = [sys.executable, str(HERE / f"{name}.py"), f"--json_out={out}"]
+  args += [extra.split(":", 1)[1] for extra in FLAGS.flag if extra.split(":", 1)[0] == name]
   env = dict(os.environ, PYTHONPATH=os.pathsep.join(
       filter(None, [str(HERE.parent), os.environ.get("PYTHONPATH")])))
   print(f"\n=== {name} ===", flush=True)

@@ -39,6 +39,8 @@ flags.DEFINE_integer("vit_layers", 4, "ViT-S depth")
 flags.DEFINE_integer("tokens", 2048, "GPT tokens per step (batch = tokens // T)")
 flags.DEFINE_integer("vit_batch", 8, "ViT batch")
 flags.DEFINE_integer("repeats", 3, "timed steps after a warm-up")
+flags.DEFINE_integer("no_remat_up_to", 1024, "remat 'none' rows only up to this T (without "
+                     "remat a T=4096 step holds every layer's T×T tensors: GiBs)")
 FLAGS = flags.FLAGS
 
 
@@ -111,6 +113,8 @@ def main(argv):
     lengths = [int(t) for t in FLAGS.lengths] if model_name == "gpt2" else [None]
     for length in lengths:
       for remat in FLAGS.remat:
+        if remat == "none" and (length or 0) > FLAGS.no_remat_up_to:
+          continue
         for implementation in FLAGS.implementations:
           rows.append(measure(model_name, length, remat, implementation, peak))
           print(rows[-1], flush=True)
