@@ -11,9 +11,16 @@ import dataclasses
 
 import jax
 
-# "realformer": residual attention (He et al., 2021), H_n = H_{n−1} + s_n with the
-# usual x + Attn residual: a rank-collapse remedy to compare MHA against.
-ATTENTION_KINDS = ("standard", "hopfield", "realformer")
+# Rank-collapse remedies to compare MHA against, each with the usual x + Attn residual
+# (equations and citations in attention.py):
+#   "realformer":     residual attention (He et al., 2021), H_n = H_{n−1} + s_n; 0 new params
+#   "value_residual": ResFormer (Zhou et al., 2024), V_n ← λV_1 + (1−λ)V_n;        0 new params
+#   "rezero":         x ← x + g_n·Attn(Norm x), g_n init 0 (Bachlechner et al., 2021);
+#                     L new params (one scalar per layer), the only rival that adds any.
+# DenseFormer's depth-weighted average (Pagliardini et al., 2024) is not here: layer n
+# mixes all n earlier outputs, so the scan carry would have to hold an [L+1, B, T, D]
+# history (L× activation memory, shapes fixed by L) — it does not fit the (x, state) carry.
+ATTENTION_KINDS = ("standard", "hopfield", "realformer", "value_residual", "rezero")
 RESIDUAL_FORMS = ("convex", "scaled_branch", "standard")
 H0_POLICIES = ("zeros", "first_scores", "noise")
 # How attention is computed, per kind. Standard: our einsum path, or
@@ -21,7 +28,9 @@ H0_POLICIES = ("zeros", "first_scores", "noise")
 # mha_jax/kernels (materialised H, stacked features, fused Pallas kernel, or by shape).
 IMPLEMENTATIONS = {"standard": ("naive", "xla", "cudnn"),
                    "hopfield": ("naive", "factorized", "fused", "auto"),
-                   "realformer": ("naive",)}
+                   "realformer": ("naive",),
+                   "value_residual": ("naive",),
+                   "rezero": ("naive", "xla", "cudnn")}
 HIDDEN_DTYPES = ("float32", "bfloat16")
 NORMS = ("layernorm", "rmsnorm")
 MLPS = ("gelu", "gelu_tanh", "swiglu")  # exact GELU (ViT), tanh GELU (GPT-2)
@@ -50,7 +59,7 @@ def check_unit_interval(name, value):
 @dataclasses.dataclass(frozen=True)
 class AttentionConfig:
   """How attention and its residual work (spec §2). Defaults: the baseline."""
-  kind: str = "standard"          # "standard" (x + Attn, no H) | "hopfield" (MHA) | "realformer"
+  kind: str = "standard"          # standard (x + Attn, no H) | hopfield (MHA) | realformer | value_residual | rezero
   alpha: float = 0.5              # α: residual weight of x
   alpha_hidden: float = 0.5       # α′: weight of H_{n−1} in H_n
   residual: str = "convex"        # MHA residual form, see attention.residual_update
@@ -62,6 +71,7 @@ class AttentionConfig:
   implementation: str = "naive"   # see IMPLEMENTATIONS (per kind) and mha_jax/kernels
   hidden_window: int = 0          # factorized MHA: keep the last W layers' features (0: all)
   hidden_dtype: str = "float32"   # fused MHA: dtype of the stored H (bfloat16 halves it)
+  value_residual_lambda: float = 0.5  # λ of kind="value_residual"
 
   def __post_init__(self):
     check_choice("attention.kind", self.kind, ATTENTION_KINDS)
@@ -83,6 +93,7 @@ class AttentionConfig:
                        "(h0='noise'); use 'naive', 'fused' or 'auto'")
     check_unit_interval("attention.alpha", self.alpha)
     check_unit_interval("attention.alpha_hidden", self.alpha_hidden)
+    check_unit_interval("attention.value_residual_lambda", self.value_residual_lambda)
     if self.reset_every < 0:
       raise ValueError(f"attention.reset_every={self.reset_every} must be >= 0")
     if self.reset_every and self.h0 == "noise":
@@ -147,10 +158,14 @@ def describe_attention(att: AttentionConfig, skip_connections=True):
     residual = "none (x←u)"
   elif att.kind == "hopfield":
     residual = att.residual
-  else:   # standard attention and RealFormer ignore `residual`
+  else:   # the other kinds ignore `residual`
     residual = "x+u"
   if att.kind == "hopfield":
     return f"hopfield α={att.alpha:g} α′={att.alpha_hidden:g} residual={residual}"
+  if att.kind == "value_residual":
+    return f"value_residual λ={att.value_residual_lambda:g} residual={residual}"
+  if att.kind == "rezero":
+    return f"rezero residual={'x+g·u' if skip_connections else residual}"
   return f"{att.kind} residual={residual}"
 
 
