@@ -1,8 +1,10 @@
 """Runs every benchmark in this folder, each in its own process, and writes one JSON.
 
-A benchmark is any benchmarks/<name>.py other than this file and helpers named
-_*.py; it must accept `--quick` (tiny shapes: checks the output, not speed) and
-`--json_out=PATH` (write its results there), and print its own table.
+A benchmark is a benchmarks/<name>.py that imports `_common` (whose absl flags
+give it `--quick`: tiny shapes, checks the output, not speed; and
+`--json_out=PATH`: where its results go) and prints its own table. Other
+scripts here (helpers named _*.py, standalone tools such as fit_table.py) are
+not run.
 
     python benchmarks/run_all.py                      # everything, full size
     python benchmarks/run_all.py --quick              # what CI runs
@@ -15,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 import tempfile
@@ -23,6 +26,7 @@ import time
 from absl import app, flags
 
 flags.DEFINE_bool("quick", False, "pass --quick to every benchmark")
+flags.DEFINE_bool("list", False, "print the benchmarks' names, one a line, and exit")
 flags.DEFINE_list("only", [], "run only these benchmarks (file stems)")
 flags.DEFINE_string("out", "benchmark_results.json", "where the combined JSON goes")
 flags.DEFINE_multi_string("flag", [], "NAME:--FLAG=VALUE passed to one benchmark, e.g. "
@@ -32,9 +36,10 @@ HERE = pathlib.Path(__file__).resolve().parent
 
 
 def discover():
-  """Stems of the benchmark scripts, sorted."""
+  """Stems of the scripts that follow the interface, sorted."""
   return sorted(p.stem for p in HERE.glob("*.py")
-                if p.name != pathlib.Path(__file__).name and not p.name.startswith("_"))
+                if not p.name.startswith("_") and p.name != pathlib.Path(__file__).name
+                and re.search(r"^import _common\b", p.read_text(), re.MULTILINE))
 
 
 def run_one(name, tmp):
@@ -53,6 +58,9 @@ def run_one(name, tmp):
 def main(argv):
   del argv
   names = discover()
+  if FLAGS.list:
+    print("\n".join(names))
+    return
   unknown = set(FLAGS.only) - set(names)
   if unknown:
     raise SystemExit(f"--only names unknown benchmarks {sorted(unknown)}; allowed: {names}")
