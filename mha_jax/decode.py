@@ -80,8 +80,19 @@ class DecodeState(NamedTuple):
 
 
 def _decoding_model(model):
-  # Remat only matters for gradients; decoding never differentiates.
-  return model.clone(stack=dataclasses.replace(model.stack, remat_policy="none"))
+  """The model as decoding runs it: no remat (nothing is differentiated), and MHA's
+  rows of H computed directly (`naive`), which the factorised and fused kernels
+  equal; a truncated factorised window computes other numbers, so it is refused."""
+  stack = model.stack
+  att = stack.attention
+  if att.hidden_window and att.hidden_window < stack.num_layers:
+    raise ValueError(f"attention.hidden_window={att.hidden_window} < num_layers="
+                     f"{stack.num_layers}: cached decoding rebuilds the exact H rows, which "
+                     "a truncated window does not compute; decode with hidden_window=0")
+  if att.kind == "hopfield":
+    att = dataclasses.replace(att, implementation="naive", hidden_window=0,
+                              hidden_dtype="float32")
+  return model.clone(stack=dataclasses.replace(stack, remat_policy="none", attention=att))
 
 
 def init_cache(model, batch, cache_size):
