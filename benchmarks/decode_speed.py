@@ -43,7 +43,7 @@ flags.DEFINE_integer("vocab", 50257, "vocabulary size")
 flags.DEFINE_integer("batch", 1, "sequences decoded together")
 flags.DEFINE_integer("prompt_len", 16, "prompt tokens")
 flags.DEFINE_integer("new_tokens", 512, "generated tokens")
-flags.DEFINE_integer("repeats", 1, "timed runs of each generator (after a compiling run)")
+flags.DEFINE_integer("repeats", 1, "timed runs of each generator (compiled ahead of time)")
 flags.DEFINE_string("json_out", None, "write the results as JSON to this path")
 
 QUICK = dict(layers=2, width=64, heads=4, vocab=97, batch=2, prompt_len=4, new_tokens=8,
@@ -56,14 +56,12 @@ def settings():
   return {**values, **QUICK} if FLAGS.quick else values
 
 
-def timed(generate, repeats):
-  """(median seconds of a call after a compiling call, the call's tokens)."""
-  tokens, _ = generate()
-  jax.block_until_ready(tokens)
+def timed(run, repeats):
+  """(median seconds of `repeats` calls of a compiled generator, its tokens)."""
   times = []
   for _ in range(repeats):
     start = time.perf_counter()
-    tokens, _ = generate()
+    tokens, _ = run()
     jax.block_until_ready(tokens)
     times.append(time.perf_counter() - start)
   return float(np.median(times)), np.asarray(tokens)
@@ -76,15 +74,17 @@ def measure(kind, s):
                       max_len=total, attention={"kind": kind})
   params = nn.unbox(jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"])
   prompt = jax.random.randint(jax.random.key(1), (s["batch"], s["prompt_len"]), 0, s["vocab"])
-  run = dict(max_new_tokens=s["new_tokens"])
-  cached_s, cached = timed(lambda: decode.generate(model, params, prompt, **run), s["repeats"])
-  full_s, full = timed(lambda: decode.generate_uncached(model, params, prompt, **run),
-                       s["repeats"])
+  seconds, tokens = {}, {}
+  for cached in (True, False):
+    run = decode.compiled_generator(model, params, prompt, max_new_tokens=s["new_tokens"],
+                                    cached=cached)
+    seconds[cached], tokens[cached] = timed(run, s["repeats"])
   new = s["batch"] * s["new_tokens"]
-  return {"model": FLAGS.model, "kind": kind, **s, "cached_tokens_per_s": new / cached_s,
-          "recompute_tokens_per_s": new / full_s, "speedup": full_s / cached_s,
-          "tokens_equal": bool(np.array_equal(cached, full)),
-          "cached_tokens_shape": list(cached.shape)}
+  return {"model": FLAGS.model, "kind": kind, **s, "cached_tokens_per_s": new / seconds[True],
+          "recompute_tokens_per_s": new / seconds[False],
+          "speedup": seconds[False] / seconds[True],
+          "tokens_equal": bool(np.array_equal(tokens[True], tokens[False])),
+          "cached_tokens_shape": list(tokens[True].shape)}
 
 
 def main(_):
@@ -98,7 +98,7 @@ def main(_):
     row = measure(kind, s)
     rows.append(row)
     print(f"{kind:>10} {row['cached_tokens_per_s']:13.1f} {row['recompute_tokens_per_s']:16.1f} "
-          f"{row['speedup']:8.1f}x {str(row['tokens_equal']):>12}")
+          f"{row['speedup']:8.1f}x {str(row['tokens_equal']):>12}", flush=True)
   if FLAGS.json_out:
     with open(FLAGS.json_out, "w", encoding="utf-8") as f:
       json.dump({"benchmark": "decode_speed", "device": jax.devices()[0].platform,

@@ -137,14 +137,16 @@ def decode_step(model, params, state, tokens_B):
   return logits_Bx1xV[:, 0], state
 
 
-def _check_prompt(prompt_BxP, prompt_valid_BxP, max_new_tokens):
+def _arguments(params, prompt_BxP, prompt_valid_BxP, key, max_new_tokens):
+  """The jitted generators' array arguments, checked."""
   if max_new_tokens < 1:
     raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 1")
+  prompt_BxP = jnp.asarray(prompt_BxP, jnp.int32)
   if prompt_BxP.ndim != 2 or prompt_BxP.shape[1] < 1:
     raise ValueError(f"prompt must be [batch, length >= 1] token ids, got shape {prompt_BxP.shape}")
-  if prompt_valid_BxP is None:
-    return jnp.ones(prompt_BxP.shape, jnp.bool_)
-  return jnp.asarray(prompt_valid_BxP, jnp.bool_)
+  valid_BxP = (jnp.ones(prompt_BxP.shape, jnp.bool_) if prompt_valid_BxP is None
+               else jnp.asarray(prompt_valid_BxP, jnp.bool_))
+  return params, prompt_BxP, valid_BxP, jax.random.key(0) if key is None else key
 
 
 @functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "sampling"))
@@ -165,16 +167,6 @@ def _generate(model, params, prompt_BxP, prompt_valid_BxP, key, *, max_new_token
   tokens_BxN = jnp.concatenate([tokens_NxB.T, last_B[:, None]], axis=1)
   logits_BxNxV = jnp.concatenate([logits_NxBxV.transpose(1, 0, 2), logits_BxV[:, None]], axis=1)
   return tokens_BxN, logits_BxNxV
-
-
-def generate(model, params, prompt_BxP, *, max_new_tokens, prompt_valid=None,
-             sampling=Sampling(), key=None):
-  """Cached decoding: (new tokens [B, max_new_tokens], the logits each was drawn
-  from [B, max_new_tokens, V]). One jitted function per model, shape and sampling."""
-  prompt_valid = _check_prompt(prompt_BxP, prompt_valid, max_new_tokens)
-  key = jax.random.key(0) if key is None else key
-  return _generate(model, params, jnp.asarray(prompt_BxP, jnp.int32), prompt_valid, key,
-                   max_new_tokens=max_new_tokens, sampling=sampling)
 
 
 @functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "sampling"))
@@ -199,11 +191,29 @@ def _generate_uncached(model, params, prompt_BxP, prompt_valid_BxP, key, *, max_
   return tokens_BxS[:, length:], logits_NxBxV.transpose(1, 0, 2)
 
 
+def generate(model, params, prompt_BxP, *, max_new_tokens, prompt_valid=None,
+             sampling=Sampling(), key=None):
+  """Cached decoding: (new tokens [B, max_new_tokens], the logits each was drawn
+  from [B, max_new_tokens, V]). One jitted function per model, shape and sampling."""
+  return _generate(model, *_arguments(params, prompt_BxP, prompt_valid, key, max_new_tokens),
+                   max_new_tokens=max_new_tokens, sampling=sampling)
+
+
 def generate_uncached(model, params, prompt_BxP, *, max_new_tokens, prompt_valid=None,
                       sampling=Sampling(), key=None):
   """`generate` without a cache: every step runs the full forward over the fixed
   [B, P + max_new_tokens] buffer and reads the current position's logits."""
-  prompt_valid = _check_prompt(prompt_BxP, prompt_valid, max_new_tokens)
-  key = jax.random.key(0) if key is None else key
-  return _generate_uncached(model, params, jnp.asarray(prompt_BxP, jnp.int32), prompt_valid,
-                            key, max_new_tokens=max_new_tokens, sampling=sampling)
+  return _generate_uncached(
+      model, *_arguments(params, prompt_BxP, prompt_valid, key, max_new_tokens),
+      max_new_tokens=max_new_tokens, sampling=sampling)
+
+
+def compiled_generator(model, params, prompt_BxP, *, max_new_tokens, prompt_valid=None,
+                       sampling=Sampling(), key=None, cached=True):
+  """`generate` (or, cached=False, `generate_uncached`) compiled ahead of time for
+  these inputs: a function of no arguments, so a benchmark times runs, not compiles."""
+  arguments = _arguments(params, prompt_BxP, prompt_valid, key, max_new_tokens)
+  jitted = _generate if cached else _generate_uncached
+  compiled = jitted.lower(model, *arguments, max_new_tokens=max_new_tokens,
+                          sampling=sampling).compile()
+  return functools.partial(compiled, *arguments)

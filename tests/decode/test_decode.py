@@ -1,7 +1,7 @@
 """Cached decoding (mha_jax.decode) against recomputing the full forward at every
 step, for GPT-2 and LLaMA, standard attention and MHA (h0 zeros, noise and
-first_scores, reset_every), on a left-padded batch; and sampling filters against
-their closed-form distributions."""
+first_scores, reset_every) and the value residual, on a left-padded batch; and
+sampling filters against their closed-form distributions."""
 
 import jax
 import jax.numpy as jnp
@@ -18,6 +18,8 @@ CASES = {
     "gpt2-mha-noise": ("gpt2", {"kind": "hopfield", "h0": "noise", "h0_noise_std": 2.0}),
     "llama-standard": ("llama", {"kind": "standard"}),
     "llama-mha-reset": ("llama", {"kind": "hopfield", "h0": "first_scores", "reset_every": 2}),
+    # Carries layer 1's values: the cache must hold the mixed values attention uses.
+    "llama-value-residual": ("llama", {"kind": "value_residual"}),
 }
 
 
