@@ -204,6 +204,28 @@ def flat_distance(ours, theirs):
   return max_abs, norm(diff) / max(norm(ours), 1e-30)
 
 
+def initial_diffs(pair, batch):
+  """Logits and gradients of the loss at the shared init, both frameworks, one batch."""
+  x, kwargs = steps.model_inputs(batch, pair.kind)
+
+  def loss_fn(params):
+    logits, _ = pair.model.apply({"params": params}, x, **kwargs)
+    loss, _, weight = steps.weighted_losses(logits, batch, pair.kind, 0.0)
+    return loss.sum() / jnp.maximum(weight.sum(), 1.0), logits
+
+  (loss_jax, logits_jax), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(pair.params)
+  loss_torch, logits_torch = pair.torch_loss(batch)
+  loss_torch.backward()
+  torch_grads = pair.to_flat({n: p.grad for n, p in pair.module.named_parameters()})
+  pair.module.zero_grad()
+  grad_max_abs, _ = flat_distance(pair.jax_flat_params(grads), torch_grads)
+  grad_scale = max(float(np.abs(g).max()) for g in torch_grads.values())
+  return dict(loss_abs=abs(float(loss_jax) - loss_torch.item()),
+              logits_max_abs=float(np.abs(np.asarray(logits_jax)
+                                          - logits_torch.detach().numpy()).max()),
+              grad_max_abs=grad_max_abs, grad_max_rel=grad_max_abs / max(grad_scale, 1e-30))
+
+
 def train_both(pair, batches, optim):
   """len(batches) steps in both frameworks, in lock step. Returns the per-step rows
   and both final parameter trees (flat, mha_jax layout)."""
@@ -260,9 +282,10 @@ def run_parity(family, attention, *, steps_, batch_size, seq_len, num_layers, wi
   with tempfile.TemporaryDirectory(prefix=f"parity_{family}_") as directory:
     pair = build_pair(family, attention, options, info=info, seed=seed,
                       torch_model=torch_model, workdir=directory)
+  initial = initial_diffs(pair, batches[0])
   rows, jax_params, torch_params = train_both(pair, batches, optim)
   return dict(family=family, attention=dict(attention), torch_model=pair.torch_name,
-              model=options, rows=rows,
+              model=options, initial=initial, rows=rows,
               summary=summarize(rows, jax_params, torch_params, optim.grad_clip))
 
 
