@@ -138,6 +138,25 @@ def padding_mask(valid_BxT):
   return valid_BxT[:, None, None, :].astype(jnp.bool_)
 
 
+def value_residual_mix(v_first_BxSxNxD, v_BxSxNxD, lam):
+  """ResFormer's value residual (Zhou et al., 2024, "Value Residual Learning For
+  Alleviating Attention Concentration In Transformers", arXiv 2410.17897):
+
+      V_n ← λ V_1 + (1−λ) V_n
+
+  V_1 the first layer's values, carried through the stack; at layer 1 the mix is
+  V_1 itself. λ is fixed (no parameters).
+  """
+  return lam * v_first_BxSxNxD + (1.0 - lam) * v_BxSxNxD
+
+
+def gated_residual(x, u, gate):
+  """ReZero (Bachlechner et al., 2021, "ReZero is All You Need", UAI):
+  x ← x + g·u, g a learnable scalar per layer initialised at 0, so the branch
+  starts as the identity map."""
+  return x + gate.astype(u.dtype) * u
+
+
 def residual_update(x, u, alpha, form):
   """The attention residual (spec §2): how the layer's output u re-enters x.
 

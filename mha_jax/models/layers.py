@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.ad_checkpoint import checkpoint_name
 
-from mha_jax import attention
+from mha_jax import attention, kernels
 from mha_jax.models.stack_config import REMAT_POLICIES, StackConfig
 
 def kernel_init(cfg: StackConfig, axes, residual_projection=False):
@@ -95,6 +95,7 @@ class SelfAttention(nn.Module):
     returns (y [B, T, D], the next layer's state)."""
     cfg, att = self.cfg, self.cfg.attention
     h_prev = state.get("hidden")
+    new_state = dict(state)   # keys this kind does not update ride along unchanged
 
     def project(name):
       y = Projection(cfg, (cfg.num_heads, cfg.head_dim), ("embed", "heads", "kv"),
@@ -105,12 +106,24 @@ class SelfAttention(nn.Module):
     if cfg.rope_theta is not None:
       q_BxTxNxD = apply_rope(q_BxTxNxD, cfg.rope_theta)
       k_BxTxNxD = apply_rope(k_BxTxNxD, cfg.rope_theta)
+    if att.kind == "value_residual":
+      v_first_BxTxNxD = jnp.where(restart, v_BxTxNxD, state["value_first"])
+      new_state["value_first"] = v_first_BxTxNxD
+      v_BxTxNxD = attention.value_residual_mix(v_first_BxTxNxD, v_BxTxNxD,
+                                               att.value_residual_lambda)
     use_dropout = not deterministic and cfg.attention_dropout > 0
     common = dict(mask=mask, scale=att.score_scale, dropout_rate=cfg.attention_dropout,
                   dropout_rng=self.make_rng("dropout") if use_dropout else None)
-    if att.kind == "hopfield":
+    if kernels.resolve(att, cfg.num_layers, x_BxTxD.shape[1], cfg.head_dim) != "naive":
+      out_BxTxNxD, kernel_state = kernels.hopfield_attention(
+          att, cfg.num_layers, q_BxTxNxD, k_BxTxNxD, v_BxTxNxD, state, restart=restart,
+          mask=mask)
+      new_state.update(kernel_state)
+      h_BxNxTxT = new_state.pop("hidden", None)
+    elif att.kind == "hopfield":
       out_BxTxNxD, h_BxNxTxT = attention.hopfield_attention(
-          q_BxTxNxD, k_BxTxNxD, v_BxTxNxD, h_prev, alpha_hidden=att.alpha_hidden,
+          q_BxTxNxD, k_BxTxNxD, v_BxTxNxD, h_prev,
+          alpha_hidden=state.get("alpha_hidden", att.alpha_hidden),
           h0="first_scores" if att.h0 == "first_scores" else "zeros", restart=restart,
           **common)
     elif att.kind == "realformer":
@@ -124,7 +137,6 @@ class SelfAttention(nn.Module):
     else:
       out_BxTxNxD, h_BxNxTxT = attention.dot_product_attention(
           q_BxTxNxD, k_BxTxNxD, v_BxTxNxD, **common), None
-    new_state = {}
     if h_BxNxTxT is not None:
       new_state["hidden"] = nn.with_logical_constraint(h_BxNxTxT, ("batch", "heads", None, None))
     y_BxTxD = Projection(cfg, (cfg.width,), ("heads", "kv", "embed"), num_input_axes=2,
@@ -178,7 +190,12 @@ class Block(nn.Module):
     if not cfg.skip_connections:
       x_BxTxD = u_BxTxD
     elif att.kind == "hopfield":
-      x_BxTxD = attention.residual_update(x_BxTxD, u_BxTxD, att.alpha, att.residual)
+      x_BxTxD = attention.residual_update(x_BxTxD, u_BxTxD, state.get("alpha", att.alpha),
+                                          att.residual)
+    elif att.kind == "rezero":
+      gate = self.param("rezero_gate", nn.with_logical_partitioning(nn.initializers.zeros, ()),
+                        (), cfg.param_dtype)
+      x_BxTxD = attention.gated_residual(x_BxTxD, u_BxTxD, gate)
     else:
       x_BxTxD = x_BxTxD + u_BxTxD
     mlp_BxTxD = dropout(Mlp(cfg, name="mlp")(make_norm(cfg, "mlp_norm")(x_BxTxD)))
@@ -187,16 +204,28 @@ class Block(nn.Module):
     outputs = None
     if self.return_intermediates:
       outputs = {"residual": x_BxTxD}
-      if "hidden" in state:
-        outputs["hidden_state"] = state["hidden"]
+      hidden = kernels.hidden_state(state)
+      if hidden is not None:
+        outputs["hidden_state"] = hidden
     return (x_BxTxD, state), outputs
 
 
+OVERRIDES = "attention_overrides"     # variable collection read by LayerStack
+OVERRIDABLE = ("alpha", "alpha_hidden")
+
+
 def initial_state(cfg: StackConfig, batch, length):
-  """The attention state before layer 1: {} for standard attention, else H_0."""
+  """The attention state before layer 1: {} for standard attention and ReZero,
+  {"value_first": placeholder V_1} for the value residual, else {"hidden": H_0}."""
   att = cfg.attention
-  if att.kind == "standard":
+  if att.kind in ("standard", "rezero"):
     return {}
+  if att.kind == "value_residual":   # replaced by layer 1's values (restart flag)
+    return {"value_first": jnp.zeros((batch, length, cfg.num_heads, cfg.head_dim), cfg.dtype)}
+  stacked = kernels.initial_state(att, cfg.num_layers, batch, length, cfg.num_heads,
+                                  cfg.head_dim, cfg.dtype)
+  if stacked is not None:
+    return stacked
   return {"hidden": attention.initial_hidden_state(
       batch, cfg.num_heads, length, noise_seed=att.h0_noise_seed,
       noise_std=att.h0_noise_std if att.h0 == "noise" else None)}
@@ -204,8 +233,17 @@ def initial_state(cfg: StackConfig, batch, length):
 
 class LayerStack(nn.Module):
   """L blocks carrying (x, H); returns x and, on request, stacked per-layer outputs
-  {"residual": [L, B, T, D], "hidden_state": [L, B, N, T, T]}."""
+  {"residual": [L, B, T, D], "hidden_state": [L, B, N, T, T]}.
+
+  α and α′ come from the config, unless the variables passed to `apply` hold an
+  `OVERRIDES` collection with this module's {"alpha": a, "alpha_hidden": a′}
+  (arrays, so a sweep can trace and vmap them); they then ride in the carry.
+  """
   cfg: StackConfig
+
+  def overrides(self):
+    return {name: self.get_variable(OVERRIDES, name) for name in OVERRIDABLE
+            if self.has_variable(OVERRIDES, name)}
 
   @nn.compact
   def __call__(self, x_BxTxD, mask=None, *, deterministic=True, return_intermediates=False):
@@ -221,7 +259,7 @@ class LayerStack(nn.Module):
       # 0 = self, 1 = carry, 2 = restart, 3 = mask, 4 = deterministic (static).
       block = nn.remat(Block, prevent_cse=not cfg.scan_layers, static_argnums=(4,),
                        policy=REMAT_POLICIES[cfg.remat_policy])
-    carry = (x_BxTxD, initial_state(cfg, batch, length))
+    carry = (x_BxTxD, {**initial_state(cfg, batch, length), **self.overrides()})
     if cfg.scan_layers:
       stack = nn.scan(block,
                       variable_axes={"params": 0},
