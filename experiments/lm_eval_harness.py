@@ -43,10 +43,10 @@ import jax
 import ml_collections
 import numpy as np
 
-from mha_jax import interop
-from mha_jax.data import offline, registry, text
+from mha_jax import data, interop
+from mha_jax.data import offline, packing, tokenizers
 from mha_jax.interop import hf_tokenizer
-from mha_jax.train import checkpoint, config_util, steps, train_and_evaluate
+from mha_jax.train import checkpoint, config_util, steps, tasks, train_and_evaluate
 from mha_jax.train import train as train_lib
 
 TASK = "mha_jax_eval"
@@ -71,14 +71,11 @@ metadata:
 
 
 def char_tokenizer(data_config):
-  """The mha_jax CharTokenizer the Shakespeare builder uses: ids over the alphabet
-  of both splits (the registry does not hand its tokeniser out)."""
+  """The CharTokenizer the data package builds shakespeare_char with."""
   if data_config.name != "shakespeare_char":
     raise SystemExit(f"data {data_config.name!r}: this script reads shakespeare_char runs "
                      f"(a char tokeniser); GPT-2 BPE export is not written yet")
-  works = (t for split in offline.SPLITS
-           for _, t in offline.shakespeare_works(split, data_config.cache_dir))
-  return text.make_tokenizer(data_config, "".join(sorted({c for t in works for c in t})))
+  return tokenizers.CharTokenizer(offline.shakespeare_alphabet(data_config.cache_dir))
 
 
 def train_run(workdir, steps_, attention):
@@ -94,7 +91,7 @@ def train_run(workdir, steps_, attention):
 
 def eval_stream(config, eval_tokens):
   """The eval split's stream cut to kT + 1 tokens (k full windows)."""
-  stream = np.asarray(registry.build_split(config.data, config.data.eval_split).source.stream)
+  stream = np.asarray(data.build_split(config.data, config.data.eval_split).source.stream)
   seq_len = config.data.seq_len
   available = (len(stream) - 1) // seq_len
   windows = available if eval_tokens < 0 else min(eval_tokens // seq_len, available)
@@ -103,17 +100,17 @@ def eval_stream(config, eval_tokens):
   return stream[:windows * seq_len + 1]
 
 
-def our_perplexity(model, params, stream, seq_len, batch_size=64):
+def our_perplexity(model, task, params, stream, batch_size=64):
   """mha_jax's eval (steps.eval_step, summed over the windows): per-token perplexity."""
-  windows = text.PackedSequences(stream, seq_len)
-  eval_step = jax.jit(lambda p, b: steps.eval_step(p, b, model=model, kind="text"))
+  windows = packing.PackedSequences(stream, task.info.seq_len)
+  eval_step = jax.jit(lambda p, b: steps.eval_step(p, b, model=model, task=task))
   loss = weight = 0.0
   for start in range(0, len(windows), batch_size):
     rows = [windows[i] for i in range(start, min(start + batch_size, len(windows)))]
     batch = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
     sums = eval_step(params, batch)
     loss, weight = loss + float(sums["loss"]), weight + float(sums["weight"])
-  return dict(tokens=int(weight), mean_nll=loss / weight, perplexity=float(np.exp(loss / weight)))
+  return dict(tokens=int(weight), mean_nll=loss / weight, perplexity=data.perplexity(loss / weight))
 
 
 def write_task(out, document):
@@ -153,11 +150,11 @@ def evaluate(run_dir, out, eval_tokens=-1, batch_size=32):
   with open(os.path.join(run_dir, "config.json"), encoding="utf-8") as f:
     config = ml_collections.ConfigDict(json.load(f))
   tokenizer = char_tokenizer(config.data)
-  info = train_lib.build_input(config, train=False).info
-  model = train_lib.build_model(config.model, info)
+  task = tasks.make_task(config, train_lib.make_input(config, train=False).info)
+  model = train_lib.make_model(config.model, task)
   params = checkpoint.load_init_params(str(run_dir), model)
   stream = eval_stream(config, eval_tokens)
-  ours = our_perplexity(model, params, stream, config.data.seq_len)
+  ours = our_perplexity(model, task, params, stream)
 
   export_dir = out / "export"
   interop.export_pretrained(params, model, export_dir)
@@ -174,7 +171,7 @@ def evaluate(run_dir, out, eval_tokens=-1, batch_size=32):
               eval_tokens=num_tokens, bytes=num_bytes, ours=ours, harness=theirs,
               harness_token_perplexity=harness_token_ppl,
               relative_difference=abs(harness_token_ppl / ours["perplexity"] - 1),
-              command=" ".join(command[2:]))
+              command="lm_eval " + " ".join(command[3:]))
 
 
 def main(argv=None):
@@ -199,7 +196,7 @@ def main(argv=None):
         f"per token (byte {report['harness']['byte_perplexity']:.4f}, word "
         f"{report['harness']['word_perplexity']:.2f}); relative difference "
         f"{report['relative_difference']:.1e}")
-  print(f"lm-eval command: lm_eval {report['command'][len('-m lm_eval '):]}")
+  print(f"lm-eval command (HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1): {report['command']}")
   return report
 
 

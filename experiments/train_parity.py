@@ -5,10 +5,11 @@
     python experiments/train_parity.py --kinds hopfield --alpha 0.6 --alpha_hidden 0.3 --h0 first_scores
 
 For each (family, attention) pair the model is initialised once in mha_jax, exported
-with `interop.export_pretrained`, and loaded into PyTorch: the Hugging Face class
-itself for standard attention (`--torch_model hf`), and the literal PyTorch MHA
-(`interop.torch_models` over that HF model) for MHA (`--torch_model reference`;
-`auto` picks these). Both then take N AdamW steps on the same batches of our own
+with `interop.export_pretrained`, and loaded into PyTorch: by default
+(`--torch_model hf`) the export itself through transformers' Auto classes with
+trust_remote_code=True — the stock HF class for standard attention, the exported
+custom-code model for MHA — or (`--torch_model reference`) the literal PyTorch MHA
+of `interop.torch_models` built from the same weights. Both then take N AdamW steps on the same batches of our own
 offline data (Shakespeare characters for the LMs, sklearn digits for ViT) in fp32
 with dropout off: the JAX side is the training loop's own `steps.train_step` with
 `optim.make_optimizer`, the PyTorch side `interop.torch_training.MatchedAdamW`.
@@ -78,15 +79,18 @@ import transformers
 from mha_jax import data, interop
 from mha_jax.interop import common, torch_models, torch_reference, torch_training
 from mha_jax.models import build_model, param_layout
-from mha_jax.train import config_util, steps
+from mha_jax.train import config_util, steps, tasks
 from mha_jax.train import optim as optim_lib
 
 HF_CLASSES = {"gpt2": transformers.GPT2LMHeadModel, "llama": transformers.LlamaForCausalLM,
               "vit": transformers.ViTForImageClassification}
+AUTO_CLASSES = {"gpt2": transformers.AutoModelForCausalLM,
+                "llama": transformers.AutoModelForCausalLM,
+                "vit": transformers.AutoModelForImageClassification}
 REFERENCE_CLASSES = {"gpt2": torch_models.GPT2, "llama": torch_models.Llama,
                      "vit": torch_models.ViT}
 DATASETS = {"gpt2": "shakespeare_char", "llama": "shakespeare_char", "vit": "digits"}
-FAMILIES, KINDS = tuple(HF_CLASSES), ("standard", "hopfield")
+FAMILIES, KINDS = tuple(HF_CLASSES), ("standard", "hopfield", "realformer")
 # The fields of AttentionConfig that the PyTorch reference implements.
 REFERENCE_FIELDS = tuple(f.name for f in dataclasses.fields(torch_reference.Attention))
 
@@ -99,7 +103,7 @@ class Pair:
   params: dict                # mha_jax, unboxed
   module: torch.nn.Module     # PyTorch
   torch_name: str             # "hf" or "reference"
-  kind: str                   # data kind: "text" or "image"
+  task: object                # mha_jax.train.tasks: inputs and loss of the data's kind
 
   def to_flat(self, named_tensors):
     """{torch name: tensor} (parameters or gradients) → {mha_jax loop-layout path: array}."""
@@ -107,9 +111,13 @@ class Pair:
       return common.flatten(self.module.to_jax(named_tensors))
     cfg = self.model.stack
     state_dict = {k: v.detach().numpy() for k, v in named_tensors.items()}
-    flat, _ = interop.pretrained.CONVERTERS[self.family].import_state_dict(
+    flat, _ = interop.pretrained.table_for(self.family).import_state_dict(
         state_dict, cfg.num_layers, cfg.num_heads, "torch tensors")
     return flat
+
+  @property
+  def kind(self):
+    return self.task.info.kind
 
   def torch_logits(self, batch):
     if self.kind == "image":
@@ -151,7 +159,7 @@ def model_options(family, info, *, num_layers, width, num_heads, seq_len):
 def make_batches(family, *, batch_size, seq_len, steps_, seed):
   """`steps_` training batches of our offline data, and the split's DatasetInfo."""
   cfg = data.default_data_config(DATASETS[family])
-  if cfg.kind == "text":
+  if "seq_len" in cfg:   # text
     cfg.seq_len = seq_len
   cfg.update(read_threads=1, prefetch_batches=1)
   source = data.build_input(cfg, split=cfg.train_split, global_batch_size=batch_size,
@@ -160,15 +168,12 @@ def make_batches(family, *, batch_size, seq_len, steps_, seed):
 
 
 def torch_side(family, directory, attention, torch_model):
-  """(module, "hf" | "reference") for the export in `directory`."""
-  if torch_model == "auto":
-    torch_model = "hf" if attention["kind"] == "standard" else "reference"
-  hf = HF_CLASSES[family].from_pretrained(directory, attn_implementation="eager")
+  """The PyTorch module for the export in `directory`: "hf" (transformers, custom
+  code for MHA) or "reference" (interop.torch_models)."""
+  hf = AUTO_CLASSES[family].from_pretrained(directory, attn_implementation="eager",
+                                            trust_remote_code=True)
   if torch_model == "hf":
-    if attention["kind"] != "standard":
-      raise ValueError(f"--torch_model hf runs standard attention only (HF classes); "
-                       f"attention.kind={attention['kind']!r} needs --torch_model reference")
-    return hf.eval(), "hf"
+    return hf.eval()
   unsupported = {k: v for k, v in attention.items()
                  if k not in REFERENCE_FIELDS and v != config_util.attention_config(
                      "standard", 0.5)[k]}
@@ -176,21 +181,18 @@ def torch_side(family, directory, attention, torch_model):
     raise ValueError(f"the PyTorch reference implements kind standard|hopfield with "
                      f"{REFERENCE_FIELDS}; got kind={attention['kind']!r} and {unsupported}")
   reference = torch_reference.Attention(**{k: attention[k] for k in REFERENCE_FIELDS})
-  return REFERENCE_CLASSES[family].from_hf(hf, reference).eval(), "reference"
+  return REFERENCE_CLASSES[family].from_hf(hf, reference).eval()
 
 
-def build_pair(family, attention, options, *, info, seed=0, torch_model="auto", workdir=None):
+def build_pair(family, attention, options, *, info, seed=0, torch_model="hf", workdir=None):
   """Initialise in mha_jax, export, load into PyTorch (see the module docstring)."""
   model = build_model(family, **options, attention=attention)
-  if info.kind == "image":
-    example = jnp.zeros((1, *info.image_shape), jnp.float32)
-  else:
-    example = jnp.zeros((1, options["max_len"]), jnp.int32)
-  params = nn.unbox(model.init(jax.random.key(seed), example)["params"])
+  task = tasks.make_task({}, info)
+  params = nn.unbox(model.init(jax.random.key(seed), task.dummy_input())["params"])
   directory = workdir or tempfile.mkdtemp(prefix=f"parity_{family}_")
   interop.export_pretrained(params, model, directory)
-  module, torch_name = torch_side(family, directory, attention, torch_model)
-  return Pair(family, model, params, module, torch_name, info.kind)
+  module = torch_side(family, directory, attention, torch_model)
+  return Pair(family, model, params, module, torch_model, task)
 
 
 def flat_distance(ours, theirs):
@@ -206,11 +208,11 @@ def flat_distance(ours, theirs):
 
 def initial_diffs(pair, batch):
   """Logits and gradients of the loss at the shared init, both frameworks, one batch."""
-  x, kwargs = steps.model_inputs(batch, pair.kind)
+  x, kwargs = pair.task.model_inputs(batch)
 
   def loss_fn(params):
     logits, _ = pair.model.apply({"params": params}, x, **kwargs)
-    loss, _, weight = steps.weighted_losses(logits, batch, pair.kind, 0.0)
+    loss, _, weight = pair.task.weighted_losses(logits, batch, train=False)
     return loss.sum() / jnp.maximum(weight.sum(), 1.0), logits
 
   (loss_jax, logits_jax), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(pair.params)
@@ -234,7 +236,7 @@ def train_both(pair, batches, optim):
   learning_rates = np.asarray(jax.jit(jax.vmap(schedule))(jnp.arange(len(batches))))
   state = dict(step=jnp.int32(0), params=pair.params, opt=jax.jit(tx.init)(pair.params),
                rng=jax.random.key_data(jax.random.key(0)))
-  jax_step = jax.jit(functools.partial(steps.train_step, model=pair.model, tx=tx, kind=pair.kind))
+  jax_step = jax.jit(functools.partial(steps.train_step, model=pair.model, tx=tx, task=pair.task))
   torch_optimizer = torch_training.MatchedAdamW(pair.module, pair.to_flat, optim)
   rows = []
   for i, batch in enumerate(batches):
@@ -273,7 +275,7 @@ def parity_optim(steps_, *, learning_rate, warmup_steps, weight_decay, grad_clip
 
 
 def run_parity(family, attention, *, steps_, batch_size, seq_len, num_layers, width,
-               num_heads, optim, seed=0, torch_model="auto"):
+               num_heads, optim, seed=0, torch_model="hf"):
   """One parity run: {"family", "attention", "torch_model", "rows", "summary"}."""
   batches, info = make_batches(family, batch_size=batch_size, seq_len=seq_len, steps_=steps_,
                                seed=seed)
@@ -316,8 +318,9 @@ def plot(runs, path):
 
 
 def attention_from_args(kind, args):
+  extra = {} if kind == "standard" else {"h0": args.h0, "reset_every": args.reset_every}
   return config_util.attention_config(kind, args.alpha, args.alpha_hidden, args.residual,
-                                      **({"h0": args.h0} if kind != "standard" else {}))
+                                      **extra)
 
 
 def markdown_summary(runs):
@@ -351,7 +354,11 @@ def add_model_flags(parser):
   parser.add_argument("--residual", default="convex",
                       choices=("convex", "scaled_branch", "standard"))
   parser.add_argument("--h0", default="zeros", choices=("zeros", "first_scores"))
+  parser.add_argument("--reset_every", type=int, default=0, help="restart H every N layers")
   parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--torch_model", default="hf", choices=("hf", "reference"),
+                      help="hf: the export in transformers (custom code for MHA); "
+                           "reference: interop.torch_models")
 
 
 def run_all(args, families, kinds):
@@ -361,7 +368,7 @@ def run_all(args, families, kinds):
   return [run_parity(family, attention_from_args(kind, args), steps_=args.steps,
                      batch_size=args.batch, seq_len=args.length, num_layers=args.num_layers,
                      width=args.width, num_heads=args.num_heads, optim=optim, seed=args.seed,
-                     torch_model=getattr(args, "torch_model", "auto"))
+                     torch_model=args.torch_model)
           for family in families for kind in kinds]
 
 
@@ -377,7 +384,6 @@ def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--families", default="gpt2,vit", help=f"comma list of {FAMILIES}")
   parser.add_argument("--kinds", default="standard,hopfield", help=f"comma list of {KINDS}")
-  parser.add_argument("--torch_model", default="auto", choices=("auto", "hf", "reference"))
   parser.add_argument("--out", default="runs/train_parity")
   add_model_flags(parser)
   args = parser.parse_args(argv)

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from mha_jax.data import text
+from mha_jax.data import packing, tokenizers
 from mha_jax.interop import hf_tokenizer
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "experiments"))
@@ -17,15 +17,15 @@ import lm_eval_harness  # noqa: E402
 
 
 def test_char_tokenizer_round_trip():
-  ours = text.CharTokenizer("ab\n c")
+  ours = tokenizers.CharTokenizer("ab\n c")
   hf = hf_tokenizer.char_tokenizer(ours)
   ids = ours.encode_batch(["a b\nc", "cab"])
-  stream = text.pack(ids, ours.eos_id).tolist()   # a b ␣ … EOS c a b EOS
+  stream = packing.pack(ids, ours.eos_id).tolist()   # a b ␣ … EOS c a b EOS
   document = hf_tokenizer.ids_to_text(stream, ours)
   assert hf(document)["input_ids"] == stream
   assert hf.eos_token_id == ours.eos_id == 0 and len(document.encode()) == len(stream)
   with pytest.raises(ValueError, match="spells EOS"):
-    hf_tokenizer.char_tokenizer(text.CharTokenizer("a" + hf_tokenizer.EOS_TEXT))
+    hf_tokenizer.char_tokenizer(tokenizers.CharTokenizer("a" + hf_tokenizer.EOS_TEXT))
 
 
 @pytest.mark.slow
