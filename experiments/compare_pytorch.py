@@ -206,10 +206,12 @@ def report_main(argv):
                                    __doc__.splitlines()[0])
   parser.add_argument("--families", default="gpt2,llama,vit")
   parser.add_argument("--kinds", default="standard,hopfield")
-  parser.add_argument("--out", help="write the Markdown table (and a .json beside it) here")
+  parser.add_argument("--out", help="write the Markdown table here (with .json and .png "
+                      "of the per-step losses beside it)")
   train_parity.add_model_flags(parser)
   parser.set_defaults(steps=50, batch=4, length=16)
   args = parser.parse_args(argv)
+  transformers.logging.set_verbosity_error()
   runs = train_parity.run_all(
       args, train_parity.parse_list(args.families, train_parity.FAMILIES, "--families"),
       train_parity.parse_list(args.kinds, train_parity.KINDS, "--kinds"))
@@ -220,6 +222,7 @@ def report_main(argv):
       f.write(table + "\n")
     with open(os.path.splitext(args.out)[0] + ".json", "w") as f:
       json.dump(dict(args=vars(args), runs=runs), f, indent=1)
+    train_parity.plot(runs, os.path.splitext(args.out)[0] + ".png")
   return runs
 
 

@@ -387,6 +387,7 @@ def main(argv=None):
   parser.add_argument("--out", default="runs/train_parity")
   add_model_flags(parser)
   args = parser.parse_args(argv)
+  transformers.logging.set_verbosity_error()  # the GPT-2 export's bos/eos id warnings
   runs = run_all(args, parse_list(args.families, FAMILIES, "--families"),
                  parse_list(args.kinds, KINDS, "--kinds"))
   out = pathlib.Path(args.out)
