@@ -253,15 +253,17 @@ def train_both(pair, batches, optim):
   return rows, pair.jax_flat_params(state["params"]), pair.torch_flat_params()
 
 
-def summarize(rows, jax_params, torch_params, grad_clip):
+def summarize(rows, jax_params, torch_params, grad_clip, initial_params):
   loss_j = np.array([r["loss_jax"] for r in rows])
   delta = np.abs(loss_j - np.array([r["loss_torch"] for r in rows]))
   rel = delta / np.abs(loss_j)
   param_max_abs, param_rel = flat_distance(jax_params, torch_params)
+  _, travelled_rel = flat_distance(jax_params, initial_params)
   return dict(steps=len(rows), loss_first=float(loss_j[0]), loss_last=float(loss_j[-1]),
               max_abs_dloss=float(delta.max()), max_rel_dloss=float(rel.max()),
               final_abs_dloss=float(delta[-1]), final_rel_dloss=float(rel[-1]),
               param_max_abs=param_max_abs, param_rel_l2=param_rel,
+              param_travelled_rel_l2=travelled_rel,  # ‖θ_N − θ_0‖ / ‖θ_N‖, mha_jax
               clipped_steps=int(sum(r["grad_norm_jax"] >= grad_clip for r in rows))
               if grad_clip else 0)
 
@@ -288,7 +290,8 @@ def run_parity(family, attention, *, steps_, batch_size, seq_len, num_layers, wi
   rows, jax_params, torch_params = train_both(pair, batches, optim)
   return dict(family=family, attention=dict(attention), torch_model=pair.torch_name,
               model=options, initial=initial, rows=rows,
-              summary=summarize(rows, jax_params, torch_params, optim.grad_clip))
+              summary=summarize(rows, jax_params, torch_params, optim.grad_clip,
+                                pair.jax_flat_params(pair.params)))
 
 
 def plot(runs, path):

@@ -34,8 +34,12 @@ def test_fifty_steps_agree(family, kind):
   assert run["torch_model"] == "hf"   # HF class; the custom-code export for MHA
   assert s["max_rel_dloss"] <= 1e-4, s
   assert s["param_rel_l2"] <= 1e-3, s
-  # Not vacuous: the model trained, clipping and the warmup both acted.
-  assert s["loss_last"] < s["loss_first"] - 0.01, s
+  # Not vacuous: the parameters travelled far further than the frameworks drifted
+  # apart, the LM's loss fell (ViT's single 4-image batches are too noisy to show it
+  # in 50 steps), clipping and the warmup both acted.
+  assert s["param_travelled_rel_l2"] > 100 * s["param_rel_l2"], s
+  if family == "gpt2":
+    assert s["loss_last"] < s["loss_first"] - 0.5, s
   assert s["clipped_steps"] > 0, s
   assert run["rows"][0]["lr"] == 0.0 and max(r["lr"] for r in run["rows"]) == pytest.approx(3e-3)
 
