@@ -176,7 +176,7 @@ def compare(args):
 
 
 REPORT_HEADER = ("family", "attention", "PyTorch side", "max abs Δlogit", "max abs Δgrad (rel.)",
-                 "abs Δloss after 1 step", "max abs Δθ after 1 step", "N", "max abs Δloss over N (rel.)",
+                 "max abs Δθ after step 1", "abs Δloss after step 1", "N", "max abs Δloss over N (rel.)",
                  "final ‖Δθ‖/‖θ‖")
 
 
@@ -184,12 +184,15 @@ def report_table(runs):
   """Markdown: the forward, gradient, one-step and N-step checks of each run."""
   lines = ["| " + " | ".join(REPORT_HEADER) + " |", "|" + "---|" * len(REPORT_HEADER)]
   for run in runs:
-    first, s, step1 = run["initial"], run["summary"], run["rows"][min(1, len(run["rows"]) - 1)]
+    first, s, rows = run["initial"], run["summary"], run["rows"]
+    # Step 1 is the first update with lr > 0 (step 0 has lr 0 after a warmup from 0).
+    k = next((i for i, r in enumerate(rows) if r["lr"] > 0), len(rows) - 1)
+    after = rows[min(k + 1, len(rows) - 1)]
     lines.append(
         f"| {run['family']} | {stack_config_label(run['attention'])} | {run['torch_model']} | "
         f"{first['logits_max_abs']:.1e} | {first['grad_max_abs']:.1e} "
-        f"({first['grad_max_rel']:.1e}) | {abs(step1['loss_jax'] - step1['loss_torch']):.1e} | "
-        f"{run['rows'][0]['param_max_abs']:.1e} | {s['steps']} | {s['max_abs_dloss']:.1e} "
+        f"({first['grad_max_rel']:.1e}) | {rows[k]['param_max_abs']:.1e} | "
+        f"{abs(after['loss_jax'] - after['loss_torch']):.1e} | {s['steps']} | {s['max_abs_dloss']:.1e} "
         f"({s['max_rel_dloss']:.1e}) | {s['param_rel_l2']:.1e} |")
   return "\n".join(lines)
 

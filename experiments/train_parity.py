@@ -316,7 +316,7 @@ def plot(runs, path):
   axes[1, 0].set_ylabel("|Δloss| / loss", fontsize=7)
   axes[0, 0].legend(fontsize=6)
   fig.tight_layout()
-  fig.savefig(path, dpi=90)
+  fig.savefig(path, dpi=72)
   plt.close(fig)
 
 
