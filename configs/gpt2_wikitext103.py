@@ -15,16 +15,20 @@ Medium 20.85 → 19.61. Compare `eval/perplexity_original` (per word) on
 from mha_jax.train import config_util
 
 
+# `:key=value` arguments of this config and their defaults (typed by them).
+ARGUMENTS = dict(size="small", attention="standard", alpha=0.5, alpha_hidden=None,
+                 residual="convex", steps=30_000, batch_size=64, seq_len=1024, smoke=False)
+
+
 def get_config(arg=None):
-  a = config_util.parse_arg(arg, size="small", attention="standard", alpha=0.5,
-                            alpha_hidden=-1.0, residual="convex", steps=30_000,
-                            batch_size=64, seq_len=1024, smoke=False)
+  a = config_util.parse_arg(arg, **ARGUMENTS)
   config = config_util.base_config()
   config.update(total_steps=a.steps, batch_size=a.batch_size, eval_batch_size=a.batch_size,
                 log_every=50,
                 eval_every=2000, eval_steps=-1, checkpoint_every=2000)
   config.data = config_util.data_config("wikitext103", seq_len=a.seq_len)
   config.model = dict(name="gpt2", variant=a.size, dropout=0.1, max_len=a.seq_len,
+                      dtype="float32",   # bfloat16 on TPU: --config.model.dtype=bfloat16
                       attention=config_util.attention_config(a.attention, a.alpha,
                                                              a.alpha_hidden, a.residual))
   config.optim.update(learning_rate=6e-4 if a.size == "small" else 3e-4, warmup_steps=2000,

@@ -123,7 +123,7 @@ def hf_grads_to_flat(family, num_layers, num_heads):
 
   def convert(grads):  # gradients transform like the weights: reuse the importer
     sd = {k: v.detach().numpy() for k, v in grads.items()}
-    flat, _ = converter.import_state_dict(sd, num_layers, num_heads, "torch grads")
+    flat, _ = converter.TABLE.import_state_dict(sd, num_layers, num_heads, "torch grads")
     return flat
   return convert
 

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.ad_checkpoint import checkpoint_name
 
-from mha_jax import attention
+from mha_jax import attention, kernels
 from mha_jax.models.stack_config import REMAT_POLICIES, StackConfig
 
 def kernel_init(cfg: StackConfig, axes, residual_projection=False):
@@ -114,7 +114,13 @@ class SelfAttention(nn.Module):
     use_dropout = not deterministic and cfg.attention_dropout > 0
     common = dict(mask=mask, scale=att.score_scale, dropout_rate=cfg.attention_dropout,
                   dropout_rng=self.make_rng("dropout") if use_dropout else None)
-    if att.kind == "hopfield":
+    if kernels.resolve(att, cfg.num_layers, x_BxTxD.shape[1], cfg.head_dim) != "naive":
+      out_BxTxNxD, kernel_state = kernels.hopfield_attention(
+          att, cfg.num_layers, q_BxTxNxD, k_BxTxNxD, v_BxTxNxD, state, restart=restart,
+          mask=mask)
+      new_state.update(kernel_state)
+      h_BxNxTxT = new_state.pop("hidden", None)
+    elif att.kind == "hopfield":
       out_BxTxNxD, h_BxNxTxT = attention.hopfield_attention(
           q_BxTxNxD, k_BxTxNxD, v_BxTxNxD, h_prev,
           alpha_hidden=state.get("alpha_hidden", att.alpha_hidden),
@@ -198,8 +204,9 @@ class Block(nn.Module):
     outputs = None
     if self.return_intermediates:
       outputs = {"residual": x_BxTxD}
-      if "hidden" in state:
-        outputs["hidden_state"] = state["hidden"]
+      hidden = kernels.hidden_state(state)
+      if hidden is not None:
+        outputs["hidden_state"] = hidden
     return (x_BxTxD, state), outputs
 
 
@@ -215,6 +222,10 @@ def initial_state(cfg: StackConfig, batch, length):
     return {}
   if att.kind == "value_residual":   # replaced by layer 1's values (restart flag)
     return {"value_first": jnp.zeros((batch, length, cfg.num_heads, cfg.head_dim), cfg.dtype)}
+  stacked = kernels.initial_state(att, cfg.num_layers, batch, length, cfg.num_heads,
+                                  cfg.head_dim, cfg.dtype)
+  if stacked is not None:
+    return stacked
   return {"hidden": attention.initial_hidden_state(
       batch, cfg.num_heads, length, noise_seed=att.h0_noise_seed,
       noise_std=att.h0_noise_std if att.h0 == "noise" else None)}

@@ -23,9 +23,15 @@ import jax
 ATTENTION_KINDS = ("standard", "hopfield", "realformer", "value_residual", "rezero")
 RESIDUAL_FORMS = ("convex", "scaled_branch", "standard")
 H0_POLICIES = ("zeros", "first_scores", "noise")
-# How standard attention is computed: our einsum path, or jax.nn.dot_product_attention
-# (XLA, or cuDNN's fused flash kernel on GPU). MHA needs H, so it is always "naive".
-IMPLEMENTATIONS = ("naive", "xla", "cudnn")
+# How attention is computed, per kind. Standard: our einsum path, or
+# jax.nn.dot_product_attention (XLA, or cuDNN's fused flash kernel on GPU). MHA: see
+# mha_jax/kernels (materialised H, stacked features, fused Pallas kernel, or by shape).
+IMPLEMENTATIONS = {"standard": ("naive", "xla", "cudnn"),
+                   "hopfield": ("naive", "factorized", "fused", "auto"),
+                   "realformer": ("naive",),
+                   "value_residual": ("naive",),
+                   "rezero": ("naive", "xla", "cudnn")}
+HIDDEN_DTYPES = ("float32", "bfloat16")
 NORMS = ("layernorm", "rmsnorm")
 MLPS = ("gelu", "gelu_tanh", "swiglu")  # exact GELU (ViT), tanh GELU (GPT-2)
 DTYPES = ("float32", "bfloat16", "float16")
@@ -62,17 +68,29 @@ class AttentionConfig:
   h0_noise_seed: int = 0          # H_0 noise is a fixed draw, equal at train and eval
   reset_every: int = 0            # restart H every N layers (0: never; 1: no memory)
   score_scale: float | None = None  # None: 1/√head_dim
-  implementation: str = "naive"   # standard attention only: naive | xla | cudnn
+  implementation: str = "naive"   # see IMPLEMENTATIONS (per kind) and mha_jax/kernels
+  hidden_window: int = 0          # factorized MHA: keep the last W layers' features (0: all)
+  hidden_dtype: str = "float32"   # fused MHA: dtype of the stored H (bfloat16 halves it)
   value_residual_lambda: float = 0.5  # λ of kind="value_residual"
 
   def __post_init__(self):
     check_choice("attention.kind", self.kind, ATTENTION_KINDS)
     check_choice("attention.residual", self.residual, RESIDUAL_FORMS)
     check_choice("attention.h0", self.h0, H0_POLICIES)
-    check_choice("attention.implementation", self.implementation, IMPLEMENTATIONS)
-    if self.implementation != "naive" and self.kind != "standard":
-      raise ValueError(f"attention.implementation={self.implementation!r} needs kind='standard' "
-                       f"(a fused kernel never materialises H), got kind={self.kind!r}")
+    check_choice(f"attention.implementation (kind={self.kind!r})", self.implementation,
+                 IMPLEMENTATIONS[self.kind])
+    check_choice("attention.hidden_dtype", self.hidden_dtype, HIDDEN_DTYPES)
+    if self.hidden_window < 0:
+      raise ValueError(f"attention.hidden_window={self.hidden_window} must be >= 0")
+    if self.hidden_window and self.implementation not in ("factorized", "auto"):
+      raise ValueError(f"attention.hidden_window={self.hidden_window} needs implementation "
+                       f"'factorized' or 'auto', got {self.implementation!r}")
+    if self.hidden_dtype != "float32" and self.implementation != "fused":
+      raise ValueError(f"attention.hidden_dtype={self.hidden_dtype!r} needs implementation "
+                       f"'fused', got {self.implementation!r}")
+    if self.implementation == "factorized" and self.h0 == "noise":
+      raise ValueError("attention.implementation='factorized' cannot carry a random H_0 "
+                       "(h0='noise'); use 'naive', 'fused' or 'auto'")
     check_unit_interval("attention.alpha", self.alpha)
     check_unit_interval("attention.alpha_hidden", self.alpha_hidden)
     check_unit_interval("attention.value_residual_lambda", self.value_residual_lambda)

@@ -42,7 +42,7 @@ def test_training_config_init_from_hf_directory(hf_gpt2_64, tmp_path):
   workdir = str(tmp_path / "run")
   train_and_evaluate(config, workdir)
 
-  trained = jax.tree.map(np.asarray, checkpoint._load_orbax_params(workdir))
+  trained = jax.tree.map(np.asarray, checkpoint.load_params(workdir))
   model = interop.model_from_pretrained(hf_gpt2_64, attention=dict(config.model.attention))
   expected = interop.load_pretrained(hf_gpt2_64, model)
   flat_trained = common.flatten(param_layout.unstack_layer_params(trained))

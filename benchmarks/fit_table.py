@@ -1,0 +1,124 @@
+"""The README's fit table: GPT-2 S/M/L/XL (T=1024), LLaMA 60m…1b (T=1024, 2048),
+ViT-B/L (224²), standard vs MHA, compiled by `python -m mha_jax.aot` for TPU
+topologies (needs libtpu; nothing runs on a TPU).
+
+  python benchmarks/fit_table.py --out=runs/fit --topologies=v5e:4x4,v5p:2x2x1   # compile
+  python benchmarks/fit_table.py --out=runs/fit --table                          # markdown
+
+Each entry compiles the full train step (bf16 compute, FSDP over every chip) with
+remat none, then dots_no_batch, then full, until one fits: XLA:TPU refuses (in
+seconds) to compile a step that cannot fit HBM, naming the bytes it needed. Entries already in --out
+are skipped, so an interrupted run continues. One compile takes minutes on 2 CPU
+cores; run one at a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+GiB = 2**30
+
+# (row name, config spec, per-chip batch); bf16 everywhere.
+MODELS = [
+    ("GPT-2 S T=1024", "gpt2_wikitext103.py:size=small", 4),
+    ("GPT-2 M T=1024", "gpt2_wikitext103.py:size=medium", 4),
+    ("GPT-2 L T=1024", "gpt2_wikitext103.py:size=large", 4),
+    ("GPT-2 XL T=1024", "gpt2_wikitext103.py:size=xl", 4),
+    *[(f"LLaMA {size} T={t}", f"llama_lm.py:size={size},seq_len={t}", 4 * 1024 // t)
+      for t in (1024, 2048) for size in ("60m", "130m", "350m", "1b")],
+    ("ViT-B/16 224²", "vit_imagenet.py:variant=B/16", 32),
+    ("ViT-L/16 224²", "vit_imagenet.py:variant=L/16", 32),
+]
+REMAT_POLICIES = ("none", "dots_no_batch", "full")
+ATTENTION = {"standard": "attention=standard", "MHA": "attention=hopfield,alpha=0.5"}
+
+
+def entry_name(row, attention, topology):
+  safe = "".join(c if c.isalnum() else "_" for c in f"{row}_{attention}_{topology}")
+  return f"{safe}.json"
+
+
+def compile_entry(out, row, spec, per_chip, attention, topology):
+  """What `python -m mha_jax.aot --config=configs/<spec>,<attention> --config.mesh.data=1
+  --config.mesh.fsdp=-1 --config.batch_size=<per_chip × chips> --config.model.dtype=bfloat16
+  --topology=<topology> --remat=none --noxla_flops --json=<entry>` does, in this
+  process (one JAX start-up for the whole table)."""
+  import time
+  from mha_jax.aot import fit, report
+  from mha_jax.train import config_util
+  path = out / entry_name(row, attention, topology)
+  if path.exists():
+    return
+  devices, label, chip = fit.target_devices(topology=topology)
+  config = config_util.load_config(f"{ROOT}/configs/{spec},{ATTENTION[attention]}")
+  config.mesh = dict(data=1, fsdp=-1, tensor=1)
+  config.batch_size = per_chip * len(devices)
+  config.model.dtype = "bfloat16"
+  tried = []
+  for policy in REMAT_POLICIES:   # the first that fits (failures compile in seconds)
+    config.model.remat_policy = policy
+    start = time.perf_counter()
+    result = fit.measure(config, devices, label, hbm_bytes=chip.hbm_bytes, with_xla_flops=False)
+    result.label = f"{row} {attention}"
+    print(f"{result.label} on {topology}, remat {policy}: fits={result.fits} "
+          f"total={result.total_bytes} ({time.perf_counter() - start:.0f} s)", flush=True)
+    tried.append(report.as_json(result, 0.4, chip))
+    if result.fits:
+      break
+  path.write_text(json.dumps(tried[::-1], indent=2))   # the verdict first, then what failed
+
+
+def table(out, topologies):
+  header = "| model | per-chip batch | " + " | ".join(
+      f"{t} std | {t} MHA | MHA's H" for t in topologies) + " |"
+  lines = [header, "|" + "---|" * (2 + 3 * len(topologies))]
+  for row, _, per_chip in MODELS:
+    cells = [row, str(per_chip)]
+    for topology in topologies:
+      results = {}
+      for attention in ATTENTION:
+        path = out / entry_name(row, attention, topology)
+        results[attention] = json.loads(path.read_text())[0] if path.exists() else None
+      for attention in ATTENTION:
+        cells.append(_cell(results[attention]))
+      mha = results["MHA"]
+      cells.append(f"{mha['hidden_state_bytes'] / GiB:.1f} GiB" if mha else "–")
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def _cell(result):
+  """'✓ dots_no_batch 9.1 GiB (57%)' / '✗ needs 31 GiB (full)' / '–' (not compiled)."""
+  if result is None:
+    return "–"
+  total, policy = result["total_bytes"], result["remat_policy"]
+  if result["fits"]:
+    return f"✓ {policy}: {total / GiB:.1f} GiB ({100 * total / result['hbm_bytes']:.0f}%)"
+  return f"✗ needs {total / GiB:.0f} GiB ({policy})" if total else f"✗ ({policy})"
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--out", default="runs/fit")
+  parser.add_argument("--topologies", default="v5e:4x4,v5p:2x2x1")
+  parser.add_argument("--table", action="store_true", help="print the markdown table")
+  args = parser.parse_args()
+  out = pathlib.Path(args.out)
+  out.mkdir(parents=True, exist_ok=True)
+  topologies = args.topologies.split(",")
+  if args.table:
+    print(table(out, topologies))
+    return
+  os.environ.setdefault("JAX_PLATFORMS", "cpu")
+  for topology in topologies:
+    for row, spec, per_chip in MODELS:
+      for attention in ATTENTION:
+        compile_entry(out, row, spec, per_chip, attention, topology)
+
+
+if __name__ == "__main__":
+  main()
