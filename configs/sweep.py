@@ -73,8 +73,9 @@ def get_config(arg=None):
   config.grid = {**DEFAULT_AXES, **axes, "seed": tuple(range(a.seeds))}
   config.mode = a.mode
   config.eval_steps = updates["eval_steps"]
-  if a.smoke:
+  if a.smoke:   # the first two values of each axis, depth 2, two seeds, 4 steps
     config.base_updates.update(total_steps=4, batch_size=16)
+    config.grid.update({axis: tuple(values)[:2] for axis, values in config.grid.items()})
     config.grid.update(depth=(2,), seed=(0, 1))
     config.eval_steps = 2
   return config

@@ -18,9 +18,10 @@ minimiser over x (linear programs) next to the mean-token residual.
 `--residual=convex|scaled_branch|standard --alpha=a` puts the model's
 attention residual into the network, to separate its effect from H's.
 
-Which h0 collapses faster depends on depth and weight scale (README table:
-h0 = zeros is lower at layers 1–2 at weight scale 1, but not at layer 4); the
-theorem's bound concerns H chained from layer 1's scores, i.e. h0 = first_scores.
+The theorem's bound concerns H chained from layer 1's scores (h0 = first_scores).
+Which h0 ends lower, and whether MHA ends above standard attention, depends on
+weight scale and depth; RESULTS.md (f) gives the float64 medians. Read the
+table, not a rule.
 """
 
 import json

@@ -11,6 +11,7 @@ have not finished says "not yet run" and gives its command: no number in
 RESULTS.md comes from anywhere but the files this script reads.
 """
 
+import json
 import os
 import subprocess
 import sys
@@ -99,14 +100,43 @@ def sweep_section(preset):
   return text, rows
 
 
+def rank_verdict(data):
+  """MHA (h0 = first_scores, the theorem's chain) vs standard attention, median over
+  seeds at layers 4, 8, …, L: how often MHA's residual is higher (slower collapse)."""
+  floor = data["floor"]
+  rows = [r for r in data["rows"] if r["h0"] == "first_scores"]
+  higher = lower = same = 0
+  for row in rows:
+    if row["alpha_hidden"] == 0:
+      continue
+    base = next(r for r in rows if r["alpha_hidden"] == 0
+                and r["weight_scale"] == row["weight_scale"])
+    for n in range(3, len(row["quantiles"]["50"]), 4):
+      mha, std = (max(r["quantiles"]["50"][n], floor) for r in (row, base))
+      higher, lower, same = (higher + (mha > std), lower + (mha < std),
+                             same + (mha == std))
+  counts = f"MHA higher in {higher}, lower in {lower}, equal (both at the floor) in {same} " \
+           "of the (scale, α′, layer 4/8/12) medians"
+  if higher and not lower:
+    return f"supports — {counts}"
+  if lower and not higher:
+    return f"contradicts — {counts}"
+  return f"mixed — {counts}"
+
+
 def rank_section():
+  """(markdown, verdict) of the rank-collapse run."""
   command = RANK.format(o=FLAGS.outdir)
-  table = os.path.join(FLAGS.outdir, "rank_collapse", "rank.md")
-  if not os.path.exists(table):
-    return f"```\n{command}\n```\nnot yet run.\n"
-  with open(table, encoding="utf-8") as f:
-    return f"```\n{command}\n```\n" + f.read() + (
-        f"\n![rank collapse]({FLAGS.outdir}/rank_collapse/rank.png)\n")
+  path = os.path.join(FLAGS.outdir, "rank_collapse", "rank.json")
+  if not os.path.exists(path):
+    return f"```\n{command}\n```\nnot yet run.\n", "not yet run"
+  with open(path, encoding="utf-8") as f:
+    data = json.load(f)
+  with open(os.path.splitext(path)[0] + ".md", encoding="utf-8") as f:
+    table = f.read()
+  verdict = rank_verdict(data)
+  return (f"**Verdict:** {verdict}\n\n```\n{command}\n```\n{table}"
+          f"\n![rank collapse]({FLAGS.outdir}/rank_collapse/rank.png)\n"), verdict
 
 
 HEADER = """# Results at CPU scale
@@ -124,8 +154,7 @@ models trained far longer.
 
 
 def write_report():
-  parts = [HEADER]
-  summary = ["| row | claim | paper | verdict here |", "|---|---|---|---|"]
+  sections = []   # (row id, summary line, section text)
   for row_id, claim, presets, paper in ROWS:
     body, rows = [], []
     for preset in presets:
@@ -133,21 +162,24 @@ def write_report():
       body.append(f"### `{preset}`\n\n{text}")
       rows += preset_rows or []
     verdict = row_verdict(rows) if rows else "not yet run"
-    summary.append(f"| ({row_id}) | {claim} | {paper} | {verdict} |")
-    parts.append(f"## ({row_id}) {claim}\n\nPaper: {paper}.\n\n**Verdict:** {verdict}\n\n"
-                 + "\n".join(body))
-  parts.append("## (f) rank collapse in attention-only networks (random weights)\n\n"
-               "Paper: Theorem — MHA's bound decays exponentially, not doubly exponentially."
-               "\n\n" + rank_section())
-  summary.append("| (f) | rank collapse slows with MHA (attention-only, random) | theorem | "
-                 "see section (f) |")
-  parts.append("## (g) a task outside vision and text\n\nnot yet built: no offline "
-               "time-series or audio set ships with the installed packages; a synthetic "
-               "associative-recall task is the planned substitute.\n")
-  summary.append("| (g) | a task outside vision and text | — | not yet built |")
-  parts.insert(1, "## Summary\n\n" + "\n".join(summary) + "\n")
+    sections.append((row_id, f"| ({row_id}) | {claim} | {paper} | {verdict} |",
+                     f"## ({row_id}) {claim}\n\nPaper: {paper}.\n\n**Verdict:** {verdict}\n\n"
+                     + "\n".join(body)))
+  rank_text, rank_word = rank_section()
+  claim = "rank collapse slows with MHA (attention-only network, random weights)"
+  sections.append(("f", f"| (f) | {claim} | theorem (no figure) | {rank_word} |",
+                   f"## (f) {claim}\n\nPaper: MHA's bound decays exponentially, not doubly "
+                   f"exponentially.\n\n{rank_text}"))
+  sections.append(("g", "| (g) | a task outside vision and text | — | not yet built |",
+                   "## (g) a task outside vision and text\n\nnot yet built: no offline "
+                   "time-series or audio set ships with the installed packages; a synthetic "
+                   "associative-recall task is the planned substitute.\n"))
+  sections.sort()
+  summary = ["## Summary\n", "| row | claim | paper | verdict here |", "|---|---|---|---|"]
+  text = "\n".join([HEADER, "\n".join(summary + [line for _, line, _ in sections]) + "\n"]
+                   + [section for _, _, section in sections])
   with open(FLAGS.results, "w", encoding="utf-8") as f:
-    f.write("\n".join(parts))
+    f.write(text)
   print("wrote", FLAGS.results)
 
 

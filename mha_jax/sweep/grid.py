@@ -135,6 +135,7 @@ def train_group_separately(base, group, eval_steps, workdir_root):
   for cell in group:
     config = cell_config(base, cell)
     config.eval_steps = eval_steps
+    config.eval_every = config.total_steps   # one evaluation, at the end
     start = time.perf_counter()
     evals = train_and_evaluate(config, os.path.join(workdir_root, cell_id(cell)))
     results.append({"eval": dict(evals), "steps": int(config.total_steps),
