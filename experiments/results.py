@@ -175,8 +175,15 @@ def write_report():
                    "time-series or audio set ships with the installed packages; a synthetic "
                    "associative-recall task is the planned substitute.\n"))
   sections.sort()
+  finished = [r for p in {p for _, _, presets, _ in ROWS for p in presets}
+              if os.path.isdir(os.path.join(FLAGS.outdir, p))
+              for r in grid.ResultStore(os.path.join(FLAGS.outdir, p)).read_all()]
+  cost = (f"Cost so far: {len(finished)} training runs, "
+          f"{sum(r.get('seconds', 0) for r in finished) / 3600:.1f} h of wall time on the "
+          "shared 2-core machine (per-run time = its vmapped group's time / K). The full "
+          "grid does not fit 2 hours there; each rerun of the command continues it.\n")
   summary = ["## Summary\n", "| row | claim | paper | verdict here |", "|---|---|---|---|"]
-  text = "\n".join([HEADER, "\n".join(summary + [line for _, line, _ in sections]) + "\n"]
+  text = "\n".join([HEADER, cost, "\n".join(summary + [line for _, line, _ in sections]) + "\n"]
                    + [section for _, _, section in sections])
   with open(FLAGS.results, "w", encoding="utf-8") as f:
     f.write(text)
