@@ -148,7 +148,7 @@ def heatmap(rows, path):
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  panels = alpha_grid(rows)
+  panels = {k: v for k, v in alpha_grid(rows).items() if v[2].size > 1}
   if not panels:
     return False
   fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 4), squeeze=False)
