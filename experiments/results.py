@@ -147,8 +147,9 @@ Every number below is read from result files by `python experiments/results.py
 Models are tiny (width 32, offline sklearn digits / Shakespeare characters, a few
 hundred steps), trained on 2 shared CPU cores; mean ± std over seeds (sample std),
 Δ = run − standard attention at the same depth and seeds with a 95 % paired t
-interval. The verdict says "supports" / "contradicts" only where intervals exclude
-0. At this scale a verdict is about this scale: the paper's claims are for larger
+interval. Every verdict compares the row's settings with standard attention, and
+says "supports" / "contradicts" only where intervals exclude 0 (counts given, so a
+row with "contradicts" for α′ = 1 and "no difference" elsewhere reads as such). At this scale a verdict is about this scale: the paper's claims are for larger
 models trained far longer.
 """
 
