@@ -25,12 +25,18 @@ H0_POLICIES = ("zeros", "first_scores")
 
 
 def attention_scores(q_BxTxNxD, k_BxSxNxD, scale=None):
-  """s = scale · Q Kᵀ in float32, [B, N, T, S]; scale defaults to 1/√D."""
+  """s = scale · Q Kᵀ in float32 (float64 for float64 inputs), [B, N, T, S];
+  scale defaults to 1/√D."""
   if scale is None:
     scale = q_BxTxNxD.shape[-1] ** -0.5
-  s_BxNxTxS = jnp.einsum("btnd,bsnd->bnts", q_BxTxNxD, k_BxSxNxD,
-                         preferred_element_type=jnp.float32)
-  return s_BxNxTxS * jnp.float32(scale)
+  acc = state_dtype(q_BxTxNxD.dtype)
+  s_BxNxTxS = jnp.einsum("btnd,bsnd->bnts", q_BxTxNxD, k_BxSxNxD, preferred_element_type=acc)
+  return s_BxNxTxS * jnp.asarray(scale, acc)
+
+
+def state_dtype(dtype):
+  """Scores, H and softmax: float32, or wider if the inputs are (analysis in float64)."""
+  return jnp.promote_types(dtype, jnp.float32)
 
 
 def update_hidden_state(h_prev_BxNxTxS, s_BxNxTxS, alpha_hidden, score_weight=None):
@@ -49,9 +55,9 @@ def masked_softmax(logits_BxNxTxS, mask=None):
 
   A row with no allowed key gets uniform weights rather than NaN (padding rows).
   """
-  logits = logits_BxNxTxS.astype(jnp.float32)
+  logits = logits_BxNxTxS.astype(state_dtype(logits_BxNxTxS.dtype))
   if mask is not None:
-    logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+    logits = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)
   return jax.nn.softmax(logits, axis=-1)
 
 
@@ -85,7 +91,7 @@ def hopfield_attention(q_BxTxNxD, k_BxSxNxD, v_BxSxNxD, h_prev_BxNxTxS, *,
     h_prev_BxNxTxS = start_BxNxTxS
   else:
     h_prev_BxNxTxS = jnp.where(restart, start_BxNxTxS,
-                               h_prev_BxNxTxS.astype(jnp.float32))
+                               h_prev_BxNxTxS.astype(s_BxNxTxS.dtype))
   h_BxNxTxS = update_hidden_state(h_prev_BxNxTxS, s_BxNxTxS, alpha_hidden, score_weight)
 
   weights_BxNxTxS = masked_softmax(h_BxNxTxS, mask)
