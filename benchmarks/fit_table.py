@@ -34,6 +34,8 @@ MODELS = [
     ("ViT-L/16 224²", "vit_imagenet.py:variant=L/16", 32),
 ]
 REMAT_POLICIES = ("none", "dots_no_batch", "full")
+QUICK = bool(os.environ.get("FIT_TABLE_QUICK"))   # see aot.fit.target_devices(quick=True)
+QUICK_POLICIES = ("none", "full")
 ATTENTION = {"standard": "attention=standard", "MHA": "attention=hopfield,alpha=0.5"}
 
 
@@ -53,13 +55,13 @@ def compile_entry(out, row, spec, per_chip, attention, topology):
   path = out / entry_name(row, attention, topology)
   if path.exists():
     return
-  devices, label, chip = fit.target_devices(topology=topology)
+  devices, label, chip = fit.target_devices(topology=topology, quick=QUICK)
   config = config_util.load_config(f"{ROOT}/configs/{spec},{ATTENTION[attention]}")
   config.mesh = dict(data=1, fsdp=-1, tensor=1)
   config.batch_size = per_chip * len(devices)
   config.model.dtype = "bfloat16"
   tried = []
-  for policy in REMAT_POLICIES:   # the first that fits (failures compile in seconds)
+  for policy in QUICK_POLICIES if QUICK else REMAT_POLICIES:   # the first that fits
     config.model.remat_policy = policy
     start = time.perf_counter()
     result = fit.measure(config, devices, label, hbm_bytes=chip.hbm_bytes, with_xla_flops=False)
@@ -121,9 +123,10 @@ def _cell(result):
   if result is None:
     return "–"
   total, policy = result["total_bytes"], result["remat_policy"]
+  quick = "‡" if result["error"].startswith("quick") else ""
   if result["fits"]:
-    return f"✓ {policy}: {total / GiB:.1f} GiB ({100 * total / result['hbm_bytes']:.0f}%)"
-  return f"✗ needs {total / GiB:.0f} GiB ({policy})" if total else f"✗ ({policy})"
+    return f"✓ {policy}: {total / GiB:.1f} GiB{quick} ({100 * total / result['hbm_bytes']:.0f}%)"
+  return f"✗ needs {total / GiB:.0f} GiB{quick} ({policy})" if total else f"✗ ({policy})"
 
 
 def main():
