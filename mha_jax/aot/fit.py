@@ -71,7 +71,8 @@ def target_devices(topology=None, cpu_devices=None, quick=False):
   try:
     from jax.experimental import topologies
     desc = topologies.get_topology_desc(platform="tpu", topology_name=topology,
-                                        chip_config_name="default",
+                                        chip_config_name="megacore" if chip.cores_in_name
+                                        else "default",
                                         chips_per_host_bounds=(2, 2, 1), num_slices=1)
   except Exception as e:  # noqa: BLE001 — no libtpu, or a topology it does not know
     raise ValueError(f"--topology={topology}: {str(e).strip().splitlines()[0]} (TPU "
