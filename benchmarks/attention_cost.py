@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mha_jax.models import layers
+from mha_jax.models import layers, stack_config
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("lengths", ["128", "256"], "sequence lengths T")
@@ -35,9 +35,9 @@ flags.DEFINE_string("dtype", "float32", "compute dtype")
 
 
 def compiled_step(kind, length, remat):
-  cfg = layers.StackConfig(num_layers=FLAGS.layers, width=FLAGS.width, num_heads=FLAGS.heads,
+  cfg = stack_config.StackConfig(num_layers=FLAGS.layers, width=FLAGS.width, num_heads=FLAGS.heads,
                            mlp_dim=4 * FLAGS.width, init_std=0.02, dtype=FLAGS.dtype,
-                           remat_policy=remat, attention=layers.AttentionConfig(kind=kind))
+                           remat_policy=remat, attention=stack_config.AttentionConfig(kind=kind))
   stack = layers.LayerStack(cfg)
   x = jax.random.normal(jax.random.key(0), (FLAGS.batch, length, FLAGS.width))
   mask = layers.attention.causal_mask(length)

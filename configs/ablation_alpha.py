@@ -15,9 +15,12 @@ import os
 from mha_jax.train import config_util
 
 
+# `:key=value` arguments of this config and their defaults (typed by them).
+ARGUMENTS = dict(alpha=0.5, alpha_hidden=0.5, residual="convex", smoke=False)
+
+
 def get_config(arg=None):
-  a = config_util.parse_arg(arg, alpha=0.5, alpha_hidden=0.5, residual="convex",
-                            smoke=False)
+  a = config_util.parse_arg(arg, **ARGUMENTS)
   base = os.path.join(os.path.dirname(os.path.abspath(__file__)), "vit_cifar.py")
   return config_util.load_config(
       f"{base}:size=Ti,dataset=cifar100,attention=hopfield,alpha={a.alpha},"

@@ -19,9 +19,13 @@ models trained far longer.
 from mha_jax.train import config_util
 
 
+# `:key=value` arguments of this config and their defaults (typed by them).
+ARGUMENTS = dict(attention="standard", alpha=0.5, alpha_hidden=None, residual="convex",
+                 depth=6, steps=500, seed=0, smoke=False)
+
+
 def get_config(arg=None):
-  a = config_util.parse_arg(arg, attention="standard", alpha=0.5, alpha_hidden=-1.0,
-                            residual="convex", depth=6, steps=500, seed=0, smoke=False)
+  a = config_util.parse_arg(arg, **ARGUMENTS)
   config = config_util.base_config()
   config.update(seed=a.seed, total_steps=a.steps, batch_size=128, eval_batch_size=200,
                 log_every=20, eval_every=100,

@@ -15,10 +15,13 @@ Medium 20.85 → 19.61. Compare `eval/perplexity_original` (per word) on
 from mha_jax.train import config_util
 
 
+# `:key=value` arguments of this config and their defaults (typed by them).
+ARGUMENTS = dict(size="small", attention="standard", alpha=0.5, alpha_hidden=None,
+                 residual="convex", steps=30_000, batch_size=64, seq_len=1024, smoke=False)
+
+
 def get_config(arg=None):
-  a = config_util.parse_arg(arg, size="small", attention="standard", alpha=0.5,
-                            alpha_hidden=-1.0, residual="convex", steps=30_000,
-                            batch_size=64, seq_len=1024, smoke=False)
+  a = config_util.parse_arg(arg, **ARGUMENTS)
   config = config_util.base_config()
   config.update(total_steps=a.steps, batch_size=a.batch_size, eval_batch_size=a.batch_size,
                 log_every=50,

@@ -17,10 +17,14 @@ from mha_jax.train import config_util
 DATASETS = ("wikitext103", "cnn_dailymail", "bookcorpus")
 
 
+# `:key=value` arguments of this config and their defaults (typed by them).
+ARGUMENTS = dict(dataset="wikitext103", size="350m", attention="standard", alpha=0.5,
+                 alpha_hidden=None, residual="convex", steps=30_000, batch_size=64,
+                 seq_len=1024, smoke=False)
+
+
 def get_config(arg=None):
-  a = config_util.parse_arg(arg, dataset="wikitext103", size="350m", attention="standard",
-                            alpha=0.5, alpha_hidden=-1.0, residual="convex", steps=30_000,
-                            batch_size=64, seq_len=1024, smoke=False)
+  a = config_util.parse_arg(arg, **ARGUMENTS)
   if a.dataset not in DATASETS:
     raise ValueError(f"dataset={a.dataset!r}; allowed: {sorted(DATASETS)}")
   config = config_util.base_config()

@@ -16,9 +16,13 @@ import os
 from mha_jax.train import config_util
 
 
+# `:key=value` arguments of this config and their defaults (typed by them).
+ARGUMENTS = dict(depth=4, dataset="cifar10", attention="standard", alpha=0.5, epochs=100,
+                 smoke=False)
+
+
 def get_config(arg=None):
-  a = config_util.parse_arg(arg, depth=4, dataset="cifar10", attention="standard",
-                            alpha=0.5, epochs=100, smoke=False)
+  a = config_util.parse_arg(arg, **ARGUMENTS)
   base = os.path.join(os.path.dirname(os.path.abspath(__file__)), "vit_cifar.py")
   return config_util.load_config(
       f"{base}:size=Ti,dataset={a.dataset},attention={a.attention},alpha={a.alpha},"

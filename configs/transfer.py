@@ -13,10 +13,13 @@ datasets (numbers not recovered). `smoke` trains a 2-layer ViT on the offline di
 from mha_jax.train import config_util
 
 
+# `:key=value` arguments of this config and their defaults (typed by them).
+ARGUMENTS = dict(dataset="oxford_flowers102", variant="B/16", attention="standard", alpha=0.5,
+                 alpha_hidden=None, residual="convex", steps=5000, smoke=False)
+
+
 def get_config(arg=None):
-  a = config_util.parse_arg(arg, dataset="oxford_flowers102", variant="B/16",
-                            attention="standard", alpha=0.5, alpha_hidden=-1.0,
-                            residual="convex", steps=5000, smoke=False)
+  a = config_util.parse_arg(arg, **ARGUMENTS)
   config = config_util.base_config()
   config.update(total_steps=a.steps, batch_size=512, eval_batch_size=512, log_every=50,
                 eval_every=1000, checkpoint_every=1000, init_from="",

@@ -19,10 +19,14 @@ from mha_jax.train import config_util
 TRAIN_EXAMPLES = 50_000
 
 
+# `:key=value` arguments of this config and their defaults (typed by them).
+ARGUMENTS = dict(size="Ti", dataset="cifar100", attention="standard", alpha=0.5,
+                 alpha_hidden=None, residual="convex", epochs=300, batch_size=256, depth=0,
+                 skip=True, smoke=False)
+
+
 def get_config(arg=None):
-  a = config_util.parse_arg(arg, size="Ti", dataset="cifar100", attention="standard",
-                            alpha=0.5, alpha_hidden=-1.0, residual="convex", epochs=300,
-                            batch_size=256, depth=0, skip=True, smoke=False)
+  a = config_util.parse_arg(arg, **ARGUMENTS)
   config = config_util.base_config()
   steps_per_epoch = TRAIN_EXAMPLES // a.batch_size
   config.total_steps = a.epochs * steps_per_epoch

@@ -16,10 +16,13 @@ from mha_jax.train import config_util
 TRAIN_EXAMPLES = 1_281_167
 
 
+# `:key=value` arguments of this config and their defaults (typed by them).
+ARGUMENTS = dict(variant="B/16", attention="standard", alpha=0.5, alpha_hidden=None,
+                 residual="convex", epochs=300, batch_size=1024, smoke=False)
+
+
 def get_config(arg=None):
-  a = config_util.parse_arg(arg, variant="B/16", attention="standard", alpha=0.5,
-                            alpha_hidden=-1.0, residual="convex", epochs=300,
-                            batch_size=1024, smoke=False)
+  a = config_util.parse_arg(arg, **ARGUMENTS)
   config = config_util.base_config()
   steps_per_epoch = TRAIN_EXAMPLES // a.batch_size
   config.total_steps = a.epochs * steps_per_epoch

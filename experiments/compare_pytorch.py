@@ -30,7 +30,7 @@ import transformers
 
 from mha_jax import interop
 from mha_jax.interop import checkpoint_io, common, torch_models, torch_reference
-from mha_jax.models import layers
+from mha_jax.models import param_layout
 
 HF_CLASSES = {"gpt2": transformers.GPT2LMHeadModel, "llama": transformers.LlamaForCausalLM,
               "vit": transformers.ViTForImageClassification}
@@ -102,7 +102,7 @@ def run_jax(family, model, params, x, labels):
     return jax_loss(family, logits, x, labels), logits
 
   (loss, logits), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(params)
-  return np.asarray(logits), float(loss), common.flatten(layers.unstack_layer_params(grads))
+  return np.asarray(logits), float(loss), common.flatten(param_layout.unstack_layer_params(grads))
 
 
 def diff_row(name, ours, theirs):
@@ -123,7 +123,7 @@ def hf_grads_to_flat(family, num_layers, num_heads):
 
   def convert(grads):  # gradients transform like the weights: reuse the importer
     sd = {k: v.detach().numpy() for k, v in grads.items()}
-    flat, _ = converter.import_state_dict(sd, num_layers, num_heads, "torch grads")
+    flat, _ = converter.TABLE.import_state_dict(sd, num_layers, num_heads, "torch grads")
     return flat
   return convert
 

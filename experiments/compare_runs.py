@@ -20,7 +20,7 @@ import os
 from absl import app, flags
 import ml_collections
 
-from mha_jax.models import layers
+from mha_jax.models import stack_config
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("workdirs", [], "training workdirs (metrics.jsonl + config.json)")
@@ -31,8 +31,8 @@ flags.DEFINE_string("plot", None, "save eval curves (loss and the main metric) h
 
 def attention_label(model_config):
   """The model's own description, with its defaults filled in."""
-  attention = layers.AttentionConfig(**dict(model_config.get("attention", {})))
-  return layers.describe_attention(attention, model_config.get("skip_connections", True))
+  attention = stack_config.AttentionConfig(**dict(model_config.get("attention", {})))
+  return stack_config.describe_attention(attention, model_config.get("skip_connections", True))
 
 
 def load_run(workdir):

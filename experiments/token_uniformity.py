@@ -31,7 +31,7 @@ import ml_collections
 import numpy as np
 
 from mha_jax import analysis
-from mha_jax.train import checkpoint, config_util, steps
+from mha_jax.train import checkpoint, config_util, tasks
 from mha_jax.train import train as train_lib
 
 FLAGS = flags.FLAGS
@@ -53,15 +53,15 @@ def default_layers(depth):
   return sorted({max(depth // 2, 1), depth})
 
 
-def fresh_params(model, info, seed):
-  """The params training would start from (same key as train.init_state)."""
-  boxed = model.init({"params": jax.random.key(seed)}, train_lib.dummy_input(info), train=False)
+def fresh_params(model, task, seed):
+  """The params training would start from (same key as state.setup_state)."""
+  boxed = model.init({"params": jax.random.key(seed)}, task.dummy_input(), train=False)
   return nn.unbox(boxed["params"])
 
 
-def residual_stream(params, batch, *, model, kind):
+def residual_stream(params, batch, *, model, task):
   """x after every layer, [L, B, T, D]."""
-  x, kwargs = steps.model_inputs(batch, kind)
+  x, kwargs = task.model_inputs(batch)
   _, intermediates = model.apply({"params": params}, x, train=False,
                                  return_intermediates=True, **kwargs)
   return intermediates["residual"]
@@ -90,16 +90,17 @@ def measure(name, config, workdir, layers, num_batches, batch_size):
   config = ml_collections.ConfigDict(config)
   if batch_size:
     config.eval_batch_size = batch_size
-  eval_input = train_lib.build_input(config, train=False)
+  eval_input = train_lib.make_input(config, train=False)
   info = eval_input.info
-  model = train_lib.build_model(config.model, info)
+  task = tasks.make_task(config, info)
+  model = train_lib.make_model(config.model, task)
   params = (checkpoint.load_init_params(workdir, model) if workdir
-            else fresh_params(model, info, config.seed))
+            else fresh_params(model, task, config.seed))
   depth = model.stack.num_layers
   layers = layers or default_layers(depth)
   if not all(1 <= layer <= depth for layer in layers):
     raise app.UsageError(f"{name}: --layers={layers} outside 1..{depth}")
-  forward = jax.jit(functools.partial(residual_stream, model=model, kind=info.kind))
+  forward = jax.jit(functools.partial(residual_stream, model=model, task=task))
   cosines = {layer: [] for layer in layers}
   residuals = {layer: [] for layer in layers}
   for batch in itertools.islice(eval_input, num_batches):

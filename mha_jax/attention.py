@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 H0_POLICIES = ("zeros", "first_scores")
 
@@ -96,6 +97,28 @@ def hopfield_attention(q_BxTxNxD, k_BxSxNxD, v_BxSxNxD, h_prev_BxNxTxS, *,
   return out_BxTxNxD, h_BxNxTxS
 
 
+def restart_flags(num_layers, *, reset_every=0, carried_h0=False):
+  """[L] bools: where a layer starts a new chain of hidden states.
+
+  Layer 1 starts one unless H_0 is itself carried in (a random H_0, which
+  layer 1 must not discard); `reset_every` = N restarts every N layers.
+  """
+  layer_L = np.arange(num_layers)
+  if reset_every:
+    return layer_L % reset_every == 0
+  return (layer_L == 0) & (not carried_h0)
+
+
+def initial_hidden_state(batch, num_heads, length, *, noise_std=None, noise_seed=0):
+  """H_0 [B, N, T, T] float32: zeros, or with `noise_std` a fixed N(0, σ²) draw
+  per head, the same for every example and batch size (train and eval see one H_0)."""
+  shape = (batch, num_heads, length, length)
+  if noise_std is None:
+    return jnp.zeros(shape, jnp.float32)
+  noise_1xNxTxT = jax.random.normal(jax.random.key(noise_seed), (1,) + shape[1:], jnp.float32)
+  return jnp.broadcast_to(noise_std * noise_1xNxTxT, shape)
+
+
 def dot_product_attention(q_BxTxNxD, k_BxSxNxD, v_BxSxNxD, *, mask=None, scale=None,
                           dropout_rate=0.0, dropout_rng=None):
   """Standard softmax attention: `hopfield_attention` with α′ = 0 and no state."""
@@ -113,6 +136,25 @@ def causal_mask(length):
 def padding_mask(valid_BxT):
   """[B, 1, 1, T] key mask from a [B, T] boolean 'token is real' array."""
   return valid_BxT[:, None, None, :].astype(jnp.bool_)
+
+
+def value_residual_mix(v_first_BxSxNxD, v_BxSxNxD, lam):
+  """ResFormer's value residual (Zhou et al., 2024, "Value Residual Learning For
+  Alleviating Attention Concentration In Transformers", arXiv 2410.17897):
+
+      V_n ← λ V_1 + (1−λ) V_n
+
+  V_1 the first layer's values, carried through the stack; at layer 1 the mix is
+  V_1 itself. λ is fixed (no parameters).
+  """
+  return lam * v_first_BxSxNxD + (1.0 - lam) * v_BxSxNxD
+
+
+def gated_residual(x, u, gate):
+  """ReZero (Bachlechner et al., 2021, "ReZero is All You Need", UAI):
+  x ← x + g·u, g a learnable scalar per layer initialised at 0, so the branch
+  starts as the identity map."""
+  return x + gate.astype(u.dtype) * u
 
 
 def residual_update(x, u, alpha, form):

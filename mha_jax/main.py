@@ -1,40 +1,177 @@
 """Command line: python -m mha_jax.main --config=configs/demo.py:attention=hopfield \
---workdir=runs/demo [--config.total_steps=100 ...]
+--workdir=runs/demo [--config.total_steps=100 ...] [--debug]
 
 Flags only; the work is `mha_jax.train.train_and_evaluate(config, workdir)`.
-A configuration that cannot run, or a NaN loss, ends with one line and exit 1.
+Every expected failure (a bad flag, config argument or field, a missing config
+file, an unwritable or full disk, a bad init_from or checkpoint, a non-finite
+step) ends with one line on stderr and exit 1; `--debug` (or MHA_DEBUG=1) shows
+the traceback. A signal before the first step exits 130 (SIGINT) / 143 (SIGTERM).
+`--help` lists the flags, and a config's fields and `:arguments`.
 """
 
 from __future__ import annotations
 
+import difflib
+import errno
+import glob
+import importlib.util
+import os
 import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
-flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and config.json.")
-config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/demo.py:smoke.",
-                                lock_config=True)
-flags.mark_flags_as_required(["config", "workdir"])
+# Imports only this light module before flags are parsed: a config file imports
+# JAX, and the signal handler must be in place before that (see preemption.py).
+from mha_jax.train.preemption import Interrupted, Preemption
+
+USAGE = ("usage: python -m mha_jax.main --config=configs/<name>.py[:key=value,...] "
+         "--workdir=DIR [--config.field=value ...] [--debug]")
+CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                           "configs")
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  # Imported here so that --help and flag errors return before JAX starts.
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)   # orbax logs every file it writes at INFO
-  from mha_jax.train import train
-  from mha_jax.train.sharding import ConfigError
+class CommandLineError(Exception):
+  """A flag or config problem found while parsing the command line."""
+
+
+def define_flags(argv):
+  flag_values = flags.FlagValues()
+  flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and config.json.",
+                      flag_values=flag_values)
+  config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/demo.py:smoke.",
+                                  lock_config=True, flag_values=flag_values, sys_argv=argv)
+  flags.DEFINE_boolean("debug", False, "Show tracebacks instead of one-line errors.",
+                       flag_values=flag_values)
+  return flag_values
+
+
+def _last_line(text):
+  """The informative line of an absl/ml_collections message that embeds a traceback."""
+  lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+  return lines[-1] if lines else type(text).__name__
+
+
+def parse_command_line(argv):
+  """(config, workdir, debug); CommandLineError with one line for anything wrong."""
+  flag_values = define_flags(argv)
   try:
-    train.train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
-  except (ConfigError, FloatingPointError) as e:
-    sys.exit(f"error: {e}")
+    rest = flag_values(argv)
+    config = flag_values.config
+    if config is not None:
+      config.keys()   # a config file that failed to load raises only when touched
+  except (KeyError, AttributeError) as e:   # an override names no field of the config
+    raise CommandLineError(_unknown_field(argv) or _last_line(e)) from e
+  except (flags.Error, OSError, ValueError, TypeError) as e:
+    raise CommandLineError(_last_line(e).replace("Error whilst parsing config file:", "")) from e
+  if len(rest) > 1:
+    raise CommandLineError(f"unexpected arguments: {rest[1:]}")
+  if config is None or not flag_values.workdir:
+    raise CommandLineError(f"--config and --workdir are required; {USAGE}")
+  return config, flag_values.workdir, flag_values.debug
+
+
+def _unknown_field(argv):
+  """'--config.optim.lr=1: no field optim.lr (did you mean learning_rate?) ...'."""
+  from mha_jax.train import config_util
+  spec = next(a.split("=", 1)[1] for a in argv if a.startswith("--config="))
+  config = config_util.load_config(spec)
+  for arg in argv:
+    if not arg.startswith("--config."):
+      continue
+    node, parts = config, arg[len("--config."):].split("=", 1)[0].split(".")
+    for depth, part in enumerate(parts):
+      if not hasattr(node, "keys") or part not in node:
+        siblings = list(node.keys()) if hasattr(node, "keys") else []
+        close = difflib.get_close_matches(part, siblings, n=1)
+        hint = f" (did you mean {'.'.join(parts[:depth] + close)}?)" if close else ""
+        return (f"{arg}: the config has no field {'.'.join(parts[:depth + 1])}{hint}; "
+                f"list the fields with --help --config={spec}")
+      node = node[part]
+  return None
+
+
+def _config_arguments(path):
+  spec = importlib.util.spec_from_file_location("config_for_help", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return getattr(module, "ARGUMENTS", {})
+
+
+def help_text(argv):
+  """Usage, flags, and the config's fields (with --config) or every config's arguments."""
+  lines = [USAGE, "", "flags:", "  --config=FILE[:key=value,...]  a config file and its arguments",
+           "  --workdir=DIR   checkpoints, metrics.jsonl, config.json (a rerun resumes)",
+           "  --config.FIELD=VALUE  override any field below", "  --debug   tracebacks"]
+  given = [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
+  if given:
+    from mha_jax.train import config_util, validation
+    path = given[0].partition(":")[0]
+    lines += ["", f"{path} arguments (:key=value): "
+              + ", ".join(f"{k}={v}" for k, v in _config_arguments(path).items()),
+              "", f"fields of --config={given[0]}:"]
+    flat = validation.flat_fields(config_util.load_config(given[0]))
+    lines += [f"  --config.{name}={value}" for name, value in sorted(flat.items())]
+  else:
+    lines += ["", "configs and their :arguments (add --config=FILE to --help for its fields):"]
+    for path in sorted(glob.glob(os.path.join(CONFIGS_DIR, "*.py"))):
+      arguments = _config_arguments(path)
+      lines.append(f"  configs/{os.path.basename(path)}: "
+                   + ", ".join(f"{k}={v}" for k, v in arguments.items()))
+  return "\n".join(lines)
+
+
+def describe_error(error):
+  """One line for an expected failure, or None for a bug (which keeps its traceback)."""
+  from mha_jax.train import checkpoint, loop, validation
+  if isinstance(error, (CommandLineError, validation.ConfigError, loop.NonFiniteError,
+                        checkpoint.CheckpointError)):
+    return str(error).strip().splitlines()[0]
+  seen = error
+  while seen is not None:   # orbax wraps the OSError of a failed write in its own errors
+    if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EACCES, errno.EROFS,
+                                                   errno.EPERM, errno.ENOTDIR, errno.EEXIST,
+                                                   errno.EDQUOT):
+      where = f": {seen.filename}" if seen.filename else ""
+      return f"cannot write{where}: {os.strerror(seen.errno)}"
+    seen = seen.__cause__ or seen.__context__
+  return None
+
+
+def main(argv, preemption=None):
+  """Exit status of one command line (in-process: tests call it)."""
+  if any(a in ("--help", "-h", "--helpfull") for a in argv[1:]):
+    print(help_text(argv[1:]))
+    return 0
+  debug = os.environ.get("MHA_DEBUG", "") not in ("", "0") or "--debug" in argv
+  try:
+    config, workdir, debug = parse_command_line(argv)
+    debug = debug or os.environ.get("MHA_DEBUG", "") not in ("", "0")
+    logging.set_verbosity(logging.WARNING)   # orbax logs every file it writes at INFO
+    if preemption is not None:
+      preemption.check("start-up")
+    from mha_jax.train import train
+    train.train_and_evaluate(config, workdir, preemption)
+  except Interrupted as e:
+    print(f"interrupted: {e}", file=sys.stderr)
+    return e.exit_code
+  except Exception as e:  # noqa: BLE001 — expected failures become one line below
+    line = None if debug else describe_error(e)
+    if line is None:
+      raise
+    print(f"error: {line}", file=sys.stderr)
+    return 1
+  return 0
 
 
 def run():
   """Console-script entry point (`mha-train`)."""
-  app.run(main)
+  preemption = Preemption().install()   # before the config file imports JAX
+  flags.FLAGS.mark_as_parsed()   # absl logging reads the global flags; ours are our own
+  status = main(sys.argv, preemption)
+  sys.stdout.flush()
+  sys.stderr.flush()
+  sys.exit(status)
 
 
 if __name__ == "__main__":

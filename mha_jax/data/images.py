@@ -1,4 +1,4 @@
-"""Image datasets: config defaults, per-example preprocessing and mixup/cutmix.
+"""Image datasets: per-example preprocessing, and mixup/cutmix on batches.
 
 Every source yields {"image": uint8 [H, W, C], "label": int}. Train: crop, flip,
 RandAugment, then normalise; eval: central crop resized to `image_size`, then
@@ -9,39 +9,12 @@ from __future__ import annotations
 
 import functools
 
-import ml_collections
 import numpy as np
 
 from mha_jax.data import augment
 from mha_jax.data.pipeline import Split
 
 CROPS = ("none", "pad_crop", "random_resized_crop")
-
-
-def base_config(*, image_size, crop="pad_crop", eval_crop_fraction=1.0):
-  """Fields every image dataset has; each entry of the registry overrides some."""
-  return ml_collections.ConfigDict(dict(
-      kind="image",
-      image_size=image_size,  # output H = W
-      mean=(0.5, 0.5, 0.5),  # per channel, on x/255; one entry for 1-channel images
-      std=(0.5, 0.5, 0.5),
-      crop=crop,  # one of CROPS, train only
-      pad=4,  # pad_crop: pixels of zero padding per side
-      rrc_scale=(0.08, 1.0),  # random_resized_crop: area fraction range
-      rrc_ratio=(3 / 4, 4 / 3),  # random_resized_crop: aspect ratio range
-      flip=True,  # random horizontal flip, train only
-      randaugment_layers=0,  # RandAugment ops per image; 0 = off (DeiT: 2)
-      randaugment_magnitude=9.0,  # out of 10 (DeiT: 9)
-      mixup_alpha=0.0,  # 0 = off (DeiT: 0.8)
-      cutmix_alpha=0.0,  # 0 = off (DeiT: 1.0)
-      mixup_switch_prob=0.5,  # with both on: probability of cutmix for a batch
-      eval_crop_fraction=eval_crop_fraction,  # central crop of the shorter side (ImageNet: 0.875)
-  ))
-
-
-def _check(cfg):
-  if cfg.crop not in CROPS:
-    raise ValueError(f"data.crop={cfg.crop!r} is not allowed; choose one of {CROPS}")
 
 
 def preprocess(example, rng, *, cfg, channels):
@@ -71,7 +44,8 @@ def preprocess(example, rng, *, cfg, channels):
 
 def make_split(info, source, cfg):
   """Wire preprocessing and (if switched on) mixup/cutmix around a source."""
-  _check(cfg)
+  if cfg.crop not in CROPS:
+    raise ValueError(f"data.crop={cfg.crop!r} is not allowed; choose one of {CROPS}")
   batch_transform = None
   if cfg.mixup_alpha > 0 or cfg.cutmix_alpha > 0:
     batch_transform = functools.partial(

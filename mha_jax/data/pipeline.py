@@ -1,13 +1,15 @@
 """grain plumbing shared by every dataset: a random-access source of examples in,
-host-local batches with a checkpointable iterator out.
+host-local batches with a checkpointable position out.
 
-Train: this process's shard of the source (strided: process p reads examples
-p, p+P, p+2P, ...), shuffled with a per-epoch seed, repeated forever, augmented
-with a per-example rng derived from (seed, position), batched. Eval: the same
-shard, in order, padded with masked examples so that every process yields the
-same number of full batches (SPMD eval steps must line up across processes).
-Everything is a pure function of (seed, position), which is what makes
-`get_state`/`set_state` an exact resume.
+Train: one global stream for all processes: the split shuffled with a new
+permutation each epoch, repeated forever, each example augmented with an rng
+derived from (seed, its position in the stream), cut into global batches. Process
+p of P reads (randomly accessed) only rows [p·B, (p+1)·B) of each global batch,
+B = global_batch_size / P. The position is the number of global batches drawn,
+the same on every process and for any P, so a run resumes exactly on another
+process count. Eval: process p reads examples p, p+P, …, in order, padded with
+masked examples so every process runs the same number of full batches (SPMD eval
+steps must line up).
 """
 
 from __future__ import annotations
@@ -30,8 +32,7 @@ class DatasetInfo:
   image_shape: tuple[int, int, int] | None = None  # images: (H, W, C) after preprocessing
   vocab_size: int | None = None  # text
   seq_len: int | None = None  # text
-  # Text eval: original-tokenisation tokens (e.g. WikiText words) per model token
-  # on this split, so that perplexity per original token = exp(mean_nll / ratio).
+  # Text: original tokens (e.g. WikiText words) over model tokens of the split (packing.perplexity)
   original_tokens_per_token: float | None = None
   eos_id: int | None = None  # text
 
@@ -64,70 +65,62 @@ class Input:
     return self
 
   def __next__(self) -> dict[str, np.ndarray]:
-    if self._iterator is None:
-      self._iterator = iter(self._dataset)
     try:
-      return next(self._iterator)
+      return next(self._current())
     except StopIteration:
-      self._iterator = None
+      self._iterator = None  # the next loop starts a new (eval) pass
       raise
 
-  def get_state(self) -> dict:
-    """JSON-serialisable position; a fresh Input with `set_state(state)` continues from it."""
+  def _current(self):
     if self._iterator is None:
       self._iterator = iter(self._dataset)
-    return self._iterator.get_state()
+    return self._iterator
+
+  def get_state(self) -> dict:
+    """JSON-serialisable position; a fresh Input with `set_state(state)` continues from it.
+
+    Train: {"next_index": global batches drawn}, equal on every process and
+    valid for any process count (the same seed and global batch size).
+    """
+    return self._current().get_state()
 
   def set_state(self, state: dict) -> None:
     self._iterator = iter(self._dataset)
     self._iterator.set_state(state)
 
 
-def resolve_processes(process_index, process_count):
-  if process_index is None:
-    process_index = jax.process_index()
-  if process_count is None:
-    process_count = jax.process_count()
-  if not 0 <= process_index < process_count:
-    raise ValueError(f"process_index={process_index} not in [0, {process_count})")
-  return process_index, process_count
-
-
-def host_batch_size(global_batch_size, process_count):
-  if global_batch_size % process_count:
-    raise ValueError(f"global_batch_size={global_batch_size} is not divisible by "
-                     f"process_count={process_count}")
-  return global_batch_size // process_count
-
-
-def _seed32(seed):
-  return int(seed) % 2**32
-
-
-def make_input(split: Split, *, global_batch_size, train, seed, process_index, process_count,
-               read_threads=4, prefetch_batches=4):
+def make_input(split: Split, *, global_batch_size, train, seed, process_index=None,
+               process_count=None, read_threads=4, prefetch_batches=4):
   """Split → Input (see the module docstring for the train and eval orders).
 
+  process_index/count default to jax.process_index()/process_count().
   `read_threads` threads build whole batches ahead, up to `prefetch_batches`
   (grain's defaults, 16 and 500, would hold hundreds of ImageNet batches); the
   batches and the state do not depend on either.
   """
-  process_index, process_count = resolve_processes(process_index, process_count)
+  process_index = jax.process_index() if process_index is None else process_index
+  process_count = jax.process_count() if process_count is None else process_count
+  if not 0 <= process_index < process_count:
+    raise ValueError(f"process_index={process_index} not in [0, {process_count})")
+  if global_batch_size % process_count:
+    raise ValueError(f"global_batch_size={global_batch_size} is not divisible by "
+                     f"process_count={process_count}")
+  if len(split.source) == 0:
+    raise ValueError(f"{split.info.name}: the split has no examples")
+  batch_size = global_batch_size // process_count
   read_options = grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=prefetch_batches)
-  batch_size = host_batch_size(global_batch_size, process_count)
-  shard_indices = np.arange(process_index, len(split.source), process_count)
   if train:
-    if len(shard_indices) == 0:
-      raise ValueError(f"{split.info.name}: no training examples for process {process_index}")
-    ds = (grain.MapDataset.source(shard_indices).seed(_seed32(seed)).shuffle()
+    ds = (grain.MapDataset.range(len(split.source)).seed(int(seed) % 2**32).shuffle()
           .repeat(None)
-          .random_map(lambda i, rng: split.preprocess(split.source[int(i)], rng))
-          .batch(batch_size, drop_remainder=True))
+          .random_map(lambda i, rng: split.preprocess(split.source[i], rng))
+          .batch(batch_size, drop_remainder=True)
+          [process_index::process_count])  # this process's rows of every global batch
     if split.batch_transform is not None:
       # `.seed` above derives a distinct stream for each random transformation.
       ds = ds.random_map(split.batch_transform)
     return Input(split.info, ds.to_iter_dataset(read_options), None)
   # Every process runs the same number of batches: the longest shard sets it.
+  shard_indices = np.arange(process_index, len(split.source), process_count)
   longest_shard = -(-len(split.source) // process_count)
   num_batches = -(-longest_shard // batch_size)
   padded = np.full(num_batches * batch_size, -1, np.int64)

@@ -5,8 +5,9 @@
   python -m mha_jax.data.prepare wikitext103 --manual_dir=/data/wikitext-103
   python -m mha_jax.data.prepare cifar100 --tfds_data_dir=/data/tfds
 
-TFDS datasets are written as ArrayRecord; text datasets are then tokenised into
-the cache (both splits named by the default config), with progress bars.
+The steps come from the dataset's row (`Dataset.prepare_steps`): fetch files,
+write TFDS datasets as ArrayRecord, then build both default splits, which
+tokenises text into the cache, with progress bars.
 """
 
 from __future__ import annotations
@@ -15,15 +16,27 @@ import sys
 
 from absl import app, flags
 
-from mha_jax.data import offline, registry, tfds_data
+from mha_jax.data import datasets, offline, sources
 
-# Files that are not datasets themselves, and what each offline dataset needs.
+# Files that are not datasets themselves.
 ASSETS = {"shakespeare": offline.prepare_shakespeare,
           "gpt2_tokenizer": offline.prepare_gpt2_tokenizer}
-NEEDS = {"shakespeare_char": ("shakespeare",),
-         "shakespeare_bpe": ("shakespeare", "gpt2_tokenizer"),
-         **{name: ("gpt2_tokenizer",) for name in tfds_data.TEXT_DATASETS}}
-TARGETS = ("offline", *ASSETS, *registry.DATASETS)
+TARGETS = ("offline", *ASSETS, *datasets.DATASETS)
+
+
+def prepare_tfds(name, *, data_dir="", manual_dir=""):
+  """Download (where allowed) and write the ArrayRecord files TFDS reads."""
+  tfds = sources.import_tfds()
+  download_config = tfds.download.DownloadConfig(manual_dir=manual_dir or None)
+  builder = tfds.builder(name, data_dir=data_dir or None, file_format="array_record")
+  try:
+    builder.download_and_prepare(download_config=download_config)
+  except Exception as e:  # no network, a missing manual file, TensorFlow needed, ...
+    message = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+    manual = " (check --manual_dir)" if datasets.lookup(name).manual else ""
+    raise offline.MissingDataError(
+        f"preparing {name} failed: {type(e).__name__}: {message}{manual}") from e
+  return builder.data_dir
 
 
 def prepare(name, *, cache_dir="", tfds_data_dir="", manual_dir=""):
@@ -32,16 +45,16 @@ def prepare(name, *, cache_dir="", tfds_data_dir="", manual_dir=""):
     return "; ".join(prepare(asset, cache_dir=cache_dir) for asset in ASSETS)
   if name in ASSETS:
     return f"{name}: {ASSETS[name](cache_dir)}"
-  config = registry.default_config(name)  # ValueError listing the names if unknown
-  config.update(dict(cache_dir=cache_dir, tfds_data_dir=tfds_data_dir, manual_dir=manual_dir))
-  for asset in NEEDS.get(name, ()):
-    ASSETS[asset](cache_dir)
-  if name in tfds_data.IMAGE_DATASETS or name in tfds_data.TEXT_DATASETS:
-    tfds_data.prepare(name, data_dir=tfds_data_dir, manual_dir=manual_dir)
-  sizes = []
-  for split in (config.train_split, config.eval_split):
-    # Building a split checks that it reads, and writes a text split's token cache.
-    sizes.append(f"{split}={registry.build_split(config, split).info.num_examples}")
+  config = datasets.default_config(name, cache_dir=cache_dir, tfds_data_dir=tfds_data_dir,
+                                   manual_dir=manual_dir)  # ValueError listing the names if unknown
+  for step in datasets.lookup(name).prepare_steps:
+    if step == "tfds":
+      prepare_tfds(name, data_dir=tfds_data_dir, manual_dir=manual_dir)
+    else:
+      ASSETS[step](cache_dir)
+  # Building a split checks that it reads, and writes a text split's token cache.
+  sizes = [f"{split}={sources.build_split(config, split).info.num_examples}"
+           for split in (config.train_split, config.eval_split)]
   return f"{name}: ready ({', '.join(sizes)} examples)"
 
 

@@ -9,9 +9,28 @@ with transformers' `convert_llama_weights_to_hf` first.
 
 from __future__ import annotations
 
-from mha_jax.interop import common
+from mha_jax.interop.common import LINEAR, Row, Table, linear_block
 
-IGNORE = (r"\.rotary_emb\.inv_freq$",)
+BLOCK_NAMES = {"attention_norm": "input_layernorm", "query": "self_attn.q_proj",
+               "key": "self_attn.k_proj", "value": "self_attn.v_proj", "out": "self_attn.o_proj",
+               "mlp_norm": "post_attention_layernorm", "gate": "mlp.gate_proj",
+               "up": "mlp.up_proj", "down": "mlp.down_proj"}
+
+
+def _untie_head(state_dict):
+  """tie_word_embeddings=True: mha_jax's LLaMA has its own head, started as a copy."""
+  if "lm_head.weight" in state_dict or "model.embed_tokens.weight" not in state_dict:
+    return state_dict
+  return {**state_dict, "lm_head.weight": state_dict["model.embed_tokens.weight"]}
+
+
+TABLE = Table(
+    rows=(Row("token_embedding/embedding", "model.embed_tokens.weight"),
+          *linear_block("decoder/layers_{i}/", "model.layers.{i}.", BLOCK_NAMES, use_bias=False),
+          Row("final_norm/scale", "model.norm.weight"),
+          Row("lm_head/kernel", "lm_head.weight", LINEAR)),
+    ignore=(r"\.rotary_emb\.inv_freq$",),
+    prepare=_untie_head)
 
 
 def rope_theta(config):
@@ -39,47 +58,6 @@ def model_options(config):
               mlp_dim=config["intermediate_size"], norm_eps=config.get("rms_norm_eps", 1e-6),
               rope_theta=rope_theta(config), vocab_size=config["vocab_size"],
               max_len=config.get("max_position_embeddings", 2048))
-
-
-def import_state_dict(state_dict, num_layers, num_heads, source):
-  """HF state dict → ({loop-layout path: array}, {path: key})."""
-  if "lm_head.weight" not in state_dict and "model.embed_tokens.weight" in state_dict:
-    # tie_word_embeddings=True: mha_jax's LLaMA has its own head, started as a copy.
-    state_dict = {**state_dict, "lm_head.weight": state_dict["model.embed_tokens.weight"]}
-  r = common.StateDictReader(state_dict, source, IGNORE)
-  r.put("token_embedding/embedding", "model.embed_tokens.weight")
-  for i in range(num_layers):
-    hf, ours = f"model.layers.{i}.", f"decoder/layers_{i}/"
-    r.put(ours + "attention_norm/scale", hf + "input_layernorm.weight")
-    r.put(ours + "mlp_norm/scale", hf + "post_attention_layernorm.weight")
-    for name, proj in (("query", "q_proj"), ("key", "k_proj"), ("value", "v_proj")):
-      r.put(ours + f"attention/{name}/kernel", hf + f"self_attn.{proj}.weight",
-            lambda w: common.split_heads_in(common.linear_to_kernel(w), num_heads))
-    r.put(ours + "attention/out/kernel", hf + "self_attn.o_proj.weight",
-          lambda w: common.split_heads_out(common.linear_to_kernel(w), num_heads))
-    for name in ("gate", "up", "down"):
-      r.put(ours + f"mlp/{name}/kernel", hf + f"mlp.{name}_proj.weight", common.linear_to_kernel)
-  r.put("final_norm/scale", "model.norm.weight")
-  r.put("lm_head/kernel", "lm_head.weight", common.linear_to_kernel)
-  return r.finish()
-
-
-def export_state_dict(flat, num_layers):
-  """{loop-layout path: array} → HF state dict."""
-  sd = {"model.embed_tokens.weight": flat["token_embedding/embedding"],
-        "model.norm.weight": flat["final_norm/scale"],
-        "lm_head.weight": flat["lm_head/kernel"].T}
-  for i in range(num_layers):
-    hf, ours = f"model.layers.{i}.", f"decoder/layers_{i}/"
-    sd[hf + "input_layernorm.weight"] = flat[ours + "attention_norm/scale"]
-    sd[hf + "post_attention_layernorm.weight"] = flat[ours + "mlp_norm/scale"]
-    for name, proj in (("query", "q_proj"), ("key", "k_proj"), ("value", "v_proj")):
-      sd[hf + f"self_attn.{proj}.weight"] = common.merge_in(
-          flat[ours + f"attention/{name}/kernel"]).T
-    sd[hf + "self_attn.o_proj.weight"] = common.merge_out(flat[ours + "attention/out/kernel"]).T
-    for name in ("gate", "up", "down"):
-      sd[hf + f"mlp.{name}_proj.weight"] = flat[ours + f"mlp/{name}/kernel"].T
-  return sd
 
 
 def export_config(model):

@@ -10,7 +10,9 @@ that does not fit fails with one line naming the checkpoint key and both shapes.
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
+import shutil
 import warnings
 
 import flax.linen as nn
@@ -18,25 +20,22 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mha_jax import models
 from mha_jax.interop import checkpoint_io, common, gpt2, llama, vit
-from mha_jax.models import build_model
-from mha_jax.models import gpt as gpt_model
-from mha_jax.models import layers
-from mha_jax.models import llama as llama_model
-from mha_jax.models import vit as vit_model
+from mha_jax.models import param_layout
 
-# build_model name → converter; the names are also HF config.json `model_type`s.
+# The interop side of each `models.FAMILIES` entry, by the same name.
 CONVERTERS = {"gpt2": gpt2, "llama": llama, "vit": vit}
 # Numerics that do not show in shapes: a mismatch loads fine and computes other logits.
 NUMERICS = ("norm_eps", "mlp", "rope_theta")
+CUSTOM_CODE_FILES = ("configuration_mha.py", "modeling_mha.py")
 
 
-def model_family(model):
-  """build_model name of a model instance."""
-  for name, cls in (("gpt2", gpt_model.GPT), ("llama", llama_model.Llama), ("vit", vit_model.ViT)):
-    if isinstance(model, cls):
-      return name
-  raise TypeError(f"no PyTorch converter for {type(model).__name__}")
+def table_for(family, timm=False):
+  """The two-way name table of a family (HF naming, or timm for ViT)."""
+  if timm and family != "vit":
+    raise ValueError(f"timm=True is for ViT models only, not {family!r}")
+  return vit.TIMM_TABLE if timm else CONVERTERS[family].TABLE
 
 
 def model_options_from_pretrained(directory):
@@ -48,11 +47,14 @@ def model_options_from_pretrained(directory):
   config = checkpoint_io.read_config(directory)
   if "architecture" in config:  # timm hub config
     return "vit", vit.timm_model_options(config)
-  name = config.get("model_type")
+  name = config.get("model_type", "").removeprefix("mha_")  # our custom-code exports
   if name not in CONVERTERS:
     raise ValueError(f"{directory}: config.json model_type={name!r}; supported: "
                      f"{sorted(CONVERTERS)} or a timm config with 'architecture'")
-  return name, CONVERTERS[name].model_options(config)
+  options = CONVERTERS[name].model_options(config)
+  if "auto_map" in config and "mha_jax_attention" in config:
+    options["attention"] = dict(config["mha_jax_attention"])
+  return name, options
 
 
 def model_config_from_pretrained(directory, **overrides):
@@ -64,11 +66,11 @@ def model_config_from_pretrained(directory, **overrides):
 def model_from_pretrained(directory, **overrides):
   """An mha_jax model shaped like the checkpoint; overrides (attention=..., scan_layers=...) win."""
   name, options = model_options_from_pretrained(directory)
-  return build_model(name, **{**options, **overrides})
+  return models.build_model(name, **{**options, **overrides})
 
 
-def _example_input(model, state_dict):
-  if isinstance(model, vit_model.ViT):
+def _example_input(family, model, state_dict):
+  if family == "vit":
     patch = state_dict.get("vit.embeddings.patch_embeddings.projection.weight",
                            state_dict.get("patch_embed.proj.weight"))
     channels = 3 if patch is None else patch.shape[1]
@@ -92,21 +94,21 @@ def load_pretrained(directory, model, *, exclude=None):
   them fresh).
   """
   config, state_dict = checkpoint_io.read_checkpoint(directory)
-  family = model_family(model)
-  converter = CONVERTERS[family]
-  options = converter.model_options(config) if config else {}
+  family = models.family_name(model)
+  options = CONVERTERS[family].model_options(config) if config else {}
   _warn_numerics(options, model, directory)
-  params, origin = converter.import_state_dict(
+  table = table_for(family, timm=family == "vit" and vit.is_timm(state_dict))
+  params, origin = table.import_state_dict(
       state_dict, options.get("num_layers", model.stack.num_layers),
       options.get("num_heads", model.stack.num_heads), source=directory)
-  expected = expected_shapes(model, _example_input(model, state_dict))
+  expected = expected_shapes(model, _example_input(family, model, state_dict))
   if exclude:
     skip = re.compile(exclude)
     params = {p: v for p, v in params.items() if not skip.search(p)}
     expected = {p: v for p, v in expected.items() if not skip.search(p)}
   tree = common.unflatten(common.check_against(params, origin, expected, directory))
   if model.stack.scan_layers:
-    return layers.stack_layer_params(tree)
+    return param_layout.stack_layer_params(tree)
   return jax.tree.map(jnp.asarray, tree)
 
 
@@ -119,28 +121,47 @@ def _warn_numerics(options, model, directory):
                     stacklevel=3)
 
 
-def export_pretrained(params, model, directory, *, timm=False, weights_format="safetensors"):
-  """Write params (either layout, boxed or not) as a PyTorch checkpoint directory that
-  `<HF class>.from_pretrained(directory)` (or timm, with timm=True) loads.
-
-  PyTorch runs standard attention: an MHA-trained model's settings are recorded in
-  config.json under "mha_jax_attention", but HF will not apply them.
-  """
-  family = model_family(model)
-  converter = CONVERTERS[family]
-  flat = {path: np.asarray(value, np.float32) for path, value in
-          common.flatten(layers.unstack_layer_params(nn.unbox(params))).items()}
-  num_layers = model.stack.num_layers
+def export_state_dict(params, model, *, timm=False):
+  """(config.json dict, float32 state dict) of params in either layout, boxed or not."""
+  family = models.family_name(model)
+  flat = {path: np.asarray(value, np.float32)
+          for path, value in common.flatten(nn.unbox(params)).items()}
+  state_dict = table_for(family, timm).export_state_dict(
+      flat, model.stack.num_layers, model.stack.num_heads)
   if family == "vit":
-    state_dict = converter.export_state_dict(flat, num_layers, timm=timm)
-    config = converter.export_config(model, flat["embedding/kernel"].shape[2], timm=timm)
-  elif timm:
-    raise ValueError("timm=True is for ViT models only")
-  else:
-    state_dict = converter.export_state_dict(flat, num_layers)
-    config = converter.export_config(model)
+    return vit.export_config(model, flat["embedding/kernel"].shape[2], timm=timm), state_dict
+  return CONVERTERS[family].export_config(model), state_dict
+
+
+def export_pretrained(params, model, directory, *, timm=False, weights_format="safetensors"):
+  """Write params (either layout, boxed or not) as a PyTorch checkpoint directory.
+
+  Standard attention: a plain HF (or, timm=True, timm) checkpoint. MHA and RealFormer:
+  an HF custom-code model (hf_code/*.py copied beside the weights, `auto_map` in
+  config.json) that `AutoModelFor...from_pretrained(directory, trust_remote_code=True)`
+  runs with the same attention; the settings sit in config.json "mha_jax_attention".
+  """
+  config, state_dict = export_state_dict(params, model, timm=timm)
   attention = model.stack.attention
   if attention.kind != "standard" or attention.score_scale is not None:
     config["mha_jax_attention"] = dataclasses.asdict(attention)
+  if attention.kind != "standard" and not timm:
+    _as_custom_code(config, model)
   checkpoint_io.write_checkpoint(directory, config, state_dict, weights_format)
+  for name in CUSTOM_CODE_FILES if "auto_map" in config else ():
+    shutil.copy(os.path.join(os.path.dirname(__file__), "hf_code", name), directory)
   return directory
+
+
+def _as_custom_code(config, model):
+  """config.json of the hf_code subclass of the stock class (model_type "mha_<family>")."""
+  if model.stack.attention.h0 == "noise" or not model.stack.skip_connections:
+    raise ValueError("h0='noise' and skip_connections=False do not export to transformers "
+                     "(a random H_0 is a JAX draw); export h0 'zeros' or 'first_scores'")
+  stock = config["architectures"][0]
+  auto = "AutoModelForImageClassification" if stock.startswith("ViT") else "AutoModelForCausalLM"
+  config_class = {"gpt2": "MhaGPT2Config", "llama": "MhaLlamaConfig", "vit": "MhaViTConfig"}
+  family = config["model_type"]
+  config.update(model_type=f"mha_{family}", architectures=[f"Mha{stock}"],
+                auto_map={"AutoConfig": f"configuration_mha.{config_class[family]}",
+                          auto: f"modeling_mha.Mha{stock}"})

@@ -1,82 +1,81 @@
 """Whole models around the PyTorch reference stack, loaded from Hugging Face models,
 so MHA can run in PyTorch on pretrained weights (experiments/compare_pytorch.py).
 
-Each `from_hf` copies an HF model's weights; `to_jax` maps this module's named
-tensors (parameters or their gradients) onto mha_jax's loop-layout tree.
+Loading goes through the family tables: HF state dict → mha_jax paths (the family's
+`TABLE`) → this module's names (the model's own `table`); `to_jax` reads the same
+table the other way for parameters or their gradients.
 """
 
 from __future__ import annotations
 
-import numpy as np
+import inspect
+
 import torch
 from torch import nn
 
-from mha_jax.interop import torch_reference
+from mha_jax.interop import common, gpt2, llama, torch_reference, vit
+from mha_jax.interop.common import CONV, LINEAR, Row
 from mha_jax.interop.torch_reference import Attention
 
 
-def _load_stack(model, sd, layer_prefix, names):
-  """Copy per-layer HF tensors into model.stack; names: ours → (HF suffix, transpose?)."""
-  ours = {}
-  for i in range(len(model.stack.layers)):
-    for mine, (theirs, transpose) in names.items():
-      w = sd[f"{layer_prefix}{i}.{theirs}"]
-      ours[f"stack.layers.{i}.{mine}"] = w.T if transpose else w
-  return ours
+class _Reference(nn.Module):
+  """Loading shared by the three models; subclasses set FAMILY and `table`."""
+  FAMILY = None
+
+  @classmethod
+  def from_hf(cls, hf_model, attention=Attention()):
+    options = cls.FAMILY.model_options(hf_model.config.to_dict())
+    state_dict = {k: v.detach().numpy() for k, v in hf_model.state_dict().items()}
+    flat, _ = cls.FAMILY.TABLE.import_state_dict(
+        state_dict, options["num_layers"], options["num_heads"], type(hf_model).__name__)
+    return cls.from_flat(flat, options, attention)
+
+  @classmethod
+  def from_flat(cls, flat, options, attention=Attention()):
+    """From {mha_jax loop-layout path: array} and mha_jax model options."""
+    if "embedding/kernel" in flat:
+      options = {**options, "channels": flat["embedding/kernel"].shape[2]}
+    accepted = inspect.signature(cls.__init__).parameters
+    model = cls(attention=attention, **{k: v for k, v in options.items() if k in accepted})
+    state_dict = model.table().export_state_dict(flat, len(model.stack.layers), model.num_heads)
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in state_dict.items()})
+    return model.eval()
+
+  def to_jax(self, tensors):
+    """Named tensors of this module (params or grads) → mha_jax loop-layout tree."""
+    arrays = {k: v.detach().numpy() for k, v in tensors.items()}
+    flat, _ = self.table().import_state_dict(arrays, len(self.stack.layers), self.num_heads,
+                                             type(self).__name__)
+    return common.unflatten(flat)
 
 
-class GPT2(nn.Module):
+class GPT2(_Reference):
   """GPT-2 with the reference stack and a tied head."""
+  FAMILY = gpt2
 
   def __init__(self, num_layers, width, num_heads, mlp_dim, vocab_size, max_len,
-               attention=Attention(), norm_eps=1e-5):
+               attention=Attention(), norm_eps=1e-5, mlp="gelu_tanh"):
     super().__init__()
     self.num_heads = num_heads
     self.wte, self.wpe = nn.Embedding(vocab_size, width), nn.Embedding(max_len, width)
     self.stack = torch_reference.Stack(num_layers, width, num_heads, mlp_dim, attention,
-                                       mlp="gelu_tanh", norm_eps=norm_eps)
+                                       mlp=mlp, norm_eps=norm_eps)
     self.ln_f = nn.LayerNorm(width, eps=norm_eps)
 
   def forward(self, tokens_BxT):
     x = self.wte(tokens_BxT) + self.wpe(torch.arange(tokens_BxT.shape[1]))
     return self.ln_f(self.stack(x, causal=True)[0]) @ self.wte.weight.T
 
-  @classmethod
-  def from_hf(cls, hf_model, attention=Attention()):
-    """From a `GPT2LMHeadModel` (Conv1D weights [in, out] → Linear [out, in])."""
-    c = hf_model.config
-    model = cls(c.n_layer, c.n_embd, c.n_head, c.n_inner or 4 * c.n_embd, c.vocab_size,
-                c.n_positions, attention, c.layer_norm_epsilon)
-    sd = dict(hf_model.transformer.state_dict())
-    for i in range(c.n_layer):  # unfuse c_attn so the generic copy below sees q, k, v
-      for kind in ("weight", "bias"):
-        parts = sd[f"h.{i}.attn.c_attn.{kind}"].chunk(3, dim=-1)
-        for name, part in zip(("query", "key", "value"), parts):
-          sd[f"h.{i}.attn.{name}.{kind}"] = part
-    norms = ("attention_norm", "mlp_norm")
-    names = {f"{mine}.{kind}": (f"{theirs}.{kind}", kind == "weight" and mine not in norms)
-             for mine, theirs in (("query", "attn.query"), ("key", "attn.key"),
-                                  ("value", "attn.value"), ("out", "attn.c_proj"),
-                                  ("fc1", "mlp.c_fc"), ("fc2", "mlp.c_proj"),
-                                  ("attention_norm", "ln_1"), ("mlp_norm", "ln_2"))
-             for kind in ("weight", "bias")}
-    ours = _load_stack(model, sd, "h.", names)
-    ours.update({"wte.weight": sd["wte.weight"], "wpe.weight": sd["wpe.weight"],
-                 "ln_f.weight": sd["ln_f.weight"], "ln_f.bias": sd["ln_f.bias"]})
-    model.load_state_dict({k: v.contiguous() for k, v in ours.items()})
-    return model.eval()
-
-  def to_jax(self, tensors):
-    """Named tensors of this module (params or grads) → mha_jax GPT loop-layout tree."""
-    tensors = {k: v.detach().numpy() for k, v in tensors.items()}
-    return {"token_embedding": {"embedding": tensors["wte.weight"]},
-            "position_embedding": tensors["wpe.weight"],
-            "final_norm": {"scale": tensors["ln_f.weight"], "bias": tensors["ln_f.bias"]},
-            "decoder": _stack_to_jax(tensors, self.num_heads)}
+  def table(self):
+    return common.Table((Row("token_embedding/embedding", "wte.weight"),
+                         Row("position_embedding", "wpe.weight"),
+                         *common.norm("final_norm", "ln_f"),
+                         *torch_reference.stack_table("decoder/", "stack.layers.")))
 
 
-class ViT(nn.Module):
+class ViT(_Reference):
   """Class-token ViT with the reference stack."""
+  FAMILY = vit
 
   def __init__(self, num_layers, width, num_heads, mlp_dim, num_classes, image_size,
                patch_size, channels=3, attention=Attention(), mlp="gelu", norm_eps=1e-6):
@@ -95,44 +94,17 @@ class ViT(nn.Module):
     x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], dim=1) + self.pos
     return self.head(self.norm(self.stack(x)[0])[:, 0])
 
-  @classmethod
-  def from_hf(cls, hf_model, attention=Attention()):
-    """From a `ViTForImageClassification` (transformers 5 in-memory names)."""
-    c = hf_model.config
-    model = cls(c.num_hidden_layers, c.hidden_size, c.num_attention_heads, c.intermediate_size,
-                c.num_labels, c.image_size, c.patch_size, c.num_channels, attention,
-                "gelu" if c.hidden_act == "gelu" else "gelu_tanh", c.layer_norm_eps)
-    sd = dict(hf_model.state_dict())
-    names = {f"{mine}.{kind}": (f"{theirs}.{kind}", False)
-             for mine, theirs in (("query", "attention.q_proj"), ("key", "attention.k_proj"),
-                                  ("value", "attention.v_proj"), ("out", "attention.o_proj"),
-                                  ("fc1", "mlp.fc1"), ("fc2", "mlp.fc2"),
-                                  ("attention_norm", "layernorm_before"),
-                                  ("mlp_norm", "layernorm_after"))
-             for kind in ("weight", "bias")}
-    ours = _load_stack(model, sd, "vit.layers.", names)
-    emb = "vit.embeddings."
-    ours.update({"patch.weight": sd[emb + "patch_embeddings.projection.weight"],
-                 "patch.bias": sd[emb + "patch_embeddings.projection.bias"],
-                 "cls": sd[emb + "cls_token"], "pos": sd[emb + "position_embeddings"],
-                 "norm.weight": sd["vit.layernorm.weight"], "norm.bias": sd["vit.layernorm.bias"],
-                 "head.weight": sd["classifier.weight"], "head.bias": sd["classifier.bias"]})
-    model.load_state_dict({k: v.contiguous() for k, v in ours.items()})
-    return model.eval()
-
-  def to_jax(self, tensors):
-    """Named tensors of this module (params or grads) → mha_jax ViT loop-layout tree."""
-    t = {k: v.detach().numpy() for k, v in tensors.items()}
-    return {"embedding": {"kernel": t["patch.weight"].transpose(2, 3, 1, 0),
-                          "bias": t["patch.bias"]},
-            "cls": t["cls"], "position_embedding": t["pos"],
-            "encoder_norm": {"scale": t["norm.weight"], "bias": t["norm.bias"]},
-            "head": {"kernel": t["head.weight"].T, "bias": t["head.bias"]},
-            "encoder": _stack_to_jax(t, self.num_heads)}
+  def table(self):
+    return common.Table((Row("cls", "cls"), Row("position_embedding", "pos"),
+                         *common.dense("embedding", "patch", CONV),
+                         *common.norm("encoder_norm", "norm"),
+                         *common.dense("head", "head", LINEAR),
+                         *torch_reference.stack_table("encoder/", "stack.layers.")))
 
 
-class Llama(nn.Module):
+class Llama(_Reference):
   """LLaMA with the reference stack: RMSNorm, SwiGLU, rotary, no biases, untied head."""
+  FAMILY = llama
 
   def __init__(self, num_layers, width, num_heads, mlp_dim, vocab_size, attention=Attention(),
                norm_eps=1e-6, rope_theta=10000.0):
@@ -148,34 +120,9 @@ class Llama(nn.Module):
   def forward(self, tokens_BxT):
     return self.lm_head(self.norm(self.stack(self.embed(tokens_BxT), causal=True)[0]))
 
-  @classmethod
-  def from_hf(cls, hf_model, attention=Attention()):
-    """From a `LlamaForCausalLM` (Linear weights already [out, in])."""
-    c = hf_model.config
-    theta = (getattr(c, "rope_parameters", None) or {}).get("rope_theta", 10000.0)
-    model = cls(c.num_hidden_layers, c.hidden_size, c.num_attention_heads, c.intermediate_size,
-                c.vocab_size, attention, c.rms_norm_eps, theta)
-    sd = dict(hf_model.state_dict())
-    names = {f"{mine}.weight": (f"{theirs}.weight", False)
-             for mine, theirs in (("query", "self_attn.q_proj"), ("key", "self_attn.k_proj"),
-                                  ("value", "self_attn.v_proj"), ("out", "self_attn.o_proj"),
-                                  ("gate", "mlp.gate_proj"), ("up", "mlp.up_proj"),
-                                  ("down", "mlp.down_proj"), ("attention_norm", "input_layernorm"),
-                                  ("mlp_norm", "post_attention_layernorm"))}
-    ours = _load_stack(model, sd, "model.layers.", names)
-    ours.update({"embed.weight": sd["model.embed_tokens.weight"],
-                 "norm.weight": sd["model.norm.weight"], "lm_head.weight": sd["lm_head.weight"]})
-    model.load_state_dict({k: v.contiguous() for k, v in ours.items()})
-    return model.eval()
-
-  def to_jax(self, tensors):
-    t = {k: v.detach().numpy() for k, v in tensors.items()}
-    return {"token_embedding": {"embedding": t["embed.weight"]},
-            "final_norm": {"scale": t["norm.weight"]},
-            "lm_head": {"kernel": t["lm_head.weight"].T},
-            "decoder": _stack_to_jax(t, self.num_heads)}
-
-
-def _stack_to_jax(tensors, num_heads):
-  stack = {k[len("stack."):]: np.asarray(v) for k, v in tensors.items() if k.startswith("stack.")}
-  return torch_reference.stack_tensors_to_jax(stack, num_heads)
+  def table(self):
+    return common.Table((Row("token_embedding/embedding", "embed.weight"),
+                         Row("final_norm/scale", "norm.weight"),
+                         Row("lm_head/kernel", "lm_head.weight", LINEAR),
+                         *torch_reference.stack_table("decoder/", "stack.layers.", "swiglu",
+                                                      bias=False)))

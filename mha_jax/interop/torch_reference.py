@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mha_jax.interop import common
+
 
 @dataclasses.dataclass(frozen=True)
 class Attention:
@@ -125,26 +127,22 @@ class Stack(nn.Module):
     return x_BxTxD, hidden_states
 
 
+def stack_table(ours, theirs, mlp="gelu", bias=True):
+  """The two-way name table between a `Stack`'s layers ("{theirs}{i}.query.weight") and
+  `LayerStack`'s loop layout ("{ours}layers_{i}/attention/query/kernel")."""
+  mlp_modules = ("gate", "up", "down") if mlp == "swiglu" else ("fc1", "fc2")
+  modules = ("attention_norm", "query", "key", "value", "out", "mlp_norm") + mlp_modules
+  return common.linear_block(ours + "layers_{i}/", theirs + "{i}.", {m: m for m in modules},
+                             use_bias=bias)
+
+
 def stack_tensors_to_jax(tensors, num_heads):
-  """{"layers.i.<module>.<weight|bias>": array} of a `Stack` (its parameters, or their
+  """{"layers.i.<module>.<weight|bias>": tensor} of a `Stack` (its parameters, or their
   gradients) → the loop-layout tree of `mha_jax.models.layers.LayerStack`."""
-  tree = {}
-  for name, value in tensors.items():
-    value = np.asarray(value.detach().numpy() if torch.is_tensor(value) else value)
-    _, index, module, kind = name.split(".")
-    layer = tree.setdefault(f"layers_{index}", {})
-    if module in ("attention_norm", "mlp_norm"):
-      layer.setdefault(module, {})["scale" if kind == "weight" else "bias"] = value
-      continue
-    if kind == "weight":
-      value = value.T  # Linear [out, in] → kernel [in, out]
-      if module in ("query", "key", "value"):
-        value = value.reshape(value.shape[0], num_heads, -1)
-      elif module == "out":
-        value = value.reshape(num_heads, -1, value.shape[-1])
-    elif module in ("query", "key", "value"):
-      value = value.reshape(num_heads, -1)
-    group = "mlp" if module in ("fc1", "fc2", "gate", "up", "down") else "attention"
-    leaf = "kernel" if kind == "weight" else "bias"
-    layer.setdefault(group, {}).setdefault(module, {})[leaf] = value
-  return tree
+  arrays = {k: np.asarray(v.detach().numpy() if torch.is_tensor(v) else v)
+            for k, v in tensors.items()}
+  mlp = "swiglu" if "layers.0.gate.weight" in arrays else "gelu"
+  table = common.Table(tuple(stack_table("", "layers.", mlp, "layers.0.query.bias" in arrays)))
+  flat, _ = table.import_state_dict(arrays, len({k.split(".")[1] for k in arrays}), num_heads,
+                                    "torch reference stack")
+  return common.unflatten(flat)

@@ -12,22 +12,56 @@ from __future__ import annotations
 
 import re
 
-import numpy as np
+from mha_jax.interop.common import (CONV, GELU, HEADS_BIAS, LINEAR, LINEAR_HEADS_IN,
+                                    LINEAR_HEADS_OUT, Row, Table, dense, linear_block, norm)
 
-from mha_jax.interop import common
-
-GELU = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}
 # timm's published sizes: its config.json names the architecture, not the head count.
 TIMM_SIZES = {"tiny": (192, 12, 3), "small": (384, 12, 6), "base": (768, 12, 12),
               "large": (1024, 24, 16), "huge": (1280, 32, 16)}
 # transformers 5 renames ViT modules in memory (`model.state_dict()`); files keep the
-# 4.x names that `save_pretrained` still writes, which are the ones converted here.
+# 4.x names that `save_pretrained` still writes, which are the table's.
 HF5_RENAMES = ((r"^vit\.layers\.(\d+)\.", r"vit.encoder.layer.\1."),
                (r"\.attention\.([qkv])_proj\.", lambda m: ".attention.attention." +
                 {"q": "query", "k": "key", "v": "value"}[m.group(1)] + "."),
                (r"\.attention\.o_proj\.", ".attention.output.dense."),
                (r"\.mlp\.fc1\.", ".intermediate.dense."),
                (r"\.mlp\.fc2\.", ".output.dense."))
+BLOCK_NAMES = {"attention_norm": "layernorm_before", "query": "attention.attention.query",
+               "key": "attention.attention.key", "value": "attention.attention.value",
+               "out": "attention.output.dense", "mlp_norm": "layernorm_after",
+               "fc1": "intermediate.dense", "fc2": "output.dense"}
+OURS = "encoder/layers_{i}/"
+
+
+def _hf4_names(state_dict):
+  for pattern, repl in HF5_RENAMES:
+    state_dict = {re.sub(pattern, repl, k): v for k, v in state_dict.items()}
+  return state_dict
+
+
+TABLE = Table(
+    rows=(Row("cls", "vit.embeddings.cls_token"),
+          Row("position_embedding", "vit.embeddings.position_embeddings"),
+          *dense("embedding", "vit.embeddings.patch_embeddings.projection", CONV),
+          *linear_block(OURS, "vit.encoder.layer.{i}.", BLOCK_NAMES),
+          *norm("encoder_norm", "vit.layernorm"),
+          *dense("head", "classifier", LINEAR)),
+    ignore=(r"^vit\.pooler\.",),
+    prepare=_hf4_names)
+
+TIMM_TABLE = Table(rows=(
+    Row("cls", "cls_token"),
+    Row("position_embedding", "pos_embed"),
+    *dense("embedding", "patch_embed.proj", CONV),
+    *norm(OURS + "attention_norm", "blocks.{i}.norm1"),
+    *dense(tuple(f"{OURS}attention/{n}" for n in ("query", "key", "value")), "blocks.{i}.attn.qkv",
+           LINEAR_HEADS_IN, HEADS_BIAS),
+    *dense(OURS + "attention/out", "blocks.{i}.attn.proj", LINEAR_HEADS_OUT),
+    *norm(OURS + "mlp_norm", "blocks.{i}.norm2"),
+    *dense(OURS + "mlp/fc1", "blocks.{i}.mlp.fc1", LINEAR),
+    *dense(OURS + "mlp/fc2", "blocks.{i}.mlp.fc2", LINEAR),
+    *norm("encoder_norm", "norm"),
+    *dense("head", "head", LINEAR)))
 
 
 def is_timm(state_dict):
@@ -70,138 +104,6 @@ def timm_model_options(config):
               image_size=args.get("img_size", int(match.group(3)) if match else 224),
               patch_size=args.get("patch_size", int(match.group(2)) if match else 16),
               pool="token")
-
-
-def import_state_dict(state_dict, num_layers, num_heads, source):
-  """HF or timm state dict → ({loop-layout path: array}, {path: key})."""
-  if is_timm(state_dict):
-    return _import_timm(state_dict, num_layers, num_heads, source)
-  for pattern, repl in HF5_RENAMES:
-    state_dict = {re.sub(pattern, repl, k): v for k, v in state_dict.items()}
-  r = common.StateDictReader(state_dict, source, (r"^vit\.pooler\.",))
-  r.put("cls", "vit.embeddings.cls_token")
-  r.put("position_embedding", "vit.embeddings.position_embeddings")
-  r.put("embedding/kernel", "vit.embeddings.patch_embeddings.projection.weight", conv_kernel)
-  r.put("embedding/bias", "vit.embeddings.patch_embeddings.projection.bias")
-  for i in range(num_layers):
-    hf, ours = f"vit.encoder.layer.{i}.", f"encoder/layers_{i}/"
-    r.put_layer_norm(ours + "attention_norm", hf + "layernorm_before")
-    r.put_layer_norm(ours + "mlp_norm", hf + "layernorm_after")
-    for name in ("query", "key", "value"):
-      r.put(ours + f"attention/{name}/kernel", hf + f"attention.attention.{name}.weight",
-            lambda w: common.split_heads_in(common.linear_to_kernel(w), num_heads))
-      r.put(ours + f"attention/{name}/bias", hf + f"attention.attention.{name}.bias",
-            lambda b: b.reshape(num_heads, -1))
-    r.put(ours + "attention/out/kernel", hf + "attention.output.dense.weight",
-          lambda w: common.split_heads_out(common.linear_to_kernel(w), num_heads))
-    r.put(ours + "attention/out/bias", hf + "attention.output.dense.bias")
-    r.put(ours + "mlp/fc1/kernel", hf + "intermediate.dense.weight", common.linear_to_kernel)
-    r.put(ours + "mlp/fc1/bias", hf + "intermediate.dense.bias")
-    r.put(ours + "mlp/fc2/kernel", hf + "output.dense.weight", common.linear_to_kernel)
-    r.put(ours + "mlp/fc2/bias", hf + "output.dense.bias")
-  r.put_layer_norm("encoder_norm", "vit.layernorm")
-  r.put("head/kernel", "classifier.weight", common.linear_to_kernel)
-  r.put("head/bias", "classifier.bias")
-  return r.finish()
-
-
-def _import_timm(state_dict, num_layers, num_heads, source):
-  r = common.StateDictReader(state_dict, source)
-  r.put("cls", "cls_token")
-  r.put("position_embedding", "pos_embed")
-  r.put("embedding/kernel", "patch_embed.proj.weight", conv_kernel)
-  r.put("embedding/bias", "patch_embed.proj.bias")
-  for i in range(num_layers):
-    tm, ours = f"blocks.{i}.", f"encoder/layers_{i}/"
-    r.put_layer_norm(ours + "attention_norm", tm + "norm1")
-    r.put_layer_norm(ours + "mlp_norm", tm + "norm2")
-    qkv = [ours + f"attention/{n}" for n in ("query", "key", "value")]
-    r.put_many([p + "/kernel" for p in qkv], tm + "attn.qkv.weight",
-               lambda w: [common.split_heads_in(common.linear_to_kernel(part), num_heads)
-                          for part in np.split(w, 3, axis=0)])
-    r.put_many([p + "/bias" for p in qkv], tm + "attn.qkv.bias",
-               lambda b: [part.reshape(num_heads, -1) for part in np.split(b, 3)])
-    r.put(ours + "attention/out/kernel", tm + "attn.proj.weight",
-          lambda w: common.split_heads_out(common.linear_to_kernel(w), num_heads))
-    r.put(ours + "attention/out/bias", tm + "attn.proj.bias")
-    for fc in ("fc1", "fc2"):
-      r.put(ours + f"mlp/{fc}/kernel", tm + f"mlp.{fc}.weight", common.linear_to_kernel)
-      r.put(ours + f"mlp/{fc}/bias", tm + f"mlp.{fc}.bias")
-  r.put_layer_norm("encoder_norm", "norm")
-  r.put("head/kernel", "head.weight", common.linear_to_kernel)
-  r.put("head/bias", "head.bias")
-  return r.finish()
-
-
-def conv_kernel(w_DxCxPxP):
-  """torch Conv2d weight [out, in, kh, kw] → Flax Conv kernel [kh, kw, in, out]."""
-  return np.ascontiguousarray(w_DxCxPxP.transpose(2, 3, 1, 0))
-
-
-def torch_conv_weight(kernel_PxPxCxD):
-  return np.ascontiguousarray(kernel_PxPxCxD.transpose(3, 2, 0, 1))
-
-
-def _layer_tensors(flat, ours):
-  """The per-layer tensors in PyTorch orientation: (name, array) pairs."""
-  get = lambda name: flat[ours + name]  # noqa: E731
-  return {
-      "q_w": common.merge_in(get("attention/query/kernel")).T,
-      "k_w": common.merge_in(get("attention/key/kernel")).T,
-      "v_w": common.merge_in(get("attention/value/kernel")).T,
-      "q_b": get("attention/query/bias").reshape(-1),
-      "k_b": get("attention/key/bias").reshape(-1),
-      "v_b": get("attention/value/bias").reshape(-1),
-      "o_w": common.merge_out(get("attention/out/kernel")).T, "o_b": get("attention/out/bias"),
-      "n1_w": get("attention_norm/scale"), "n1_b": get("attention_norm/bias"),
-      "n2_w": get("mlp_norm/scale"), "n2_b": get("mlp_norm/bias"),
-      "fc1_w": get("mlp/fc1/kernel").T, "fc1_b": get("mlp/fc1/bias"),
-      "fc2_w": get("mlp/fc2/kernel").T, "fc2_b": get("mlp/fc2/bias"),
-  }
-
-
-def export_state_dict(flat, num_layers, timm=False):
-  """{loop-layout path: array} → HF (default) or timm state dict."""
-  glob = {"cls": flat["cls"], "pos": flat["position_embedding"],
-          "patch_w": torch_conv_weight(flat["embedding/kernel"]), "patch_b": flat["embedding/bias"],
-          "norm_w": flat["encoder_norm/scale"], "norm_b": flat["encoder_norm/bias"],
-          "head_w": flat["head/kernel"].T, "head_b": flat["head/bias"]}
-  if timm:
-    sd = {"cls_token": glob["cls"], "pos_embed": glob["pos"],
-          "patch_embed.proj.weight": glob["patch_w"], "patch_embed.proj.bias": glob["patch_b"],
-          "norm.weight": glob["norm_w"], "norm.bias": glob["norm_b"],
-          "head.weight": glob["head_w"], "head.bias": glob["head_b"]}
-  else:
-    sd = {"vit.embeddings.cls_token": glob["cls"],
-          "vit.embeddings.position_embeddings": glob["pos"],
-          "vit.embeddings.patch_embeddings.projection.weight": glob["patch_w"],
-          "vit.embeddings.patch_embeddings.projection.bias": glob["patch_b"],
-          "vit.layernorm.weight": glob["norm_w"], "vit.layernorm.bias": glob["norm_b"],
-          "classifier.weight": glob["head_w"], "classifier.bias": glob["head_b"]}
-  for i in range(num_layers):
-    t = _layer_tensors(flat, f"encoder/layers_{i}/")
-    if timm:
-      p = f"blocks.{i}."
-      sd.update({p + "norm1.weight": t["n1_w"], p + "norm1.bias": t["n1_b"],
-                 p + "attn.qkv.weight": np.concatenate([t["q_w"], t["k_w"], t["v_w"]]),
-                 p + "attn.qkv.bias": np.concatenate([t["q_b"], t["k_b"], t["v_b"]]),
-                 p + "attn.proj.weight": t["o_w"], p + "attn.proj.bias": t["o_b"],
-                 p + "norm2.weight": t["n2_w"], p + "norm2.bias": t["n2_b"],
-                 p + "mlp.fc1.weight": t["fc1_w"], p + "mlp.fc1.bias": t["fc1_b"],
-                 p + "mlp.fc2.weight": t["fc2_w"], p + "mlp.fc2.bias": t["fc2_b"]})
-    else:
-      p = f"vit.encoder.layer.{i}."
-      for name in ("query", "key", "value"):
-        sd[p + f"attention.attention.{name}.weight"] = t[f"{name[0]}_w"]
-        sd[p + f"attention.attention.{name}.bias"] = t[f"{name[0]}_b"]
-      sd.update({p + "attention.output.dense.weight": t["o_w"],
-                 p + "attention.output.dense.bias": t["o_b"],
-                 p + "layernorm_before.weight": t["n1_w"], p + "layernorm_before.bias": t["n1_b"],
-                 p + "layernorm_after.weight": t["n2_w"], p + "layernorm_after.bias": t["n2_b"],
-                 p + "intermediate.dense.weight": t["fc1_w"],
-                 p + "intermediate.dense.bias": t["fc1_b"],
-                 p + "output.dense.weight": t["fc2_w"], p + "output.dense.bias": t["fc2_b"]})
-  return sd
 
 
 def export_config(model, num_channels=3, timm=False):

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 
 from mha_jax import attention
 from mha_jax.models import layers
+from mha_jax.models.stack_config import StackConfig, build_stack_config, select_variant
 
 VARIANTS = {
     "small": dict(num_layers=12, width=768, num_heads=12, mlp_dim=3072),
@@ -33,7 +34,7 @@ def decoder_mask(length, padding_mask_BxT=None):
 
 class GPT(nn.Module):
   """tokens [B, T] int → (logits [B, T, vocab] float32, per-layer outputs)."""
-  stack: layers.StackConfig
+  stack: StackConfig
   vocab_size: int = 50257
   max_len: int = 1024
 
@@ -61,7 +62,7 @@ class GPT(nn.Module):
 
 
 def create(variant="small", **overrides) -> GPT:
-  stack_defaults = {**layers.select_variant("GPT-2", VARIANTS, variant), **STACK_DEFAULTS}
-  stack, model_kw = layers.build_stack_config(stack_defaults, overrides,
+  stack_defaults = {**select_variant("GPT-2", VARIANTS, variant), **STACK_DEFAULTS}
+  stack, model_kw = build_stack_config(stack_defaults, overrides,
                                               {"vocab_size", "max_len"})
   return GPT(stack=stack, **model_kw)

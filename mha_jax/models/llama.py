@@ -11,6 +11,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from mha_jax.models import gpt, layers
+from mha_jax.models.stack_config import StackConfig, build_stack_config, select_variant
 
 VARIANTS = {
     "60m": dict(num_layers=8, width=512, num_heads=8, mlp_dim=1376),
@@ -24,7 +25,7 @@ STACK_DEFAULTS = dict(norm="rmsnorm", norm_eps=1e-6, mlp="swiglu", use_bias=Fals
 
 class Llama(nn.Module):
   """tokens [B, T] int → (logits [B, T, vocab] float32, per-layer outputs)."""
-  stack: layers.StackConfig
+  stack: StackConfig
   vocab_size: int = 32000
   max_len: int = 2048   # longest context the model is meant for (rotary has no table)
 
@@ -50,7 +51,7 @@ class Llama(nn.Module):
 
 
 def create(variant="60m", **overrides) -> Llama:
-  stack_defaults = {**layers.select_variant("LLaMA", VARIANTS, variant), **STACK_DEFAULTS}
-  stack, model_kw = layers.build_stack_config(stack_defaults, overrides,
+  stack_defaults = {**select_variant("LLaMA", VARIANTS, variant), **STACK_DEFAULTS}
+  stack, model_kw = build_stack_config(stack_defaults, overrides,
                                               {"vocab_size", "max_len"})
   return Llama(stack=stack, **model_kw)

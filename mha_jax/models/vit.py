@@ -6,6 +6,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from mha_jax.models import layers
+from mha_jax.models.stack_config import StackConfig, build_stack_config, check_choice, select_variant
 
 # width, depth, MLP width, heads: the published ViT sizes.
 VARIANTS = {
@@ -21,14 +22,14 @@ POOLS = ("token", "gap")
 
 class ViT(nn.Module):
   """images [B, H, W, C] → (logits [B, classes], per-layer outputs)."""
-  stack: layers.StackConfig
+  stack: StackConfig
   num_classes: int = 1000
   image_size: int = 224
   patch_size: int = 16
   pool: str = "token"   # class token, or global average of the patch tokens
 
   def __post_init__(self):
-    layers._check_choice("pool", self.pool, POOLS)
+    check_choice("pool", self.pool, POOLS)
     if self.image_size % self.patch_size:
       raise ValueError(f"patch_size={self.patch_size} does not divide image_size={self.image_size}")
     super().__post_init__()
@@ -71,9 +72,9 @@ class ViT(nn.Module):
 def create(variant="B/16", **overrides) -> ViT:
   """ViT from a big_vision-style variant name "<size>/<patch>", e.g. "Ti/4" or "B/16"."""
   size, _, patch = variant.partition("/")
-  stack_defaults = {**layers.select_variant("ViT", VARIANTS, size), **STACK_DEFAULTS}
+  stack_defaults = {**select_variant("ViT", VARIANTS, size), **STACK_DEFAULTS}
   model_fields = {"num_classes", "image_size", "patch_size", "pool"}
-  stack, model_kw = layers.build_stack_config(stack_defaults, overrides, model_fields)
+  stack, model_kw = build_stack_config(stack_defaults, overrides, model_fields)
   if patch:
     model_kw.setdefault("patch_size", int(patch))
   return ViT(stack=stack, **model_kw)

@@ -9,24 +9,35 @@ import os
 
 import ml_collections
 
-from mha_jax.models import layers
+from mha_jax.models import stack_config
 
 
 def _convert(key, text, default):
+  if default is None:   # an optional number, unset by default
+    return _number(key, text, float)
   if isinstance(default, bool):
     if text.lower() not in ("true", "false", "1", "0", "yes", "no", ""):
       raise ValueError(f"config arg {key}={text!r} is not a boolean")
     return text.lower() in ("true", "1", "yes", "")
   if isinstance(default, int):
-    return int(text)
+    return _number(key, text, int)
   if isinstance(default, float):
-    return float(text)
+    return _number(key, text, float)
   return text
 
 
+def _number(key, text, kind):
+  try:
+    return kind(text)
+  except ValueError:
+    what = "an integer" if kind is int else "a number"
+    raise ValueError(f"config arg {key}={text!r} is not {what}") from None
+
+
 def parse_arg(arg, **defaults):
-  """'size=S,attention=hopfield,smoke' → ConfigDict typed by the defaults; a bare
-  key means True. Unknown keys fail with the list of allowed ones."""
+  """'size=S,attention=hopfield,smoke' → ConfigDict typed by the defaults (a None
+  default takes a number); a bare key means True. Unknown keys fail with the list
+  of allowed ones."""
   values = dict(defaults)
   for item in filter(None, (arg or "").split(",")):
     key, _, text = item.partition("=")
@@ -50,9 +61,7 @@ def load_config(spec):
 def data_config(name, **overrides):
   """The data issue's defaults for `name`, with overrides (e.g. seq_len)."""
   from mha_jax import data  # configs stay importable while data is optional
-  config = data.default_data_config(name)
-  config.update(overrides)
-  return config
+  return data.default_data_config(name, **overrides)
 
 
 def base_config():
@@ -71,6 +80,8 @@ def base_config():
       keep_checkpoints=3,
       async_checkpoints=True,
       progress_bar=True,
+      max_skipped_steps=0,     # non-finite steps skipped (update dropped) before stopping
+      force_resume=False,      # resume although the model/data/optimizer config changed
       init_from="",            # orbax workdir or Hugging Face dir: params for a warm start
       init_from_exclude="",    # regex of params not taken from a Hugging Face init_from
       distributed=False,       # jax.distributed.initialize() (multi-host)
@@ -90,12 +101,15 @@ def base_config():
   ))
 
 
-def attention_config(kind, alpha, alpha_hidden=-1.0, residual="convex", **extra):
+def attention_config(kind, alpha, alpha_hidden=None, residual="convex", **extra):
   """config.model.attention with every field of the model's AttentionConfig, so
-  `--config.model.attention.h0=...` works; alpha_hidden < 0 ties α′ = α as the paper does."""
-  return dict(dataclasses.asdict(layers.AttentionConfig()), kind=kind, alpha=alpha,
-              alpha_hidden=alpha if alpha_hidden < 0 else alpha_hidden, residual=residual,
-              **extra)
+  `--config.model.attention.h0=...` works; alpha_hidden None ties α′ = α as the
+  paper does. Checked here, so a bad `:argument` fails as the override would."""
+  fields = dict(dataclasses.asdict(stack_config.AttentionConfig()), kind=kind, alpha=alpha,
+                alpha_hidden=alpha if alpha_hidden is None else alpha_hidden,
+                residual=residual, **extra)
+  stack_config.AttentionConfig(**fields)
+  return fields
 
 
 def shrink_to_smoke(config):

@@ -10,7 +10,11 @@ import jax.numpy as jnp
 from mha_jax.train import checkpoint, metrics, sharding
 
 
-def evaluate(eval_fn, params, eval_input, start_state, max_batches, data_sh):
+class NonFiniteError(FloatingPointError):
+  """A step produced a non-finite loss, gradient or parameter; nothing of it was saved."""
+
+
+def evaluate(eval_fn, task, params, eval_input, start_state, max_batches, data_sh):
   """One pass (or `max_batches`) over the eval split; summed, then summarised."""
   eval_input.set_state(start_state)
   batches = eval_input if max_batches < 0 else itertools.islice(eval_input, max_batches)
@@ -18,48 +22,72 @@ def evaluate(eval_fn, params, eval_input, start_state, max_batches, data_sh):
   for host_batch in batches:
     sums = eval_fn(params, sharding.to_global(host_batch, data_sh))
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-  info = eval_input.info   # the eval split's own words-per-token ratio
-  return metrics.summarize_eval(jax.device_get(totals), info.kind,
-                                info.original_tokens_per_token)
+  return task.summarize(jax.device_get(totals), eval_input.info)
 
 
 class TrainLoop:
   """Runs steps `initial_step+1 .. total_steps`. Per-step metrics stay on device
-  and are fetched every `log_every` steps and before every save, so a NaN is
-  caught (and named) before it can reach a checkpoint."""
+  and are fetched every `log_every` steps and before every save, so a non-finite
+  step is caught (and named) before it can reach a checkpoint."""
 
-  def __init__(self, config, workdir, info, schedule, manager, mesh, initial_step):
-    self.config, self.schedule, self.manager = config, schedule, manager
+  def __init__(self, config, task, writer, schedule, manager, mesh, initial_step):
+    self.config, self.task, self.writer = config, task, writer
+    self.schedule, self.manager = schedule, manager
     self.data_sh = sharding.batch_sharding(mesh)
     self.initial_step = initial_step
-    tokens = info.seq_len if info.kind == "text" else 1
-    self.items_name, self.items_label = (("tokens_per_sec", "tok/s") if info.kind == "text"
-                                         else ("examples_per_sec", "img/s"))
-    self.throughput = metrics.Throughput(config.batch_size * tokens)
-    self.writer = metrics.MetricWriter(workdir, total_steps=config.total_steps,
-                                       initial_step=initial_step,
-                                       progress_bar=config.get("progress_bar", True))
+    self.skipped = 0
+    self.throughput = metrics.Throughput(config.batch_size * task.items_per_example)
+
+  def _stop_message(self, step, bad, values):
+    last = self.manager.latest_step()
+    where = (f"the last good checkpoint is step {last} (intact)" if last is not None
+             else "no checkpoint was saved")
+    shown = ", ".join(f"{k}={values[k]:.4g}" for k in metrics.GUARDED)
+    return (f"step {step}: non-finite {' and '.join(bad)} ({shown}); training stopped "
+            f"before saving it; {where}")
+
+  def _finite_rows(self, pending):
+    """Fetched per-step metrics of the finite steps; skips (up to
+    config.max_skipped_steps) or stops at a non-finite one."""
+    rows = []
+    for (step, _), values in zip(pending, jax.device_get([m for _, m in pending])):
+      bad = metrics.nonfinite_fields(values)
+      if not bad:
+        rows.append(values)
+        continue
+      if self.skipped >= self.config.max_skipped_steps:
+        raise NonFiniteError(self._stop_message(step, bad, values))
+      self.skipped += 1
+      self.writer.message(f"step {step}: non-finite {' and '.join(bad)}: batch skipped "
+                          f"({self.skipped} of at most {self.config.max_skipped_steps})")
+    return rows
 
   def log_train(self, step, pending):
-    means, bad_step = metrics.mean_train_metrics(pending)
-    if bad_step is not None:
-      raise FloatingPointError(
-          f"non-finite loss at step {bad_step}: training stopped; the last checkpoint "
-          f"(step {self.manager.latest_step()}) is untouched")
+    rows = self._finite_rows(pending)
     steps_per_sec, items_per_sec = self.throughput.measure(len(pending))
+    self.writer.progress(len(pending))
+    if not rows:
+      return
+    means = metrics.mean_metrics(rows)
     row = dict(means, learning_rate=float(self.schedule(step - 1)),
-               steps_per_sec=steps_per_sec, **{self.items_name: items_per_sec})
+               steps_per_sec=steps_per_sec, skipped_steps=self.skipped,
+               **{self.task.throughput_name: items_per_sec})
     self.writer.write(step, "train", row)
-    self.writer.progress(len(pending), {"loss": f"{means['loss']:.4f}",
-                                        "step/s": f"{steps_per_sec:.2f}",
-                                        self.items_label: f"{items_per_sec:.0f}"})
+    self.writer.postfix({"loss": f"{means['loss']:.4f}", "step/s": f"{steps_per_sec:.2f}",
+                         self.task.throughput_unit: f"{items_per_sec:.0f}"})
 
-  def run(self, state, train_fn, eval_fn, train_input, eval_input, preemption):
+  def run(self, state, train_fn, eval_fn, train_input, eval_input, preemption, first_batch):
+    """Trains from `state`; `first_batch` is the batch the step was compiled with.
+    Returns the last eval metrics ({} if none) and the last step trained."""
     cfg = self.config
     eval_start = eval_input.get_state() if eval_input is not None else None
     step, pending, last_eval = self.initial_step, [], {}
+    batch = first_batch
     while step < cfg.total_steps:
-      state, step_metrics = train_fn(state, sharding.to_global(next(train_input), self.data_sh))
+      if batch is None:
+        batch = sharding.to_global(next(train_input), self.data_sh)
+      state, step_metrics = train_fn(state, batch)
+      batch = None
       step += 1
       pending.append((step, step_metrics))
       preempted = preemption.requested   # read once: a signal may land mid-iteration
@@ -71,7 +99,7 @@ class TrainLoop:
         self.log_train(step, pending)
         pending = []
       if evaluate_now:
-        last_eval = evaluate(eval_fn, state["params"], eval_input, eval_start,
+        last_eval = evaluate(eval_fn, self.task, state["params"], eval_input, eval_start,
                              cfg.eval_steps, self.data_sh)
         self.writer.write(step, "eval", last_eval)
         self.writer.message(f"step {step} eval: " + ", ".join(
@@ -80,7 +108,7 @@ class TrainLoop:
         checkpoint.save(self.manager, step, state, train_input.get_state(), cfg)
       if preempted:
         self.writer.message(f"{preempted} at step {step}: checkpoint saved, exiting")
-        break
+        return last_eval, step
       if save or evaluate_now:
         self.throughput.restart()   # steps/s counts training only
-    return last_eval
+    return last_eval, step

@@ -27,7 +27,8 @@ class MetricWriter:
     self._tb = SummaryWriter(os.path.join(workdir, "tb"))
     self._file = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
     self._bar = tqdm.tqdm(total=total_steps, initial=initial_step, unit="step",
-                          dynamic_ncols=True, disable=not progress_bar)
+                          dynamic_ncols=True, disable=not progress_bar,
+                          leave=False)   # the end line replaces it (no doubled last line)
 
   def write(self, step, split, metrics):
     if not self.active:
@@ -40,10 +41,13 @@ class MetricWriter:
                                  **row}) + "\n")
     self._file.flush()
 
-  def progress(self, steps_done, postfix):
+  def progress(self, steps_done):
     if self.active:
       self._bar.update(steps_done)
-      self._bar.set_postfix(postfix, refresh=False)
+
+  def postfix(self, values):
+    if self.active:
+      self._bar.set_postfix(values)
 
   def message(self, text):
     if self.active:
@@ -73,24 +77,14 @@ class Throughput:
     return steps / elapsed, steps * self.items_per_step / elapsed
 
 
-def mean_train_metrics(pending):
-  """Host means of buffered per-step device metrics, and the first non-finite step."""
-  fetched = jax.device_get([m for _, m in pending])
-  for (step, _), metrics in zip(pending, fetched):
-    if not np.isfinite(metrics["loss"]):
-      return None, step
-  means = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
-  return means, None
+GUARDED = ("loss", "grad_norm", "param_norm")   # the updated params are finite iff their norm is
 
 
-def summarize_eval(sums, kind, original_tokens_per_token=None):
-  """loss, top-1 and (text) perplexity from summed eval counts."""
-  weight = max(float(sums["weight"]), 1.0)
-  loss = float(sums["loss"]) / weight
-  out = {"loss": loss, "accuracy": float(sums["correct"]) / weight}
-  if kind == "text":
-    out["perplexity"] = math.exp(min(loss, 50.0))
-    if original_tokens_per_token:
-      # Same total NLL spread over the original (e.g. word-level) tokens.
-      out["perplexity_original"] = math.exp(min(loss / original_tokens_per_token, 50.0))
-  return out
+def nonfinite_fields(metrics):
+  """Names in GUARDED whose value is not finite."""
+  return [k for k in GUARDED if not np.isfinite(metrics[k])]
+
+
+def mean_metrics(rows):
+  """Host means of per-step metric dicts (without the 0/1 nonfinite flag)."""
+  return {k: float(np.mean([row[k] for row in rows])) for k in rows[0] if k != "nonfinite"}

@@ -18,6 +18,8 @@ import numpy as np
 import optax
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
+from mha_jax.train.validation import ConfigError
+
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")  # the global batch is split over both
 
@@ -33,10 +35,6 @@ DEFAULT_RULES = (
     ("length", None),
     ("layers", None),
 )
-
-
-class ConfigError(ValueError):
-  """A configuration that cannot run; raised before any compute."""
 
 
 def mesh_shape(mesh_config, num_devices):

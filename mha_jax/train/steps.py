@@ -1,6 +1,7 @@
 """Pure train and eval steps. State is a plain dict
 {"step": i32[], "params": ..., "opt": ..., "rng": u32 key data}; every step takes
-and returns arrays only, so it jits with shardings and donates the state.
+and returns arrays only, so it jits with shardings and donates the state. What
+the batch means (inputs, loss) is the task's (mha_jax.train.tasks).
 """
 
 from __future__ import annotations
@@ -8,32 +9,6 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import optax
-
-
-def model_inputs(batch, kind):
-  """(positional input, keyword args) of the model for one batch."""
-  if kind == "image":
-    return batch["image"], {}
-  return batch["inputs"], {"padding_mask": batch["mask"] > 0}
-
-
-def weighted_losses(logits, batch, kind, label_smoothing):
-  """Per-example (image) or per-token (text) losses, correctness and weights."""
-  if kind == "image":
-    num_classes = logits.shape[-1]
-    if "soft_label" in batch:   # mixup / cutmix targets from the input pipeline
-      targets = batch["soft_label"]
-    else:
-      targets = jax.nn.one_hot(batch["label"], num_classes)
-    if label_smoothing:
-      targets = optax.smooth_labels(targets, label_smoothing)
-    loss = optax.softmax_cross_entropy(logits, targets)
-    correct = jnp.argmax(logits, -1) == batch["label"]
-  else:
-    loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
-    correct = jnp.argmax(logits, -1) == batch["targets"]
-  weight = batch["mask"].astype(jnp.float32)
-  return loss * weight, correct * weight, weight
 
 
 def _micro_batches(batch, num_micro):
@@ -45,14 +20,18 @@ def _micro_batches(batch, num_micro):
   return jax.tree.map(split, batch)
 
 
-def train_step(state, batch, *, model, tx, kind, label_smoothing=0.0, grad_accum_steps=1):
-  """One optimizer step over one global batch; returns (state, metrics)."""
+def train_step(state, batch, *, model, tx, task, grad_accum_steps=1, skip_nonfinite=False):
+  """One optimizer step over one global batch; returns (state, metrics).
+
+  metrics["nonfinite"] is 1 when the loss, the gradient norm or the updated
+  parameters are not finite; with `skip_nonfinite` such an update is not applied
+  (the step counter and the data still advance: that batch is skipped)."""
   step_key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
 
   def loss_sums(params, micro, key):
-    x, kwargs = model_inputs(micro, kind)
+    x, kwargs = task.model_inputs(micro)
     logits, _ = model.apply({"params": params}, x, train=True, rngs={"dropout": key}, **kwargs)
-    loss, correct, weight = weighted_losses(logits, micro, kind, label_smoothing)
+    loss, correct, weight = task.weighted_losses(logits, micro, train=True)
     return loss.sum(), (correct.sum(), weight.sum())
 
   grad_fn = jax.value_and_grad(loss_sums, has_aux=True)
@@ -75,13 +54,19 @@ def train_step(state, batch, *, model, tx, kind, label_smoothing=0.0, grad_accum
   params = optax.apply_updates(state["params"], updates)
   metrics = {"loss": loss / denom, "accuracy": correct / denom,
              "grad_norm": optax.tree.norm(grads), "param_norm": optax.tree.norm(params)}
+  finite = (jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
+            & jnp.isfinite(metrics["param_norm"]))
+  metrics["nonfinite"] = 1 - finite.astype(jnp.int32)
+  if skip_nonfinite:
+    params, opt = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
+                               (params, opt), (state["params"], state["opt"]))
   new_state = dict(state, step=state["step"] + 1, params=params, opt=opt)
   return new_state, metrics
 
 
-def eval_step(params, batch, *, model, kind):
+def eval_step(params, batch, *, model, task):
   """Sums over one batch (padding has weight 0): loss, correct, weight."""
-  x, kwargs = model_inputs(batch, kind)
+  x, kwargs = task.model_inputs(batch)
   logits, _ = model.apply({"params": params}, x, train=False, **kwargs)
-  loss, correct, weight = weighted_losses(logits, batch, kind, 0.0)
+  loss, correct, weight = task.weighted_losses(logits, batch, train=False)
   return {"loss": loss.sum(), "correct": correct.sum(), "weight": weight.sum()}

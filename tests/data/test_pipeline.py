@@ -1,4 +1,5 @@
-"""Order, determinism, exact resume and per-process sharding of `make_input`."""
+"""Order, determinism, exact resume (on any process count) and per-process sharding of
+`make_input`."""
 
 import json
 
@@ -99,6 +100,29 @@ def test_train_shards_are_disjoint_and_cover_the_split():
     shards.append(set(np.concatenate([b["index"] for b in take(input_, per_epoch // 2)])))
   assert all(len(s) == per_epoch for s in shards)
   assert set().union(*shards) == set(range(30))
+
+
+@pytest.mark.parametrize("processes", [2, 4])
+def test_train_batches_are_one_global_stream_for_any_process_count(processes):
+  split = index_split(23)
+  single = take(train_input(split, seed=1, batch=8), 6)
+  shards = [take(train_input(split, seed=1, batch=8, process_index=p, process_count=processes), 6)
+            for p in range(processes)]
+  joined = [{k: np.concatenate([shard[step][k] for shard in shards]) for k in single[0]}
+            for step in range(6)]
+  assert_same(joined, single)  # the per-example random draws included
+
+
+def test_resume_on_another_process_count_continues_the_global_stream():
+  split = index_split(23)
+  reference = take(train_input(split, seed=1, batch=8), 9)
+  interrupted = [train_input(split, seed=1, batch=8, process_index=p, process_count=2)
+                 for p in range(2)]
+  states = [(take(input_, 4), input_.get_state())[1] for input_ in interrupted]
+  assert states[0] == states[1]  # one global position
+  resumed = train_input(split, seed=1, batch=8)
+  resumed.set_state(states[0])
+  assert_same(take(resumed, 5), reference[4:])
 
 
 def test_batch_size_must_divide_among_processes():

@@ -1,18 +1,17 @@
-"""Tokenisers, packing, and perplexity per original token."""
+"""Tokenisers, packing, and perplexity (per model token and per original token)."""
 
 import hashlib
 import math
 
-import ml_collections
 import numpy as np
 import pytest
 
 from mha_jax import data
-from mha_jax.data import offline, pipeline, text
+from mha_jax.data import offline, packing, pipeline, tokenizers
 
 
 def gpt2(cache_dir):
-  return text.make_tokenizer(ml_collections.ConfigDict(dict(tokenizer="gpt2", cache_dir=cache_dir)))
+  return tokenizers.gpt2_tokenizer(cache_dir)
 
 
 def test_gpt2_tokenizer_matches_known_ids_and_round_trips_real_text(cache_dir):
@@ -45,21 +44,21 @@ def test_gpt2_tokenizer_equals_tiktokens_own_r50k_base(cache_dir, tmp_path, monk
 
 def test_char_tokenizer_round_trip_on_real_text(cache_dir):
   (_, work), *_ = offline.shakespeare_works("validation", cache_dir)
-  tokenizer = text.CharTokenizer(work)
+  tokenizer = tokenizers.CharTokenizer(work)
   (ids,) = tokenizer.encode_batch([work])
   assert tokenizer.decode(ids) == work
   assert tokenizer.eos_id == 0 and min(ids) >= 1 and tokenizer.vocab_size == len(set(work)) + 1
 
 
 def test_pack_puts_one_eos_after_each_document():
-  stream = text.pack([[5, 6], [], [7]], eos_id=0)
+  stream = packing.pack([[5, 6], [], [7]], eos_id=0)
   np.testing.assert_array_equal(stream, [5, 6, 0, 0, 7, 0])
 
 
 @pytest.mark.parametrize("length, seq_len", [(2, 4), (9, 4), (10, 3), (101, 10)])
 def test_packed_sequences_use_every_token_once(length, seq_len):
   stream = np.arange(100, 100 + length)
-  sequences = text.PackedSequences(stream, seq_len)
+  sequences = packing.PackedSequences(stream, seq_len)
   examples = [sequences[i] for i in range(len(sequences))]
   targets = np.concatenate([e["targets"][e["mask"] == 1] for e in examples])
   inputs = np.concatenate([e["inputs"][e["mask"] == 1] for e in examples])
@@ -70,8 +69,7 @@ def test_packed_sequences_use_every_token_once(length, seq_len):
 
 def test_eval_pass_over_a_packed_split_covers_the_stream_once():
   stream = np.arange(1, 1 + 1000)
-  cfg = ml_collections.ConfigDict(dict(seq_len=16))
-  split = text.make_split("toy", stream, None, text.CharTokenizer("ab"), cfg)
+  split = packing.make_split("toy", stream, None, tokenizers.CharTokenizer("ab"), seq_len=16)
   targets = []
   for process in range(3):
     input_ = pipeline.make_input(split, global_batch_size=12, train=False, seed=0,
@@ -83,15 +81,15 @@ def test_eval_pass_over_a_packed_split_covers_the_stream_once():
 
 def test_original_token_counts():
   line_text = " = Title = \n \n The cat sat . \n"
-  assert text.count_original_tokens(line_text, "words_per_line") == (3 + 1) + (4 + 1)
-  assert text.count_original_tokens("a b c", "words") == 4
+  assert packing.count_original_tokens(line_text, "words_per_line") == (3 + 1) + (4 + 1)
+  assert packing.count_original_tokens("a b c", "words") == 4
 
 
-def test_perplexity_per_original_token():
-  info = pipeline.DatasetInfo(name="x", kind="text", num_examples=1,
-                              original_tokens_per_token=0.5)
+def test_perplexity_per_model_and_per_original_token():
+  assert data.perplexity(1.5) == pytest.approx(math.exp(1.5))
   # 100 model tokens, mean NLL 1.5 → total 150 nats over 50 words.
-  assert data.perplexity_per_original_token(1.5, info) == pytest.approx(math.exp(150 / 50))
+  assert data.perplexity(1.5, 0.5) == pytest.approx(math.exp(150 / 50))
+  assert data.perplexity(1e4) == pytest.approx(math.exp(packing.MAX_LOG_PERPLEXITY))  # no overflow
 
 
 def test_shakespeare_bpe_cache_is_reused(cache_dir):

@@ -5,7 +5,13 @@ import pytest
 import tensorflow_datasets as tfds
 
 from mha_jax import data
-from mha_jax.data import text, tfds_data
+from mha_jax.data import sources, tokenizers
+
+
+# Published class counts, to check the ones read from TFDS's dataset_info.
+NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "imagenet2012": 1000, "oxford_flowers102": 102,
+               "food101": 101, "stanford_dogs": 120, "cars196": 196}
+TFDS_TEXT = sorted(n for n, row in data.DATASETS.items() if row.source == "tfds" and row.kind == "text")
 
 
 def build(config, train, batch=4):
@@ -14,11 +20,16 @@ def build(config, train, batch=4):
                           process_index=0, process_count=1)
 
 
-@pytest.mark.parametrize("name", sorted(tfds_data.IMAGE_DATASETS))
+def test_every_tfds_image_dataset_is_tested():
+  tfds_images = {n for n, row in data.DATASETS.items() if row.source == "tfds" and row.kind == "image"}
+  assert tfds_images == set(NUM_CLASSES)
+
+
+@pytest.mark.parametrize("name", sorted(NUM_CLASSES))
 def test_image_datasets_under_mock_data(name):
   config = data.default_data_config(name)
   config.image_size = 24  # keep the per-example resizes cheap; the real size is in the config
-  num_classes = tfds_data.IMAGE_DATASETS[name][2]
+  num_classes = NUM_CLASSES[name]
   with tfds.testing.mock_data(num_examples=6):
     train, evaluation = build(config, train=True), build(config, train=False)
     train_batch, eval_batches = next(train), list(evaluation)
@@ -43,18 +54,18 @@ def test_cifar_train_batch_with_the_deit_recipe_has_soft_labels():
   np.testing.assert_allclose(batch["soft_label"].sum(-1), 1.0, rtol=1e-6)
 
 
-@pytest.mark.parametrize("name", sorted(tfds_data.TEXT_DATASETS))
+@pytest.mark.parametrize("name", TFDS_TEXT)
 def test_text_datasets_under_mock_data(name, cache_dir):
   config = data.default_data_config(name)
   config.update(dict(cache_dir=cache_dir, seq_len=16))
   with tfds.testing.mock_data(num_examples=5):
-    documents = list(tfds_data.read_documents(
-        tfds_data.data_source(name, config.eval_split, ""), tuple(config.text_keys)))
+    documents = list(sources.read_documents(
+        sources.data_source(name, config.eval_split, ""), data.DATASETS[name].text_keys))
     evaluation = build(config, train=False)
     batches = list(evaluation)
     train_batch = next(build(config, train=True))
   # Independent count: every document's BPE tokens plus one EOS each are the targets + 1.
-  tokenizer = text.gpt2_tokenizer(cache_dir)
+  tokenizer = tokenizers.gpt2_tokenizer(cache_dir)
   expected = sum(len(ids) + 1 for ids in tokenizer.encode_batch(documents))
   assert sum(b["mask"].sum() for b in batches) == expected - 1
   for batch in [train_batch, *batches]:

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from mha_jax import analysis
-from mha_jax.train import checkpoint, config_util, steps, train_and_evaluate
+from mha_jax.train import checkpoint, config_util, steps, tasks, train_and_evaluate
 from mha_jax.train import train as train_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -58,12 +58,13 @@ def direct_intermediates(kind, workdir):
   """First eval batch's per-layer residual stream, from params loaded here; checks
   they are the trained ones by reproducing the logged final eval loss."""
   config = tiny_config(kind)
-  eval_input = train_lib.build_input(config, train=False)
-  model = train_lib.build_model(config.model, eval_input.info)
+  eval_input = train_lib.make_input(config, train=False)
+  task = tasks.make_task(config, eval_input.info)
+  model = train_lib.make_model(config.model, task)
   params = checkpoint.load_init_params(str(workdir), model)
   batch = next(iter(eval_input))
   assert np.all(batch["mask"] == 1)   # no padded example: every token pair counts
-  sums = steps.eval_step(params, batch, model=model, kind="image")
+  sums = steps.eval_step(params, batch, model=model, task=task)
   np.testing.assert_allclose(sums["loss"] / sums["weight"], eval_rows(workdir)[-1]["loss"],
                              rtol=1e-5)
   _, intermediates = model.apply({"params": params}, batch["image"], train=False,
@@ -113,10 +114,10 @@ def test_uniformity_cli_prints_trained_and_fresh_statistics(runs, capsys, tmp_pa
   uniformity.main(None)
   fields = table_rows(capsys.readouterr().out)["init:smoke,attention=hopfield"]
   config = tiny_config("hopfield")
-  eval_input = train_lib.build_input(config, train=False)
-  model = train_lib.build_model(config.model, eval_input.info)
-  boxed = model.init({"params": jax.random.key(config.seed)},
-                     train_lib.dummy_input(eval_input.info), train=False)
+  eval_input = train_lib.make_input(config, train=False)
+  task = tasks.make_task(config, eval_input.info)
+  model = train_lib.make_model(config.model, task)
+  boxed = model.init({"params": jax.random.key(config.seed)}, task.dummy_input(), train=False)
   _, intermediates = model.apply(boxed, next(iter(eval_input))["image"], train=False,
                                  return_intermediates=True)
   cosines = analysis.pairwise_token_cosine(intermediates["residual"][0])

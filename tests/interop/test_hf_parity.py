@@ -152,7 +152,7 @@ def test_vit_in_memory_state_dict_names(hf_vit):
   hf, directory = hf_vit
   state_dict = {k: v.numpy() for k, v in hf.state_dict().items()}
   assert "vit.layers.0.attention.q_proj.weight" in state_dict
-  params, _ = vit.import_state_dict(state_dict, 2, 3, "memory")
+  params, _ = vit.TABLE.import_state_dict(state_dict, 2, 3, "memory")
   model = interop.model_from_pretrained(directory, scan_layers=False)
   from_file = common.flatten(interop.load_pretrained(directory, model))
   assert_params_equal(params, from_file)

@@ -11,7 +11,7 @@ import transformers
 
 from mha_jax import interop
 from mha_jax.interop import common
-from mha_jax.models import layers
+from mha_jax.models import param_layout
 from mha_jax.train import checkpoint, config_util, train_and_evaluate
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[2] / "configs"
@@ -42,11 +42,11 @@ def test_training_config_init_from_hf_directory(hf_gpt2_64, tmp_path):
   workdir = str(tmp_path / "run")
   train_and_evaluate(config, workdir)
 
-  trained = jax.tree.map(np.asarray, checkpoint._load_orbax_params(workdir))
+  trained = jax.tree.map(np.asarray, checkpoint.load_params(workdir))
   model = interop.model_from_pretrained(hf_gpt2_64, attention=dict(config.model.attention))
   expected = interop.load_pretrained(hf_gpt2_64, model)
-  flat_trained = common.flatten(layers.unstack_layer_params(trained))
-  flat_expected = common.flatten(layers.unstack_layer_params(expected))
+  flat_trained = common.flatten(param_layout.unstack_layer_params(trained))
+  flat_expected = common.flatten(param_layout.unstack_layer_params(expected))
   assert sorted(flat_trained) == sorted(flat_expected)
   for path, value in flat_expected.items():
     np.testing.assert_array_equal(flat_trained[path], value, err_msg=path)

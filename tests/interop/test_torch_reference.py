@@ -11,7 +11,7 @@ import torch
 
 from mha_jax import attention
 from mha_jax.interop import torch_reference
-from mha_jax.models import layers
+from mha_jax.models import layers, param_layout, stack_config
 
 # Compile-bound (one XLA compile per case, 2 shared CPU cores): skip the expensive
 # LLVM passes; the arithmetic compared is the same.
@@ -41,10 +41,10 @@ def run_both(att, causal, mlp="gelu_tanh", seed=0, llama=False):
       {name: p.grad for name, p in ref.named_parameters()}, HEADS)
 
   jax_shape = dict(shape, use_bias=shape.pop("bias", True))
-  cfg = layers.StackConfig(num_layers=LAYERS, width=WIDTH, num_heads=HEADS, mlp_dim=MLP,
+  cfg = stack_config.StackConfig(num_layers=LAYERS, width=WIDTH, num_heads=HEADS, mlp_dim=MLP,
                            attention=dataclass_dict(att), **jax_shape)
   stack = layers.LayerStack(cfg)
-  params = layers.stack_layer_params(
+  params = param_layout.stack_layer_params(
       torch_reference.stack_tensors_to_jax(ref.state_dict(), HEADS))
   mask = attention.causal_mask(LENGTH) if causal else None
 
@@ -57,7 +57,7 @@ def run_both(att, causal, mlp="gelu_tanh", seed=0, llama=False):
   (_, (out_j, inter)), (grads_j, dx_j) = step.compile(FAST_COMPILE)(*args)
   return dict(out=(np.asarray(out_j), out_t.detach().numpy()),
               dx=(np.asarray(dx_j), x_t.grad.numpy()),
-              grads=(layers.unstack_layer_params(grads_j), torch_grads),
+              grads=(param_layout.unstack_layer_params(grads_j), torch_grads),
               hidden=(inter.get("hidden_state"), hidden_t))
 
 

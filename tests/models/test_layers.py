@@ -6,15 +6,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mha_jax.models import layers
+from mha_jax import attention
+from mha_jax.models import layers, param_layout
+from mha_jax.models.stack_config import AttentionConfig, StackConfig
 
 WIDTH, HEADS, MLP, LAYERS, LENGTH, BATCH = 12, 3, 20, 4, 6, 2
 
 
 def stack_config(**attention_kw):
-  return layers.StackConfig(num_layers=LAYERS, width=WIDTH, num_heads=HEADS, mlp_dim=MLP,
+  return StackConfig(num_layers=LAYERS, width=WIDTH, num_heads=HEADS, mlp_dim=MLP,
                             mlp="gelu_tanh", norm_eps=1e-5, init_std=0.3,
-                            attention=layers.AttentionConfig(**attention_kw))
+                            attention=AttentionConfig(**attention_kw))
 
 
 def init_stack(cfg, x, mask=None):
@@ -72,11 +74,11 @@ def np_stack(params, x, att, causal, skip=True):
 def test_mha_stack_matches_numpy_equations(kind, h0, causal):
   cfg = stack_config(kind=kind, alpha=0.6, alpha_hidden=0.7, h0=h0)
   x = jax.random.normal(jax.random.key(1), (BATCH, LENGTH, WIDTH))
-  mask = layers.attention.causal_mask(LENGTH) if causal else None
+  mask = attention.causal_mask(LENGTH) if causal else None
   params = init_stack(cfg, x, mask)
   out, per_layer = layers.LayerStack(cfg).apply({"params": params}, x, mask,
                                                 return_intermediates=True)
-  expected_x, expected_h = np_stack(layers.unstack_layer_params(params), np.asarray(x, np.float64),
+  expected_x, expected_h = np_stack(param_layout.unstack_layer_params(params), np.asarray(x, np.float64),
                                     cfg.attention, causal)
   np.testing.assert_allclose(out, expected_x, atol=1e-5)
   np.testing.assert_allclose(per_layer["hidden_state"][-1], expected_h, atol=1e-5)
@@ -84,12 +86,12 @@ def test_mha_stack_matches_numpy_equations(kind, h0, causal):
 
 
 def test_no_skip_stack_matches_numpy():
-  cfg = layers.StackConfig(**{**stack_config(kind="hopfield", alpha=0.6, alpha_hidden=0.7).__dict__,
+  cfg = StackConfig(**{**stack_config(kind="hopfield", alpha=0.6, alpha_hidden=0.7).__dict__,
                               "skip_connections": False})
   x = jax.random.normal(jax.random.key(1), (BATCH, LENGTH, WIDTH))
   params = init_stack(cfg, x)
   out, _ = layers.LayerStack(cfg).apply({"params": params}, x)
-  expected, _ = np_stack(layers.unstack_layer_params(params), np.asarray(x, np.float64),
+  expected, _ = np_stack(param_layout.unstack_layer_params(params), np.asarray(x, np.float64),
                          cfg.attention, causal=False, skip=False)
   np.testing.assert_allclose(out, expected, atol=1e-5)
 
@@ -104,24 +106,24 @@ def loss_fn(cfg, x, mask):
 @pytest.mark.parametrize("kind", ["standard", "hopfield"])
 @pytest.mark.parametrize("remat_policy", ["none", "full", "dots", "qkv_proj"])
 def test_scan_and_loop_agree_in_values_and_gradients(kind, remat_policy):
-  scanned = layers.StackConfig(**{**stack_config(kind=kind).__dict__, "remat_policy": remat_policy})
-  looped = layers.StackConfig(**{**scanned.__dict__, "scan_layers": False})
+  scanned = StackConfig(**{**stack_config(kind=kind).__dict__, "remat_policy": remat_policy})
+  looped = StackConfig(**{**scanned.__dict__, "scan_layers": False})
   x = jax.random.normal(jax.random.key(2), (BATCH, LENGTH, WIDTH))
-  mask = layers.attention.causal_mask(LENGTH)
+  mask = attention.causal_mask(LENGTH)
   params = init_stack(stack_config(kind=kind), x, mask)
   loss_s, grad_s = jax.value_and_grad(loss_fn(scanned, x, mask))(params)
-  loss_l, grad_l = jax.value_and_grad(loss_fn(looped, x, mask))(layers.unstack_layer_params(params))
+  loss_l, grad_l = jax.value_and_grad(loss_fn(looped, x, mask))(param_layout.unstack_layer_params(params))
   np.testing.assert_allclose(loss_s, loss_l, rtol=1e-6)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6),
-               grad_s, layers.stack_layer_params(grad_l))
+               grad_s, param_layout.stack_layer_params(grad_l))
 
 
 def test_stack_unstack_round_trip_and_loop_init_layout():
-  cfg = layers.StackConfig(**{**stack_config().__dict__, "scan_layers": False})
+  cfg = StackConfig(**{**stack_config().__dict__, "scan_layers": False})
   x = jnp.ones((1, LENGTH, WIDTH))
   looped = nn.unbox(layers.LayerStack(cfg).init(jax.random.key(0), x))["params"]
   assert sorted(looped) == [f"layers_{i}" for i in range(LAYERS)]
-  restacked = layers.unstack_layer_params(layers.stack_layer_params(looped))
+  restacked = param_layout.unstack_layer_params(param_layout.stack_layer_params(looped))
   jax.tree.map(np.testing.assert_array_equal, restacked, looped)
 
 
@@ -129,7 +131,7 @@ def test_stack_unstack_round_trip_and_loop_init_layout():
 def test_causality_gradient_after_t_is_exactly_zero(kind):
   cfg = stack_config(kind=kind, h0="first_scores")
   x = jax.random.normal(jax.random.key(3), (1, LENGTH, WIDTH))
-  mask = layers.attention.causal_mask(LENGTH)
+  mask = attention.causal_mask(LENGTH)
   params = init_stack(cfg, x, mask)
   t = 2
   grad_x = jax.grad(lambda x: layers.LayerStack(cfg).apply({"params": params}, x, mask)[0][0, t].sum())(x)
@@ -157,12 +159,12 @@ def test_alpha_hidden_zero_with_standard_residual_is_the_baseline():
 
 def test_fused_standard_attention_matches_the_naive_path():
   x = jax.random.normal(jax.random.key(9), (BATCH, LENGTH, WIDTH))
-  mask = layers.attention.causal_mask(LENGTH) & (jnp.arange(LENGTH) > 0)[None, None, None, :]
+  mask = attention.causal_mask(LENGTH) & (jnp.arange(LENGTH) > 0)[None, None, None, :]
   params = init_stack(stack_config(), x, mask)
   naive = layers.LayerStack(stack_config()).apply({"params": params}, x, mask)[0]
   fused = layers.LayerStack(stack_config(implementation="xla")).apply({"params": params}, x, mask)[0]
   np.testing.assert_allclose(fused, naive, atol=1e-5)
-  with pytest.raises(ValueError, match="needs kind='standard'"):
+  with pytest.raises(ValueError, match=r"implementation \(kind='hopfield'\)='cudnn' is not allowed"):
     stack_config(kind="hopfield", implementation="cudnn")
 
 
@@ -189,10 +191,10 @@ def test_noise_h0_is_a_fixed_draw_and_matters():
   assert np.abs(np.asarray(run() - run(h0_noise_seed=1))).max() > 1e-4
   zeros = layers.LayerStack(stack_config(kind="hopfield")).apply({"params": params}, x)[0]
   np.testing.assert_allclose(run(h0_noise_std=0.0), zeros, atol=1e-6)
-  h0 = layers.initial_hidden_state(stack_config(kind="hopfield", h0="noise").attention, 3, HEADS, 5)
+  h0 = attention.initial_hidden_state(3, HEADS, 5, noise_std=1.0, noise_seed=0)
   np.testing.assert_array_equal(h0[0], h0[2])   # one H_0 for every example
   np.testing.assert_array_equal(
-      layers.initial_hidden_state(stack_config(kind="hopfield", h0="noise").attention, 1, HEADS, 5)[0],
+      attention.initial_hidden_state(1, HEADS, 5, noise_std=1.0, noise_seed=0)[0],
       h0[0])                                     # whatever the batch size
 
 
@@ -200,7 +202,7 @@ def test_bfloat16_compute_keeps_hidden_state_float32():
   x = jax.random.normal(jax.random.key(7), (BATCH, LENGTH, WIDTH))
   params = init_stack(stack_config(), x)
   f32 = stack_config(kind="hopfield")
-  bf16 = layers.StackConfig(**{**f32.__dict__, "dtype": "bfloat16"})
+  bf16 = StackConfig(**{**f32.__dict__, "dtype": "bfloat16"})
   out32, inter32 = layers.LayerStack(f32).apply({"params": params}, x, return_intermediates=True)
   out16, inter16 = layers.LayerStack(bf16).apply({"params": params}, x, return_intermediates=True)
   assert out16.dtype == jnp.bfloat16 and inter16["hidden_state"].dtype == jnp.float32
@@ -209,7 +211,7 @@ def test_bfloat16_compute_keeps_hidden_state_float32():
 
 
 def test_dropout_needs_and_uses_the_rng():
-  cfg = layers.StackConfig(**{**stack_config(kind="hopfield").__dict__, "dropout": 0.3,
+  cfg = StackConfig(**{**stack_config(kind="hopfield").__dict__, "dropout": 0.3,
                               "attention_dropout": 0.3})
   x = jax.random.normal(jax.random.key(8), (BATCH, LENGTH, WIDTH))
   params = init_stack(cfg, x)

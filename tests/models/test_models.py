@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from mha_jax.models import build_model, gpt, llama, vit
-from mha_jax.models.layers import stack_layer_params, unstack_layer_params
+from mha_jax.models.param_layout import stack_layer_params, unstack_layer_params
 
 TINY = dict(num_layers=2, width=24, num_heads=3, mlp_dim=40)
 

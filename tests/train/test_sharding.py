@@ -13,12 +13,13 @@ import jax
 import numpy as np
 import pytest
 
-from mha_jax.train import config_util, optim, sharding, train
+from mha_jax.train import config_util, optim, sharding, state, tasks, train
 
 TOL = 2e-5
 pytestmark = pytest.mark.slow   # ~10 s of compilation per mesh on 2 cores
 MESHES = [dict(data=8), dict(fsdp=8), dict(data=2, tensor=4)]
 INFO = types.SimpleNamespace(kind="text", vocab_size=64, seq_len=16)
+TASK = tasks.LanguageModelling(INFO)
 
 
 def tiny_config(**mesh):
@@ -40,17 +41,18 @@ def text_batch():
 def run_steps(config, devices, grad_accum_steps=1, num_steps=2):
   mesh = sharding.make_mesh(config.mesh, devices)
   rules = sharding.logical_rules(config)
-  model = train.build_model(config.model, INFO)
+  model = train.make_model(config.model, TASK)
   tx, _ = optim.make_optimizer(config.optim, 10)
-  make, state_sh, _ = train.init_state(config, model, tx, INFO, mesh, rules)
+  setup = state.setup_state(config, model, tx, TASK, mesh, rules)
   config.grad_accum_steps = grad_accum_steps
-  step_fn, _ = train.compile_steps(config, model, tx, "text", state_sh, mesh)
-  state, losses = make(), []
+  step_fn, _ = train.make_steps(config, model, tx, TASK, setup.shardings, mesh)
+  train_state, losses = setup.state, []
   with sharding.step_context(mesh, rules):
     for _ in range(num_steps):
-      state, metrics = step_fn(state, sharding.to_global(text_batch(), sharding.batch_sharding(mesh)))
+      train_state, metrics = step_fn(
+          train_state, sharding.to_global(text_batch(), sharding.batch_sharding(mesh)))
       losses.append(float(metrics["loss"]))
-  return losses, jax.device_get(state["params"]), state
+  return losses, jax.device_get(train_state["params"]), train_state
 
 
 @pytest.fixture(scope="module")
@@ -65,11 +67,11 @@ def max_param_diff(a, b):
 
 @pytest.mark.parametrize("mesh", MESHES, ids=lambda m: "-".join(f"{k}{v}" for k, v in m.items()))
 def test_mesh_matches_one_device(mesh, reference):
-  losses, params, state = run_steps(tiny_config(**mesh), jax.devices())
+  losses, params, train_state = run_steps(tiny_config(**mesh), jax.devices())
   np.testing.assert_allclose(losses, reference[0], atol=TOL)
   assert max_param_diff(params, reference[1]) < TOL
   if mesh.get("fsdp", 1) > 1:  # parameters really are split, not replicated
-    kernel = state["params"]["decoder"]["layers"]["mlp"]["fc1"]["kernel"]
+    kernel = train_state["params"]["decoder"]["layers"]["mlp"]["fc1"]["kernel"]
     assert "fsdp" in str(kernel.sharding.spec)
 
 
@@ -86,10 +88,10 @@ def test_hidden_state_sharded_over_heads():
   config = tiny_config(data=2, tensor=4)
   mesh = sharding.make_mesh(config.mesh)
   rules = sharding.logical_rules(config)
-  model = train.build_model(config.model, INFO)
+  model = train.make_model(config.model, TASK)
   tx, _ = optim.make_optimizer(config.optim, 10)
-  make, state_sh, _ = train.init_state(config, model, tx, INFO, mesh, rules)
-  params = make()["params"]
+  setup = state.setup_state(config, model, tx, TASK, mesh, rules)
+  params, state_sh = setup.state["params"], setup.shardings
 
   def hidden_states(params, tokens):
     _, out = model.apply({"params": params}, tokens, return_intermediates=True)

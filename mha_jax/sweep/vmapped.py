@@ -1,0 +1,155 @@
+"""K training runs of one model in ONE compiled step: `jax.vmap` of the train
+package's own `train_step` over the per-run state (params, optimizer moments,
+step, rng), the per-run batch, and the per-run α / α′.
+
+What may differ between the K runs is what the compiled computation does not
+depend on structurally: the seed (init, dropout and data order) and, for MHA,
+the scalars α and α′, which reach `LayerStack` as a traced
+`layers.OVERRIDES` collection instead of the frozen config. Depth, kind,
+residual form or h0 change the program: those are separate groups.
+
+Run i equals `train_step` applied alone to a model configured with α_i, α′_i
+and seed_i (tests/sweep/test_vmapped.py checks it to 1e-5).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import itertools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from mha_jax.models import layers
+from mha_jax.train import metrics as metrics_lib
+from mha_jax.train import optim, steps
+from mha_jax.train import train as train_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSetting:
+  """One member of a vmapped group; α, α′ None = the config's values."""
+  seed: int
+  alpha: float | None = None
+  alpha_hidden: float | None = None
+
+
+def stack_scope(params):
+  """Name of the model's LayerStack (its params hold "layers" or "layers_0")."""
+  for name, sub in params.items():
+    if isinstance(sub, dict) and ("layers" in sub or "layers_0" in sub):
+      return name
+  raise ValueError(f"no layer stack among the model's modules {sorted(params)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class WithOverrides:
+  """A model whose `apply` adds α / α′ arrays as the stack's OVERRIDES collection;
+  what `steps.train_step` and `steps.eval_step` see as `model`."""
+  model: nn.Module
+  scope: str
+  overrides: dict
+
+  def apply(self, variables, *args, **kwargs):
+    return self.model.apply({**variables, layers.OVERRIDES: {self.scope: self.overrides}},
+                            *args, **kwargs)
+
+
+def _with(model, scope, overrides):
+  return WithOverrides(model, scope, overrides) if overrides else model
+
+
+def sweep_train_step(states, batches, overrides, *, model, scope, **step_kw):
+  """[K]-stacked state, batch and overrides → [K]-stacked (state, metrics)."""
+  def one(state, batch, run_overrides):
+    return steps.train_step(state, batch, model=_with(model, scope, run_overrides), **step_kw)
+  return jax.vmap(one)(states, batches, overrides)
+
+
+def sweep_eval_step(params, batch, overrides, *, model, scope, **step_kw):
+  """[K] params and overrides, one shared eval batch → [K] sums."""
+  def one(run_params, run_overrides):
+    return steps.eval_step(run_params, batch, model=_with(model, scope, run_overrides),
+                           **step_kw)
+  return jax.vmap(one)(params, overrides)
+
+
+def stack_trees(trees):
+  return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
+def run_config(config, setting):
+  """The single-run config that run `setting` of a vmapped group equals."""
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.seed = setting.seed
+  for name in ("alpha", "alpha_hidden"):
+    if getattr(setting, name) is not None:
+      config.model.attention[name] = getattr(setting, name)
+  return config
+
+
+class VmappedGroup:
+  """Builds, initialises and trains the K runs of one group on the config's data.
+
+  `config` is a normal training config; `settings` the K RunSettings. α / α′ may
+  only vary for `attention.kind == "hopfield"` (elsewhere they mean nothing).
+  """
+
+  def __init__(self, config, settings):
+    self.config, self.settings = config, list(settings)
+    kind = config.model.get("attention", {}).get("kind", "standard")
+    self.override_names = tuple(
+        name for name in layers.OVERRIDABLE
+        if any(getattr(s, name) is not None for s in self.settings))
+    if self.override_names and kind != "hopfield":
+      raise ValueError(f"α/α′ settings need attention.kind='hopfield', got {kind!r}")
+    self.inputs = [train_lib.build_input(run_config(config, s), train=True)
+                   for s in self.settings]
+    self.info = self.inputs[0].info
+    self.model = train_lib.build_model(config.model, self.info)
+    self.tx, _ = optim.make_optimizer(config.optim, config.total_steps)
+    step_kw = dict(kind=self.info.kind)
+    init = [nn.unbox(train_lib.make_init(self.model, self.tx, self.info, s.seed)(
+        jax.random.key(s.seed))) for s in self.settings]
+    self.states = stack_trees(init)
+    self.scope = stack_scope(init[0]["params"])
+    self.overrides = {name: jnp.asarray(
+        [getattr(s, name) if getattr(s, name) is not None
+         else config.model.attention[name] for s in self.settings], jnp.float32)
+        for name in self.override_names}
+    self.train_fn = jax.jit(functools.partial(
+        sweep_train_step, model=self.model, scope=self.scope,
+        label_smoothing=config.get("label_smoothing", 0.0),
+        grad_accum_steps=config.grad_accum_steps, tx=self.tx, **step_kw), donate_argnums=(0,))
+    self.eval_fn = jax.jit(functools.partial(
+        sweep_eval_step, model=self.model, scope=self.scope, **step_kw))
+
+  def next_batches(self):
+    return stack_trees([jax.tree.map(jnp.asarray, next(i)) for i in self.inputs])
+
+  def train(self, num_steps):
+    """Trains every run `num_steps` steps; returns the [num_steps, K] losses."""
+    losses = []
+    for _ in range(num_steps):
+      self.states, metrics = self.train_fn(self.states, self.next_batches(), self.overrides)
+      losses.append(metrics["loss"])
+    return np.asarray(jax.device_get(losses))
+
+  def evaluate(self, max_batches=-1):
+    """Per-run eval summaries (the train package's), one list entry per run."""
+    eval_input = train_lib.build_input(self.config, train=False)
+    batches = eval_input if max_batches < 0 else itertools.islice(eval_input, max_batches)
+    totals = None
+    for batch in batches:
+      sums = self.eval_fn(self.states["params"], jax.tree.map(jnp.asarray, batch),
+                          self.overrides)
+      totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+    totals = jax.device_get(totals)
+    info = eval_input.info
+    return [metrics_lib.summarize_eval(jax.tree.map(lambda a, k=k: a[k], totals), info.kind,
+                                       info.original_tokens_per_token)
+            for k in range(len(self.settings))]

@@ -1,0 +1,99 @@
+"""The command line: every expected failure is one stderr line and exit 1
+(`--debug` keeps the traceback), `--help` exits 0 with the config's fields and
+arguments, and a signal during start-up exits 130 without a core."""
+
+import errno
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from mha_jax import main as cli
+from mha_jax.train import workdir as workdir_lib
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+SMOKE = f"--config={ROOT}/configs/gpt2_wikitext103.py:smoke"
+
+
+def run_cli(capsys, *args):
+  status = cli.main(["mha-train", *args])
+  captured = capsys.readouterr()
+  return status, captured.out, captured.err.splitlines()
+
+
+@pytest.mark.parametrize("args, message", [
+    ([f"--config={ROOT}/configs/demo.py:alhpa=1"], "unknown config arg 'alhpa'; allowed: "),
+    ([SMOKE, "--config.foo=1"], "--config.foo=1: the config has no field foo; list the fields"),
+    ([SMOKE, "--config.optim.learning_rat=1"],
+     "no field optim.learning_rat (did you mean optim.learning_rate?)"),
+    ([f"--config={ROOT}/configs/nope.py"], "No such file or directory"),
+    ([f"--config={ROOT}/configs/demo.py:alpha_hidden=-0.1"],
+     "attention.alpha_hidden=-0.1 is outside [0, 1]"),
+    ([SMOKE, "--config.model.attention.alpha_hidden=-0.1"],
+     "attention.alpha_hidden=-0.1 is outside [0, 1]"),
+    ([SMOKE, "--config.total_steps=0"], "config.total_steps=0 must be >= 1"),
+    ([SMOKE, "--config.init_from=/nonexistent/run"],
+     "init_from='/nonexistent/run': no checkpoint in /nonexistent/run/checkpoints"),
+])
+def test_expected_failures_are_one_line(args, message, capsys, tmp_path):
+  # Issue 9 case 8: these were 15- to 57-line tracebacks; case 5: `:alpha_hidden=-0.1` exited 0.
+  workdir = tmp_path / "run"
+  status, _, err = run_cli(capsys, f"--workdir={workdir}", *args)
+  assert status == 1 and len(err) == 1 and err[0].startswith("error: "), err
+  assert message in err[0]
+  assert not (workdir / "config.json").exists()   # a failed start leaves no identity behind
+
+
+def test_unwritable_workdir_is_one_line(capsys, tmp_path):
+  (tmp_path / "file").write_text("")
+  status, _, err = run_cli(capsys, f"--workdir={tmp_path}/file/run", SMOKE)
+  assert status == 1 and err == [f"error: cannot write: {tmp_path}/file/run: Not a directory"]
+
+
+def test_full_disk_is_one_line_naming_the_cause(capsys, tmp_path, monkeypatch):
+  def full_disk(config, directory):
+    cause = OSError(errno.ENOSPC, "No space left on device", f"{directory}/config.json")
+    raise RuntimeError("save failed in a background thread") from cause
+
+  monkeypatch.setattr(workdir_lib, "write_config", full_disk)
+  status, _, err = run_cli(capsys, f"--workdir={tmp_path}", SMOKE)
+  assert status == 1
+  assert err == [f"error: cannot write: {tmp_path}/config.json: No space left on device"]
+  assert not (tmp_path / workdir_lib.LOCK).exists()   # released on the way out
+
+
+def test_debug_shows_the_traceback(capsys, tmp_path):
+  with pytest.raises(ValueError, match="total_steps=0"):
+    cli.main(["mha-train", f"--workdir={tmp_path}", SMOKE, "--config.total_steps=0", "--debug"])
+
+
+def test_help_exits_0_with_fields_and_arguments(capsys):
+  # Issue 9 case 10: `--help` exited 1 and showed no config field.
+  status, out, _ = run_cli(capsys, "--help")
+  assert status == 0
+  assert ("configs/vit_cifar.py: size=Ti, dataset=cifar100, attention=standard, alpha=0.5, "
+          "alpha_hidden=None") in out
+  status, out, _ = run_cli(capsys, "--help", SMOKE)
+  assert status == 0 and "  --config.optim.learning_rate=0.003\n" in out
+  assert "  --config.model.attention.alpha_hidden=0.5\n" in out
+  assert "arguments (:key=value): size=small, attention=standard" in out
+
+
+@pytest.mark.slow
+def test_sigint_during_start_up_exits_130_without_a_core(tmp_path):
+  # Issue 9 case 7: Ctrl-C in the first seconds ended in a segfault (exit 139).
+  env = dict(os.environ, PYTHONPATH=str(ROOT))
+  child = subprocess.Popen([sys.executable, "-m", "mha_jax.main", SMOKE,
+                            f"--workdir={tmp_path}/run"], cwd=ROOT, env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  time.sleep(1.0)
+  child.send_signal(signal.SIGINT)
+  _, err = child.communicate(timeout=120)
+  assert child.returncode == 130, err[-2000:]
+  assert err.splitlines()[-1].startswith("interrupted: SIGINT during "), err[-2000:]
+  assert "Traceback" not in err and "Segmentation" not in err
+  assert not (tmp_path / "run" / "checkpoints").exists()
