@@ -86,11 +86,13 @@ def _load(out, row, attention, topology):
 
 
 def table(out, topologies):
-  header = "| model | per-chip batch | " + " | ".join(
-      f"{t} std | {t} MHA | MHA's H" for t in topologies) + " |"
-  lines = [header, "|" + "---|" * (2 + 3 * len(topologies))]
+  """Markdown: per topology, standard and MHA: ✓/✗, the remat policy, bytes per chip."""
+  header = ("| model | batch per chip | MHA's H per chip (L·B·N·T²·4) | "
+            + " | ".join(f"{t} standard | {t} MHA" for t in topologies) + " |")
+  lines = [header, "|" + "---|" * (3 + 2 * len(topologies))]
   for row, _, per_chip in MODELS:
-    cells = [row, str(per_chip)]
+    mha = next((r for t in topologies for r in [_load(out, row, "MHA", t)] if r), None)
+    cells = [row, str(per_chip), f"{mha['hidden_state_bytes'] / GiB:.1f} GiB" if mha else "–"]
     for topology in topologies:
       for attention in ATTENTION:
         result = _load(out, row, attention, topology)
@@ -98,8 +100,6 @@ def table(out, topologies):
           cells.append(_derived_cell(_load(out, row, attention, DERIVED[topology]), topology))
         else:
           cells.append(_cell(result))
-      mha = _load(out, row, "MHA", topology) or _load(out, row, "MHA", DERIVED.get(topology, ""))
-      cells.append(f"{mha['hidden_state_bytes'] / GiB:.1f} GiB" if mha else "–")
     lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines)
 
@@ -119,13 +119,16 @@ def _derived_cell(source, topology):
 
 
 def _cell(result):
-  """'✓ dots_no_batch 9.1 GiB (57%)' / '✗ needs 31 GiB (full)' / '–' (not compiled)."""
+  """'✓ dots_no_batch 9.1 GiB (57%)' / '✗ needs 31 GiB (full)' / '–' (not compiled);
+  ‡ = quick estimate (XLA's memory check, not a full compile)."""
   if result is None:
     return "–"
   total, policy = result["total_bytes"], result["remat_policy"]
   quick = "‡" if result["error"].startswith("quick") else ""
   if result["fits"]:
-    return f"✓ {policy}: {total / GiB:.1f} GiB{quick} ({100 * total / result['hbm_bytes']:.0f}%)"
+    share = total / result["hbm_bytes"]
+    mark = "✓?" if quick and share > 0.9 else "✓"   # quick estimates run a few % low
+    return f"{mark} {policy}: {total / GiB:.1f} GiB{quick} ({100 * share:.0f}%)"
   return f"✗ needs {total / GiB:.0f} GiB{quick} ({policy})" if total else f"✗ ({policy})"
 
 

@@ -21,8 +21,7 @@ from mha_jax import data as data_lib
 from mha_jax import flops as flops_lib
 from mha_jax.train import optim, sharding, state, tasks, train
 
-# Datasets whose shapes are known without their files (a fit check needs no data).
-_GPT2_VOCAB = 50257
+_GPT2_VOCAB = 50257   # every TFDS text set of the table is GPT-2 BPE
 QUICK_CAP_FLAG = "--xla_tpu_max_hbm_size_mib=1"
 
 
@@ -81,20 +80,21 @@ def target_devices(topology=None, cpu_devices=None, quick=False):
 
 
 def dataset_info(config):
-  """DatasetInfo from the config alone for TFDS sets (no files needed); offline
-  and synthetic sets are built (they are small and local)."""
+  """DatasetInfo from the dataset table alone for TFDS sets (no files needed: class
+  counts from the TFDS builder's own metadata); offline and synthetic sets are
+  built (they are small and local)."""
   cfg = config.data
-  if "image_size" in cfg and cfg.name not in ("digits", "mnist5k"):
-    num_classes = config.model.get("num_classes") or cfg.get("num_classes")
+  row = data_lib.datasets.lookup(cfg.name)
+  if row.source != "tfds":
+    return train.make_input(config, train=True).info
+  if row.kind == "image":
+    num_classes = config.model.get("num_classes")
     if num_classes is None:
-      from mha_jax.data import tfds_data
-      num_classes = tfds_data.IMAGE_DATASETS[cfg.name][2]
+      tfds = data_lib.sources.import_tfds()
+      num_classes = tfds.builder(cfg.name).info.features["label"].num_classes
     return data_lib.DatasetInfo(cfg.name, "image", 0, num_classes=num_classes,
                                 image_shape=(cfg.image_size, cfg.image_size, 3))
-  if cfg.get("tokenizer") == "gpt2" and not cfg.name.startswith("shakespeare"):
-    return data_lib.DatasetInfo(cfg.name, "text", 0, vocab_size=_GPT2_VOCAB,
-                                seq_len=cfg.seq_len)
-  return train.make_input(config, train=True).info
+  return data_lib.DatasetInfo(cfg.name, "text", 0, vocab_size=_GPT2_VOCAB, seq_len=cfg.seq_len)
 
 
 def batch_spec(config, info, global_batch, data_sharding):
