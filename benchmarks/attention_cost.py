@@ -13,15 +13,20 @@ O(T²) extra elementwise work per layer.
         --heads=12 --repeats=0
 """
 
+import os
+import sys
 import time
 
-from absl import app, flags
-import flax.linen as nn
-import jax
-import jax.numpy as jnp
-import numpy as np
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from mha_jax.models import layers, stack_config
+from absl import app, flags  # noqa: E402
+import flax.linen as nn  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+import _common  # noqa: E402
+from mha_jax.models import layers, stack_config  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("lengths", ["128", "256"], "sequence lengths T")
@@ -66,6 +71,10 @@ def measure(kind, length, remat):
 
 
 def main(_):
+  if FLAGS.quick:
+    FLAGS.lengths, FLAGS.batch, FLAGS.layers, FLAGS.width, FLAGS.heads = ["16"], 2, 2, 32, 2
+    FLAGS.repeats = 1
+  rows = []
   h_bytes = 4 * FLAGS.batch * FLAGS.heads * FLAGS.layers  # × T², float32 H per layer
   print(f"device={jax.devices()[0].platform} B={FLAGS.batch} L={FLAGS.layers} D={FLAGS.width} "
         f"heads={FLAGS.heads} dtype={FLAGS.dtype}; forward+backward, median of {FLAGS.repeats}")
@@ -78,6 +87,9 @@ def main(_):
       print(f"{length:5d} {remat:>6} {1e3 * std_t:8.1f} {1e3 * mha_t:8.1f} {mha_t / std_t:7.2f} "
             f"{std_mem / 2**20:8.1f} {mha_mem / 2**20:8.1f} {mha_mem / max(std_mem, 1):6.2f} "
             f"{h_bytes * length ** 2 / 2**20:13.1f}")
+      rows.append(dict(length=length, remat=remat, standard_s=std_t, mha_s=mha_t,
+                       standard_temp_mib=std_mem / 2**20, mha_temp_mib=mha_mem / 2**20))
+  _common.write_json({"rows": rows})
 
 
 if __name__ == "__main__":

@@ -16,13 +16,12 @@ import errno
 import glob
 import importlib.util
 import os
+import re
 import sys
 
-from absl import flags, logging
-from ml_collections import config_flags
-
-# Imports only this light module before flags are parsed: a config file imports
-# JAX, and the signal handler must be in place before that (see preemption.py).
+# Only the standard library and this light module at import time: `run` installs
+# the signal handlers first thing, before absl, the config file and JAX load
+# (see preemption.py); everything else is imported inside the functions.
 from mha_jax.train.preemption import Interrupted, Preemption
 
 USAGE = ("usage: python -m mha_jax.main --config=configs/<name>.py[:key=value,...] "
@@ -31,11 +30,17 @@ CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__fil
                            "configs")
 
 
+WRITE_ERRORS = (errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EPERM, errno.ENOTDIR,
+                errno.EEXIST, errno.EDQUOT)
+
+
 class CommandLineError(Exception):
   """A flag or config problem found while parsing the command line."""
 
 
 def define_flags(argv):
+  from absl import flags
+  from ml_collections import config_flags
   flag_values = flags.FlagValues()
   flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and config.json.",
                       flag_values=flag_values)
@@ -47,13 +52,15 @@ def define_flags(argv):
 
 
 def _last_line(text):
-  """The informative line of an absl/ml_collections message that embeds a traceback."""
+  """The informative line of an absl/ml_collections message that embeds a traceback,
+  without the exception's class name."""
   lines = [line.strip() for line in str(text).splitlines() if line.strip()]
-  return lines[-1] if lines else type(text).__name__
+  return re.sub(r"^\w+(Error|Exception): ", "", lines[-1]) if lines else type(text).__name__
 
 
 def parse_command_line(argv):
   """(config, workdir, debug); CommandLineError with one line for anything wrong."""
+  from absl import flags
   flag_values = define_flags(argv)
   try:
     rest = flag_values(argv)
@@ -129,11 +136,15 @@ def describe_error(error):
     return str(error).strip().splitlines()[0]
   seen = error
   while seen is not None:   # orbax wraps the OSError of a failed write in its own errors
-    if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EACCES, errno.EROFS,
-                                                   errno.EPERM, errno.ENOTDIR, errno.EEXIST,
-                                                   errno.EDQUOT):
+    if isinstance(seen, OSError) and seen.errno in WRITE_ERRORS:
       where = f": {seen.filename}" if seen.filename else ""
       return f"cannot write{where}: {os.strerror(seen.errno)}"
+    # tensorstore reports the OS error as text: `... "path" ... [os_error_code='28']`
+    code = re.search(r"os_error_code='(\d+)'", str(seen))
+    if code and int(code.group(1)) in WRITE_ERRORS:
+      path = re.search(r'Failed writing: "([^"]+)"', str(seen))
+      where = f": {path.group(1)}" if path else ""
+      return f"cannot write{where}: {os.strerror(int(code.group(1)))}"
     seen = seen.__cause__ or seen.__context__
   return None
 
@@ -147,7 +158,10 @@ def main(argv, preemption=None):
   try:
     config, workdir, debug = parse_command_line(argv)
     debug = debug or os.environ.get("MHA_DEBUG", "") not in ("", "0")
-    logging.set_verbosity(logging.WARNING)   # orbax logs every file it writes at INFO
+    # Orbax logs every file it writes at INFO, and a failed save from each of its
+    # threads at ERROR: the one line below says it once (--debug shows them).
+    from absl import logging
+    logging.set_verbosity(logging.WARNING if debug else logging.FATAL)
     if preemption is not None:
       preemption.check("start-up")
     from mha_jax.train import train
@@ -167,10 +181,15 @@ def main(argv, preemption=None):
 def run():
   """Console-script entry point (`mha-train`)."""
   preemption = Preemption().install()   # before the config file imports JAX
+  from absl import flags
   flags.FLAGS.mark_as_parsed()   # absl logging reads the global flags; ours are our own
   status = main(sys.argv, preemption)
   sys.stdout.flush()
   sys.stderr.flush()
+  if status:
+    # After a failed save, orbax's background threads print tracebacks while the
+    # interpreter shuts down; everything of ours is closed and flushed by now.
+    os._exit(status)
   sys.exit(status)
 
 

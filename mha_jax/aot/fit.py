@@ -19,7 +19,7 @@ import numpy as np
 from mha_jax import chips
 from mha_jax import data as data_lib
 from mha_jax import flops as flops_lib
-from mha_jax.train import optim, sharding, train
+from mha_jax.train import optim, sharding, state, tasks, train
 
 # Datasets whose shapes are known without their files (a fit check needs no data).
 _GPT2_VOCAB = 50257
@@ -84,7 +84,7 @@ def dataset_info(config):
   if cfg.get("tokenizer") == "gpt2" and not cfg.name.startswith("shakespeare"):
     return data_lib.DatasetInfo(cfg.name, "text", 0, vocab_size=_GPT2_VOCAB,
                                 seq_len=cfg.seq_len)
-  return train.build_input(config, train=True).info
+  return train.make_input(config, train=True).info
 
 
 def batch_spec(config, info, global_batch, data_sharding):
@@ -123,13 +123,14 @@ def hidden_state_bytes(model, info, per_device_batch):
 
 def compile_step(config, devices, info):
   """(compiled or the compile error, model, abstract state, state shardings, mesh)."""
-  model = train.build_model(config.model, info)
+  task = tasks.make_task(config, info)
+  model = train.make_model(config.model, task)
   tx, _ = optim.make_optimizer(config.optim, config.total_steps)
   mesh = sharding.make_mesh(config.mesh, devices)
   sharding.check_batch(config.batch_size, mesh, config.grad_accum_steps)
   rules = sharding.logical_rules(config)
-  _, state_sh, abstract = train.init_state(config, model, tx, info, mesh, rules)
-  train_fn, _ = train.compile_steps(config, model, tx, info.kind, state_sh, mesh)
+  abstract, state_sh = state.abstract_state(model, tx, task, config.seed, mesh, rules)
+  train_fn, _ = train.make_steps(config, model, tx, task, state_sh, mesh)
   state_spec = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                             abstract, state_sh)
   batch = batch_spec(config, info, config.batch_size, sharding.batch_sharding(mesh))
@@ -160,7 +161,7 @@ def xla_flops(config, devices, info):
     if isinstance(compiled, Exception):
       return None
     counts.append(_cost_flops(compiled))
-  num_layers = train.build_model(config.model, info).stack.num_layers
+  num_layers = train.make_model(config.model, tasks.make_task(config, info)).stack.num_layers
   return counts[0] + (num_layers - 1) * (counts[1] - counts[0])
 
 

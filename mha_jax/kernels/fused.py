@@ -44,7 +44,8 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
-MASKED = float(jnp.finfo(jnp.float32).min)  # as attention.masked_softmax: all-masked rows → uniform
+# As attention.masked_softmax: a finite floor, so all-masked rows come out uniform.
+MASKED = float(jnp.finfo(jnp.float32).min)
 
 
 def _tile(length, preferred):

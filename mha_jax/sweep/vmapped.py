@@ -25,8 +25,7 @@ import ml_collections
 import numpy as np
 
 from mha_jax.models import layers
-from mha_jax.train import metrics as metrics_lib
-from mha_jax.train import optim, steps
+from mha_jax.train import optim, state as state_lib, steps, tasks
 from mha_jax.train import train as train_lib
 
 
@@ -107,13 +106,14 @@ class VmappedGroup:
         if any(getattr(s, name) is not None for s in self.settings))
     if self.override_names and kind != "hopfield":
       raise ValueError(f"α/α′ settings need attention.kind='hopfield', got {kind!r}")
-    self.inputs = [train_lib.build_input(run_config(config, s), train=True)
+    self.inputs = [train_lib.make_input(run_config(config, s), train=True)
                    for s in self.settings]
     self.info = self.inputs[0].info
-    self.model = train_lib.build_model(config.model, self.info)
+    self.task = tasks.make_task(config, self.info)
+    self.model = train_lib.make_model(config.model, self.task)
     self.tx, _ = optim.make_optimizer(config.optim, config.total_steps)
-    step_kw = dict(kind=self.info.kind)
-    init = [nn.unbox(train_lib.make_init(self.model, self.tx, self.info, s.seed)(
+    step_kw = dict(task=self.task)
+    init = [nn.unbox(state_lib.init_fn(self.model, self.tx, self.task, s.seed)(
         jax.random.key(s.seed))) for s in self.settings]
     self.states = stack_trees(init)
     self.scope = stack_scope(init[0]["params"])
@@ -123,7 +123,6 @@ class VmappedGroup:
         for name in self.override_names}
     self.train_fn = jax.jit(functools.partial(
         sweep_train_step, model=self.model, scope=self.scope,
-        label_smoothing=config.get("label_smoothing", 0.0),
         grad_accum_steps=config.grad_accum_steps, tx=self.tx, **step_kw), donate_argnums=(0,))
     self.eval_fn = jax.jit(functools.partial(
         sweep_eval_step, model=self.model, scope=self.scope, **step_kw))
@@ -141,7 +140,7 @@ class VmappedGroup:
 
   def evaluate(self, max_batches=-1):
     """Per-run eval summaries (the train package's), one list entry per run."""
-    eval_input = train_lib.build_input(self.config, train=False)
+    eval_input = train_lib.make_input(self.config, train=False)
     batches = eval_input if max_batches < 0 else itertools.islice(eval_input, max_batches)
     totals = None
     for batch in batches:
@@ -149,7 +148,5 @@ class VmappedGroup:
                           self.overrides)
       totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
     totals = jax.device_get(totals)
-    info = eval_input.info
-    return [metrics_lib.summarize_eval(jax.tree.map(lambda a, k=k: a[k], totals), info.kind,
-                                       info.original_tokens_per_token)
+    return [self.task.summarize(jax.tree.map(lambda a, k=k: a[k], totals), eval_input.info)
             for k in range(len(self.settings))]

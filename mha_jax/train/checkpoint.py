@@ -14,6 +14,7 @@ one is tried.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -91,12 +92,25 @@ def _move_aside(manager, step):
   return target
 
 
+@contextlib.contextmanager
+def _orbax_warnings_off():
+  """Orbax warns about each missing file of a broken step; our one line says it."""
+  logger = logging.getLogger("absl")
+  level = logger.level
+  logger.setLevel(logging.ERROR)
+  try:
+    yield
+  finally:
+    logger.setLevel(level)
+
+
 def _restore_step(manager, step, abstract):
   """(state, data_state) of one step. A ConfigError if its parameters do not fit the
   model (the step is fine, the config differs); any other failure means unreadable."""
-  metadata = manager.item_metadata(step)
+  with _orbax_warnings_off():
+    metadata = manager.item_metadata(step)
   if metadata is None or metadata.get("state") is None:
-    raise FileNotFoundError("no state metadata")
+    raise FileNotFoundError("no readable state/_METADATA")
   saved_params = metadata["state"]["params"]
   shown, count = shape_mismatches(abstract["params"], saved_params)
   if count:

@@ -25,8 +25,9 @@ class Setup:
   resumed_step: int | None = None
 
 
-def _init_fn(model, tx, task, seed):
-  """key → boxed state (params carry their logical axis names)."""
+def init_fn(model, tx, task, seed):
+  """key → boxed state (params carry their logical axis names); training starts
+  from init_fn(...)(jax.random.key(seed)), unboxed and sharded."""
   def init(key):
     params = model.init({"params": key}, task.dummy_input(), train=False)["params"]
     train_key = jax.random.fold_in(jax.random.key(seed), 1)
@@ -35,13 +36,17 @@ def _init_fn(model, tx, task, seed):
   return init
 
 
+def abstract_state(model, tx, task, seed, mesh, rules):
+  """(shapes, NamedShardings) of the state, without making an array (AOT, resume)."""
+  abstract_boxed = jax.eval_shape(init_fn(model, tx, task, seed), jax.random.key(seed))
+  return nn.unbox(abstract_boxed), sharding.state_shardings(abstract_boxed, mesh, rules)
+
+
 def setup_state(config, model, tx, task, mesh, rules, manager=None, say=logging.warning):
   """The state training starts from: resume (if `manager` holds a readable step) >
   init_from > fresh. Params are never materialised unsharded."""
-  init = _init_fn(model, tx, task, config.seed)
-  abstract_boxed = jax.eval_shape(init, jax.random.key(config.seed))
-  state_sh = sharding.state_shardings(abstract_boxed, mesh, rules)
-  abstract = nn.unbox(abstract_boxed)
+  init = init_fn(model, tx, task, config.seed)
+  abstract, state_sh = abstract_state(model, tx, task, config.seed, mesh, rules)
   if manager is not None:
     resumed = checkpoint.restore_latest(manager, abstract, state_sh, say=say)
     if resumed is not None:

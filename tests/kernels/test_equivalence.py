@@ -89,7 +89,8 @@ def assert_close(a, b):
 @pytest.mark.parametrize("depth,h0,reset_every", [
     (1, "zeros", 0), (3, "first_scores", 0), (5, "zeros", 2), (4, "first_scores", 3)])
 def test_factorized_equals_naive(depth, h0, reset_every):
-  qkv, mask, restarts = layer_inputs(depth), causal_padded_mask(), restart_pattern(depth, reset_every)
+  qkv, mask = layer_inputs(depth), causal_padded_mask()
+  restarts = restart_pattern(depth, reset_every)
   assert_close(value_and_grads(factorized_chain, qkv, restarts, h0, mask),
                value_and_grads(naive_chain, qkv, restarts, h0, mask))
 

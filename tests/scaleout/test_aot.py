@@ -25,7 +25,8 @@ def test_cpu_fit_bytes_equal_parameter_count_times_dtype_times_adam():
   config.mesh = dict(data=8, fsdp=1, tensor=1)   # replicated state: whole trees per device
   result = fit_lib.measure(config, jax.devices()[:8], "8 simulated CPU devices",
                            with_xla_flops=False)
-  model = fit_lib.train.build_model(config.model, fit_lib.dataset_info(config))
+  info = fit_lib.dataset_info(config)
+  model = fit_lib.train.make_model(config.model, fit_lib.tasks.make_task(config, info))
   shapes = jax.eval_shape(model.init, jax.random.key(0),
                           np.zeros((1, config.data.seq_len), np.int32))["params"]
   count = sum(x.size for x in jax.tree.leaves(nn.unbox(shapes)))

@@ -8,7 +8,7 @@ import pytest
 
 from mha_jax import flops, models
 from mha_jax.data import DatasetInfo
-from mha_jax.train import config_util, optim, steps, train
+from mha_jax.train import config_util, optim, state, steps, tasks
 
 # Big enough that matmuls dominate (the formula leaves out norms, softmax, Adam),
 # small enough to compile in seconds. Unscanned layers: XLA's cost analysis
@@ -21,7 +21,8 @@ VIT = dict(name="vit", variant="Ti/4", num_layers=2, width=128, num_heads=4, mlp
 
 def compiled_step_flops(model, info, batch_size):
   tx, _ = optim.make_optimizer(config_util.base_config().optim, 100)
-  abstract = nn.unbox(jax.eval_shape(train.make_init(model, tx, info, 0), jax.random.key(0)))
+  task = tasks.make_task(config_util.base_config(), info)
+  abstract = nn.unbox(jax.eval_shape(state.init_fn(model, tx, task, 0), jax.random.key(0)))
   if info.kind == "image":
     batch = {"image": jax.ShapeDtypeStruct((batch_size,) + info.image_shape, "float32"),
              "label": jax.ShapeDtypeStruct((batch_size,), "int32"),
@@ -31,7 +32,7 @@ def compiled_step_flops(model, info, batch_size):
     batch = {"inputs": jax.ShapeDtypeStruct(shape, "int32"),
              "targets": jax.ShapeDtypeStruct(shape, "int32"),
              "mask": jax.ShapeDtypeStruct(shape, "float32")}
-  step = jax.jit(functools.partial(steps.train_step, model=model, tx=tx, kind=info.kind))
+  step = jax.jit(functools.partial(steps.train_step, model=model, tx=tx, task=task))
   return step.lower(abstract, batch).compile().cost_analysis()["flops"]
 
 

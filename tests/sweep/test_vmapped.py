@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from mha_jax.sweep import vmapped
-from mha_jax.train import config_util, optim, steps
+from mha_jax.train import config_util, optim, state as state_lib, steps, tasks
 from mha_jax.train import train as train_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -33,13 +33,12 @@ def tiny_config(**attention):
 
 def separate_run(config, num_steps):
   """The train package's step on one model configured with this run's values."""
-  train_input = train_lib.build_input(config, train=True)
-  model = train_lib.build_model(config.model, train_input.info)
+  train_input = train_lib.make_input(config, train=True)
+  task = tasks.make_task(config, train_input.info)
+  model = train_lib.make_model(config.model, task)
   tx, _ = optim.make_optimizer(config.optim, config.total_steps)
-  state = nn.unbox(train_lib.make_init(model, tx, train_input.info, config.seed)(
-      jax.random.key(config.seed)))
-  step = jax.jit(functools.partial(steps.train_step, model=model, tx=tx,
-                                   kind=train_input.info.kind))
+  state = nn.unbox(state_lib.init_fn(model, tx, task, config.seed)(jax.random.key(config.seed)))
+  step = jax.jit(functools.partial(steps.train_step, model=model, tx=tx, task=task))
   losses = []
   for _ in range(num_steps):
     state, metrics = step(state, jax.tree.map(jnp.asarray, next(train_input)))

@@ -83,6 +83,20 @@ def test_help_exits_0_with_fields_and_arguments(capsys):
   assert "arguments (:key=value): size=small, attention=standard" in out
 
 
+def wait_for_signal_handlers(pid, timeout=60):
+  """Until the child catches SIGTERM (Python alone never does): on a loaded machine
+  the interpreter may need more than 1 s to reach `run`, and a signal before that
+  is the interpreter's, not ours."""
+  deadline = time.monotonic() + timeout
+  while time.monotonic() < deadline:
+    status = pathlib.Path(f"/proc/{pid}/status").read_text()
+    caught = int(next(line.split()[1] for line in status.splitlines()
+                      if line.startswith("SigCgt:")), 16)
+    if caught >> (signal.SIGTERM - 1) & 1:
+      return
+    time.sleep(0.05)
+
+
 @pytest.mark.slow
 def test_sigint_during_start_up_exits_130_without_a_core(tmp_path):
   # Issue 9 case 7: Ctrl-C in the first seconds ended in a segfault (exit 139).
@@ -91,9 +105,21 @@ def test_sigint_during_start_up_exits_130_without_a_core(tmp_path):
                             f"--workdir={tmp_path}/run"], cwd=ROOT, env=env,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   time.sleep(1.0)
+  wait_for_signal_handlers(child.pid)
   child.send_signal(signal.SIGINT)
   _, err = child.communicate(timeout=120)
   assert child.returncode == 130, err[-2000:]
   assert err.splitlines()[-1].startswith("interrupted: SIGINT during "), err[-2000:]
   assert "Traceback" not in err and "Segmentation" not in err
   assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_full_disk_reported_by_tensorstore_as_text_is_one_line():
+  # What a real full disk raised from orbax's save thread (measured on a 300 KiB tmpfs).
+  error = ValueError('RESOURCE_EXHAUSTED: Error writing "opt.mu/0.0" in OCDBT database at local '
+                     'file "/runs/x/checkpoints/10.orbax-checkpoint-tmp/": Failed writing: '
+                     '"/runs/x/checkpoints/10.orbax-checkpoint-tmp/d/80ca": Failed to write 19316 '
+                     "bytes to file 13: No space left on device [os_error_code='28']")
+  assert cli.describe_error(error) == (
+      "cannot write: /runs/x/checkpoints/10.orbax-checkpoint-tmp/d/80ca: No space left on device")
+  assert cli.describe_error(ValueError("a bug")) is None   # unexpected: keeps its traceback
