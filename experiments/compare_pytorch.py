@@ -1,5 +1,6 @@
 """PyTorch vs mha_jax on the same batch: logits, loss and gradients, standard and MHA.
 
+    python experiments/compare_pytorch.py --report --out report.md      # every family, N steps
     python experiments/compare_pytorch.py --family gpt2                  # small random HF GPT-2
     python experiments/compare_pytorch.py --checkpoint ~/hf/gpt2 --length 64
     python experiments/compare_pytorch.py --family vit --alpha 0.7 --h0 first_scores
@@ -13,12 +14,19 @@ a temporary directory. Rows:
             (and a "standard" row for the reference itself).
 Loss: next-token cross-entropy (GPT-2, LLaMA) or cross-entropy on random labels (ViT).
 Gradient diff: max |∂loss/∂θ| difference over all parameters, in mha_jax's layout.
+
+--report runs, for GPT-2, LLaMA and ViT with standard attention (the HF class) and
+MHA (the PyTorch reference), the forward, gradient, one-step and N-step checks on
+one mha_jax init exported to PyTorch, through experiments/train_parity.py (its
+flags: --steps, --width, --alpha, ...), and writes a Markdown table.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 import tempfile
 
 import jax
@@ -32,8 +40,10 @@ from mha_jax import interop
 from mha_jax.interop import checkpoint_io, common, torch_models, torch_reference
 from mha_jax.models import param_layout
 
-HF_CLASSES = {"gpt2": transformers.GPT2LMHeadModel, "llama": transformers.LlamaForCausalLM,
-              "vit": transformers.ViTForImageClassification}
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import train_parity  # noqa: E402  (experiments/ is not a package)
+
+HF_CLASSES = train_parity.HF_CLASSES
 
 
 def small_hf_model(family, seed):
@@ -165,7 +175,64 @@ def compare(args):
               rows=rows, mha_vs_standard_logits_max_abs=effect)
 
 
+REPORT_HEADER = ("family", "attention", "PyTorch side", "max abs Δlogit", "max abs Δgrad (rel.)",
+                 "max abs Δθ after step 1", "abs Δloss after step 1", "N", "max abs Δloss over N (rel.)",
+                 "final ‖Δθ‖/‖θ‖")
+
+
+def report_table(runs):
+  """Markdown: the forward, gradient, one-step and N-step checks of each run."""
+  lines = ["| " + " | ".join(REPORT_HEADER) + " |", "|" + "---|" * len(REPORT_HEADER)]
+  for run in runs:
+    first, s, rows = run["initial"], run["summary"], run["rows"]
+    # Step 1 is the first update with lr > 0 (step 0 has lr 0 after a warmup from 0).
+    k = next((i for i, r in enumerate(rows) if r["lr"] > 0), len(rows) - 1)
+    after = rows[min(k + 1, len(rows) - 1)]
+    lines.append(
+        f"| {run['family']} | {stack_config_label(run['attention'])} | {run['torch_model']} | "
+        f"{first['logits_max_abs']:.1e} | {first['grad_max_abs']:.1e} "
+        f"({first['grad_max_rel']:.1e}) | {rows[k]['param_max_abs']:.1e} | "
+        f"{abs(after['loss_jax'] - after['loss_torch']):.1e} | {s['steps']} | {s['max_abs_dloss']:.1e} "
+        f"({s['max_rel_dloss']:.1e}) | {s['param_rel_l2']:.1e} |")
+  return "\n".join(lines)
+
+
+def stack_config_label(attention):
+  if attention["kind"] == "standard":
+    return "standard"
+  return (f"MHA α={attention['alpha']:g} α′={attention['alpha_hidden']:g} "
+          f"h0={attention['h0']}")
+
+
+def report_main(argv):
+  parser = argparse.ArgumentParser(description="compare_pytorch.py --report: " +
+                                   __doc__.splitlines()[0])
+  parser.add_argument("--families", default="gpt2,llama,vit")
+  parser.add_argument("--kinds", default="standard,hopfield")
+  parser.add_argument("--out", help="write the Markdown table here (with .json and .png "
+                      "of the per-step losses beside it)")
+  train_parity.add_model_flags(parser)
+  parser.set_defaults(steps=50, batch=4, length=16)
+  args = parser.parse_args(argv)
+  transformers.logging.set_verbosity_error()
+  runs = train_parity.run_all(
+      args, train_parity.parse_list(args.families, train_parity.FAMILIES, "--families"),
+      train_parity.parse_list(args.kinds, train_parity.KINDS, "--kinds"))
+  table = report_table(runs)
+  print(table)
+  if args.out:
+    with open(args.out, "w") as f:
+      f.write(table + "\n")
+    with open(os.path.splitext(args.out)[0] + ".json", "w") as f:
+      json.dump(dict(args=vars(args), runs=runs), f, indent=1)
+    train_parity.plot(runs, os.path.splitext(args.out)[0] + ".png")
+  return runs
+
+
 def main(argv=None):
+  argv = sys.argv[1:] if argv is None else list(argv)
+  if "--report" in argv:
+    return report_main([a for a in argv if a != "--report"])
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--family", choices=sorted(HF_CLASSES), default="gpt2",
                       help="model built with random weights when no --checkpoint is given")

@@ -6,7 +6,8 @@ after the chosen layers (1-based; default the middle and the last), measures the
 cosine similarity of every token pair of a sequence (padding excluded) and the
 relative rank residual ‖X − 1x̄ᵀ‖_{1,∞}/‖X‖_{1,∞} per sequence. Prints one row per
 run × layer: mean, median, fraction of pairs above 0.9, pair count, mean rank
-residual. Every row names the attention kind, α, α′ and the residual form, since
+residual, and the mean centred cosine (each sequence's mean token subtracted first:
+a shared offset alone makes raw cosines high). Every row names the attention kind, α, α′ and the residual form, since
 "MHA" without the residual form is not one model.
 
     python experiments/token_uniformity.py --workdirs=runs/demo_std,runs/demo_mha \\
@@ -102,15 +103,19 @@ def measure(name, config, workdir, layers, num_batches, batch_size):
     raise app.UsageError(f"{name}: --layers={layers} outside 1..{depth}")
   forward = jax.jit(functools.partial(residual_stream, model=model, task=task))
   cosines = {layer: [] for layer in layers}
+  centred = {layer: [] for layer in layers}
   residuals = {layer: [] for layer in layers}
   for batch in itertools.islice(eval_input, num_batches):
     x_LxBxTxD = np.asarray(forward(params, batch), np.float32)
     valid_BxT = valid_tokens(batch, info.kind, x_LxBxTxD.shape[2])
     for layer in layers:
       cosines[layer].append(analysis.pairwise_token_cosine(x_LxBxTxD[layer - 1], valid_BxT))
+      centred[layer].append(analysis.pairwise_token_cosine(x_LxBxTxD[layer - 1], valid_BxT,
+                                                           centered=True))
       residuals[layer].append(rank_residuals(x_LxBxTxD[layer - 1], valid_BxT))
   label = model.stack.describe_attention()
   return [dict(name=name, label=label, layer=layer, cosines=np.concatenate(cosines[layer]),
+               centred_cosines=np.concatenate(centred[layer]),
                rank_residuals=np.concatenate(residuals[layer])) for layer in layers]
 
 
@@ -118,12 +123,13 @@ def table(rows):
   name_w = max(len("run"), *(len(row["name"]) for row in rows))
   label_w = max(len(row["label"]) for row in rows)
   lines = [f"{'run':<{name_w}}  {'attention':<{label_w}}  {'layer':>5} {'mean':>7} "
-           f"{'median':>7} {'>0.9':>7} {'pairs':>8} {'rank res':>9}"]
+           f"{'median':>7} {'>0.9':>7} {'pairs':>8} {'rank res':>9} {'centred':>8}"]
   for row in rows:
     s = analysis.summarize(row["cosines"])
     lines.append(f"{row['name']:<{name_w}}  {row['label']:<{label_w}}  {row['layer']:>5} "
                  f"{s['mean']:7.4f} {s['median']:7.4f} {s['frac_above_0.9']:7.4f} "
-                 f"{s['count']:>8} {row['rank_residuals'].mean():9.4f}")
+                 f"{s['count']:>8} {row['rank_residuals'].mean():9.4f} "
+                 f"{row['centred_cosines'].mean():8.4f}")
   return "\n".join(lines)
 
 

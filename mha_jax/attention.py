@@ -25,12 +25,18 @@ H0_POLICIES = ("zeros", "first_scores")
 
 
 def attention_scores(q_BxTxNxD, k_BxSxNxD, scale=None):
-  """s = scale · Q Kᵀ in float32, [B, N, T, S]; scale defaults to 1/√D."""
+  """s = scale · Q Kᵀ in float32 (float64 for float64 inputs), [B, N, T, S];
+  scale defaults to 1/√D."""
   if scale is None:
     scale = q_BxTxNxD.shape[-1] ** -0.5
-  s_BxNxTxS = jnp.einsum("btnd,bsnd->bnts", q_BxTxNxD, k_BxSxNxD,
-                         preferred_element_type=jnp.float32)
-  return s_BxNxTxS * jnp.float32(scale)
+  acc = state_dtype(q_BxTxNxD.dtype)
+  s_BxNxTxS = jnp.einsum("btnd,bsnd->bnts", q_BxTxNxD, k_BxSxNxD, preferred_element_type=acc)
+  return s_BxNxTxS * jnp.asarray(scale, acc)
+
+
+def state_dtype(dtype):
+  """Scores, H and softmax: float32, or wider if the inputs are (analysis in float64)."""
+  return jnp.promote_types(dtype, jnp.float32)
 
 
 def update_hidden_state(h_prev_BxNxTxS, s_BxNxTxS, alpha_hidden, score_weight=None):
@@ -49,9 +55,9 @@ def masked_softmax(logits_BxNxTxS, mask=None):
 
   A row with no allowed key gets uniform weights rather than NaN (padding rows).
   """
-  logits = logits_BxNxTxS.astype(jnp.float32)
+  logits = logits_BxNxTxS.astype(state_dtype(logits_BxNxTxS.dtype))
   if mask is not None:
-    logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+    logits = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)
   return jax.nn.softmax(logits, axis=-1)
 
 
@@ -85,7 +91,7 @@ def hopfield_attention(q_BxTxNxD, k_BxSxNxD, v_BxSxNxD, h_prev_BxNxTxS, *,
     h_prev_BxNxTxS = start_BxNxTxS
   else:
     h_prev_BxNxTxS = jnp.where(restart, start_BxNxTxS,
-                               h_prev_BxNxTxS.astype(jnp.float32))
+                               h_prev_BxNxTxS.astype(s_BxNxTxS.dtype))
   h_BxNxTxS = update_hidden_state(h_prev_BxNxTxS, s_BxNxTxS, alpha_hidden, score_weight)
 
   weights_BxNxTxS = masked_softmax(h_BxNxTxS, mask)
@@ -109,14 +115,39 @@ def restart_flags(num_layers, *, reset_every=0, carried_h0=False):
   return (layer_L == 0) & (not carried_h0)
 
 
-def initial_hidden_state(batch, num_heads, length, *, noise_std=None, noise_seed=0):
-  """H_0 [B, N, T, T] float32: zeros, or with `noise_std` a fixed N(0, σ²) draw
-  per head, the same for every example and batch size (train and eval see one H_0)."""
-  shape = (batch, num_heads, length, length)
+def hidden_noise(seed, num_heads, query_positions_BxT, key_positions_BxS):
+  """[B, N, T, S] float32 N(0, 1) draws, entry (n, i, j) a function of (seed, n, query
+  position i, key position j) alone, so a row is the same whatever the sequence length:
+  a prefix, the full sequence and one cached decoding row all see the same H_0."""
+  key = jax.random.key(seed)
+
+  def draw_N(query_position, key_position):
+    return jax.random.normal(
+        jax.random.fold_in(jax.random.fold_in(key, query_position), key_position), (num_heads,))
+
+  per_key = jax.vmap(draw_N, in_axes=(None, 0))
+  per_query = jax.vmap(per_key, in_axes=(0, None))
+  noise_BxTxSxN = jax.vmap(per_query)(query_positions_BxT, key_positions_BxS)
+  return jnp.moveaxis(noise_BxTxSxN, -1, 1)
+
+
+def initial_hidden_state(batch, num_heads, length, *, noise_std=None, noise_seed=0,
+                         query_positions=None, key_positions=None):
+  """H_0 [B, N, T, S] float32: zeros, or with `noise_std` a fixed N(0, σ²) draw per head
+  and (query, key) position pair (`hidden_noise`), the same for every example and
+  batch size, so train, eval and cached decoding see one H_0.
+
+  Positions ([B, T] and [B, S] ints) default to 0 … length−1; S = T unless key
+  positions are given (cached decoding: T new queries against S cache slots).
+  """
+  default = jnp.arange(length)[None]
+  query_positions = default if query_positions is None else query_positions
+  key_positions = query_positions if key_positions is None else key_positions
+  shape = (batch, num_heads, query_positions.shape[1], key_positions.shape[1])
   if noise_std is None:
     return jnp.zeros(shape, jnp.float32)
-  noise_1xNxTxT = jax.random.normal(jax.random.key(noise_seed), (1,) + shape[1:], jnp.float32)
-  return jnp.broadcast_to(noise_std * noise_1xNxTxT, shape)
+  noise = hidden_noise(noise_seed, num_heads, query_positions, key_positions)
+  return jnp.broadcast_to(noise_std * noise, shape)
 
 
 def dot_product_attention(q_BxTxNxD, k_BxSxNxD, v_BxSxNxD, *, mask=None, scale=None,

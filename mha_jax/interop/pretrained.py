@@ -134,13 +134,10 @@ def export_state_dict(params, model, *, timm=False):
 
 
 def export_pretrained(params, model, directory, *, timm=False, weights_format="safetensors"):
-  """Write params (either layout, boxed or not) as a PyTorch checkpoint directory.
-
-  Standard attention: a plain HF (or, timm=True, timm) checkpoint. MHA and RealFormer:
-  an HF custom-code model (hf_code/*.py copied beside the weights, `auto_map` in
-  config.json) that `AutoModelFor...from_pretrained(directory, trust_remote_code=True)`
-  runs with the same attention; the settings sit in config.json "mha_jax_attention".
-  """
+  """Params (either layout, boxed or not) → a PyTorch checkpoint directory. Standard
+  attention: plain HF (or, timm=True, timm). MHA and RealFormer: an HF custom-code model
+  (hf_code/*.py beside the weights, `auto_map` and "mha_jax_attention" in config.json)
+  that `AutoModelFor...from_pretrained(directory, trust_remote_code=True)` runs."""
   config, state_dict = export_state_dict(params, model, timm=timm)
   attention = model.stack.attention
   if attention.kind != "standard" or attention.score_scale is not None:
@@ -155,9 +152,13 @@ def export_pretrained(params, model, directory, *, timm=False, weights_format="s
 
 def _as_custom_code(config, model):
   """config.json of the hf_code subclass of the stock class (model_type "mha_<family>")."""
-  if model.stack.attention.h0 == "noise" or not model.stack.skip_connections:
-    raise ValueError("h0='noise' and skip_connections=False do not export to transformers "
-                     "(a random H_0 is a JAX draw); export h0 'zeros' or 'first_scores'")
+  att = model.stack.attention
+  for bad, setting in ((att.kind not in ("hopfield", "realformer"), f"attention.kind={att.kind!r}"),
+                       (att.h0 == "noise", "attention.h0='noise' (a JAX random draw)"),
+                       (att.hidden_window, f"attention.hidden_window={att.hidden_window}"),
+                       (not model.stack.skip_connections, "skip_connections=False")):
+    if bad:
+      raise ValueError(f"{setting} does not export to transformers")
   stock = config["architectures"][0]
   auto = "AutoModelForImageClassification" if stock.startswith("ViT") else "AutoModelForCausalLM"
   config_class = {"gpt2": "MhaGPT2Config", "llama": "MhaLlamaConfig", "vit": "MhaViTConfig"}

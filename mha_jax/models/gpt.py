@@ -32,17 +32,46 @@ def decoder_mask(length, padding_mask_BxT=None):
   return mask
 
 
+def positions_from_mask(valid_BxS):
+  """Position of each slot = real tokens before it, so a left-padded prompt gets the
+  positions it has alone (Hugging Face's convention); padding slots get 0."""
+  return jnp.maximum(jnp.cumsum(valid_BxS.astype(jnp.int32), axis=1) - 1, 0)
+
+
+def decoder_inputs(length, max_len, padding_mask, positions, decode):
+  """(mask, positions, key positions) for the decoder stack of GPT and LLaMA.
+
+  Without `decode`: padding_mask [B, T] over the tokens, positions [B|1, T] or
+  None (0 … T−1). With `decode` (see mha_jax.decode): padding_mask [B, S] over the
+  K/V cache slots and positions [B, T] of the new tokens, both required; the
+  slots' positions follow the padding mask (`positions_from_mask`).
+  """
+  if not decode:
+    check_length(length, max_len)
+    return decoder_mask(length, padding_mask), positions, None
+  if padding_mask is None or positions is None:
+    raise ValueError("decode=True needs padding_mask over the cache slots [B, S] and the new "
+                     "tokens' positions [B, T]")
+  check_length(padding_mask.shape[1], max_len)
+  return attention.padding_mask(padding_mask), positions, positions_from_mask(padding_mask)
+
+
 class GPT(nn.Module):
-  """tokens [B, T] int → (logits [B, T, vocab] float32, per-layer outputs)."""
+  """tokens [B, T] int → (logits [B, T, vocab] float32, per-layer outputs).
+
+  `positions`, `decode`: see `decoder_inputs` (decode needs mutable=["cache"]).
+  """
   stack: StackConfig
   vocab_size: int = 50257
   max_len: int = 1024
 
   @nn.compact
-  def __call__(self, tokens_BxT, *, train=False, padding_mask=None, return_intermediates=False):
+  def __call__(self, tokens_BxT, *, train=False, padding_mask=None, return_intermediates=False,
+               positions=None, decode=False):
     cfg = self.stack
     length = tokens_BxT.shape[1]
-    check_length(length, self.max_len)
+    mask, positions, key_positions = decoder_inputs(length, self.max_len, padding_mask,
+                                                    positions, decode)
     embed = nn.Embed(self.vocab_size, cfg.width, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
                      embedding_init=nn.with_logical_partitioning(nn.initializers.normal(0.02),
                                                                  ("vocab", "embed")),
@@ -51,11 +80,12 @@ class GPT(nn.Module):
                      nn.with_logical_partitioning(nn.initializers.normal(0.02),
                                                   ("length", "embed")),
                      (self.max_len, cfg.width), cfg.param_dtype)
-    x_BxTxD = embed(tokens_BxT) + pos[:length].astype(cfg.dtype)
+    pos_TxD = pos[:length] if positions is None else jnp.take(pos, positions, axis=0)
+    x_BxTxD = embed(tokens_BxT) + pos_TxD.astype(cfg.dtype)
     x_BxTxD = nn.Dropout(cfg.dropout, deterministic=not train)(x_BxTxD)
     x_BxTxD, outputs = layers.LayerStack(cfg, name="decoder")(
-        x_BxTxD, decoder_mask(length, padding_mask), deterministic=not train,
-        return_intermediates=return_intermediates)
+        x_BxTxD, mask, deterministic=not train, return_intermediates=return_intermediates,
+        positions=positions, key_positions=key_positions, decode=decode)
     x_BxTxD = layers.make_norm(cfg, "final_norm")(x_BxTxD)
     logits_BxTxV = embed.attend(x_BxTxD)  # tied input/output embedding
     return logits_BxTxV.astype(jnp.float32), outputs or {}

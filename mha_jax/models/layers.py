@@ -40,13 +40,16 @@ def make_norm(cfg: StackConfig, name):
                       name=name)
 
 
-def apply_rope(x_BxTxNxD, theta):
-  """Rotary position embedding, half-split layout (as Hugging Face LLaMA stores it)."""
+def apply_rope(x_BxTxNxD, theta, positions_BxT=None):
+  """Rotary position embedding, half-split layout (as Hugging Face LLaMA stores it);
+  positions [B|1, T] default to 0 … T−1."""
   length, head_dim = x_BxTxNxD.shape[1], x_BxTxNxD.shape[-1]
+  if positions_BxT is None:
+    positions_BxT = jnp.arange(length)[None]
   inv_freq = 1.0 / theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim)
-  angles_TxHalf = jnp.arange(length, dtype=jnp.float32)[:, None] * inv_freq[None, :]
-  cos = jnp.cos(angles_TxHalf)[None, :, None, :]
-  sin = jnp.sin(angles_TxHalf)[None, :, None, :]
+  angles_BxTxHalf = positions_BxT.astype(jnp.float32)[..., None] * inv_freq
+  cos = jnp.cos(angles_BxTxHalf)[:, :, None, :]
+  sin = jnp.sin(angles_BxTxHalf)[:, :, None, :]
   x1, x2 = jnp.split(x_BxTxNxD.astype(jnp.float32), 2, axis=-1)
   rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
   return rotated.astype(x_BxTxNxD.dtype)
@@ -85,14 +88,42 @@ class Projection(nn.Module):
     return y
 
 
+def cached_keys_values(module, k_BxTxNxD, v_BxTxNxD, mask):
+  """Cached decoding: write this call's T keys/values into the layer's fixed-size
+  "cache" collection at its index; return all S cached keys/values and `mask`
+  ([B|1, 1, T|1, S]) and'ed with causality by cache slot.
+
+  Each new query row of H is rebuilt from these keys, so MHA needs no more cache
+  than standard attention. The cache's size S is the length the model was
+  initialised with (see mha_jax.decode.init_cache); writes past it are the caller's
+  to prevent.
+  """
+  # Named apart from the "key"/"value" projections, which own those names.
+  key = module.variable("cache", "cached_key", jnp.zeros, k_BxTxNxD.shape, k_BxTxNxD.dtype)
+  value = module.variable("cache", "cached_value", jnp.zeros, v_BxTxNxD.shape, v_BxTxNxD.dtype)
+  index = module.variable("cache", "cache_index", lambda: jnp.zeros((), jnp.int32))
+  start, length, size = index.value, k_BxTxNxD.shape[1], key.value.shape[1]
+  key.value = jax.lax.dynamic_update_slice(key.value, k_BxTxNxD.astype(key.value.dtype),
+                                           (0, start, 0, 0))
+  value.value = jax.lax.dynamic_update_slice(value.value, v_BxTxNxD.astype(value.value.dtype),
+                                             (0, start, 0, 0))
+  index.value = start + length
+  causal_TxS = jnp.arange(size)[None, :] <= (start + jnp.arange(length))[:, None]
+  mask = causal_TxS[None, None] if mask is None else mask & causal_TxS
+  return key.value, value.value, mask
+
+
 class SelfAttention(nn.Module):
-  """Q/K/V/O projections around `attention.hopfield_attention`."""
+  """Q/K/V/O projections around `attention.hopfield_attention`; with `decode`, keys
+  and values go through the layer's cache (`cached_keys_values`)."""
   cfg: StackConfig
+  decode: bool = False
 
   @nn.compact
-  def __call__(self, x_BxTxD, state, restart, mask, deterministic):
+  def __call__(self, x_BxTxD, state, restart, mask, deterministic, positions_BxT=None):
     """state: what this attention kind carries between layers (see `initial_state`);
-    returns (y [B, T, D], the next layer's state)."""
+    returns (y [B, T, D], the next layer's state). Under `decode` the state's H
+    holds only the new rows, [B, N, T, S]."""
     cfg, att = self.cfg, self.cfg.attention
     h_prev = state.get("hidden")
     new_state = dict(state)   # keys this kind does not update ride along unchanged
@@ -104,13 +135,15 @@ class SelfAttention(nn.Module):
 
     q_BxTxNxD, k_BxTxNxD, v_BxTxNxD = project("query"), project("key"), project("value")
     if cfg.rope_theta is not None:
-      q_BxTxNxD = apply_rope(q_BxTxNxD, cfg.rope_theta)
-      k_BxTxNxD = apply_rope(k_BxTxNxD, cfg.rope_theta)
+      q_BxTxNxD = apply_rope(q_BxTxNxD, cfg.rope_theta, positions_BxT)
+      k_BxTxNxD = apply_rope(k_BxTxNxD, cfg.rope_theta, positions_BxT)
     if att.kind == "value_residual":
       v_first_BxTxNxD = jnp.where(restart, v_BxTxNxD, state["value_first"])
       new_state["value_first"] = v_first_BxTxNxD
       v_BxTxNxD = attention.value_residual_mix(v_first_BxTxNxD, v_BxTxNxD,
                                                att.value_residual_lambda)
+    if self.decode:   # after the value mix: the cache holds the values attention uses
+      k_BxTxNxD, v_BxTxNxD, mask = cached_keys_values(self, k_BxTxNxD, v_BxTxNxD, mask)
     use_dropout = not deterministic and cfg.attention_dropout > 0
     common = dict(mask=mask, scale=att.score_scale, dropout_rate=cfg.attention_dropout,
                   dropout_rng=self.make_rng("dropout") if use_dropout else None)
@@ -172,20 +205,22 @@ class Block(nn.Module):
 
   Standard attention and RealFormer use x ← x + Attn(Norm x).
 
-  Called as ((x, state), restart, mask, deterministic) → ((x, state), per-layer
-  outputs), the signature `nn.scan` needs; state is the dict an attention kind
-  carries from layer to layer ({} for standard attention, {"hidden": H} for MHA).
+  Called as ((x, state), restart, mask, deterministic, positions) → ((x, state),
+  per-layer outputs), the signature `nn.scan` needs; state is the dict an attention
+  kind carries from layer to layer ({} for standard attention, {"hidden": H} for MHA).
   """
   cfg: StackConfig
   return_intermediates: bool = False
+  decode: bool = False
 
   @nn.compact
-  def __call__(self, carry, restart, mask, deterministic):
+  def __call__(self, carry, restart, mask, deterministic, positions_BxT=None):
     cfg, att = self.cfg, self.cfg.attention
     x_BxTxD, state = carry
     dropout = nn.Dropout(cfg.dropout, deterministic=deterministic)
-    u_BxTxD, state = SelfAttention(cfg, name="attention")(
-        make_norm(cfg, "attention_norm")(x_BxTxD), state, restart, mask, deterministic)
+    u_BxTxD, state = SelfAttention(cfg, self.decode, name="attention")(
+        make_norm(cfg, "attention_norm")(x_BxTxD), state, restart, mask, deterministic,
+        positions_BxT)
     u_BxTxD = dropout(u_BxTxD)
     if not cfg.skip_connections:
       x_BxTxD = u_BxTxD
@@ -214,9 +249,10 @@ OVERRIDES = "attention_overrides"     # variable collection read by LayerStack
 OVERRIDABLE = ("alpha", "alpha_hidden")
 
 
-def initial_state(cfg: StackConfig, batch, length):
+def initial_state(cfg: StackConfig, batch, length, positions_BxT=None, key_positions_BxS=None):
   """The attention state before layer 1: {} for standard attention and ReZero,
-  {"value_first": placeholder V_1} for the value residual, else {"hidden": H_0}."""
+  {"value_first": placeholder V_1} for the value residual, else {"hidden": H_0}
+  ([B, N, T, S]; see `attention.initial_hidden_state` for the positions)."""
   att = cfg.attention
   if att.kind in ("standard", "rezero"):
     return {}
@@ -228,7 +264,8 @@ def initial_state(cfg: StackConfig, batch, length):
     return stacked
   return {"hidden": attention.initial_hidden_state(
       batch, cfg.num_heads, length, noise_seed=att.h0_noise_seed,
-      noise_std=att.h0_noise_std if att.h0 == "noise" else None)}
+      noise_std=att.h0_noise_std if att.h0 == "noise" else None,
+      query_positions=positions_BxT, key_positions=key_positions_BxS)}
 
 
 class LayerStack(nn.Module):
@@ -238,6 +275,10 @@ class LayerStack(nn.Module):
   α and α′ come from the config, unless the variables passed to `apply` hold an
   `OVERRIDES` collection with this module's {"alpha": a, "alpha_hidden": a′}
   (arrays, so a sweep can trace and vmap them); they then ride in the carry.
+
+  positions [B|1, T] (rotary embeddings, H_0 noise) default to 0 … T−1. With
+  `decode`, each layer attends over its K/V cache (`cached_keys_values`), `mask`
+  covers the S cache slots and key_positions [B, S] are the slots' positions.
   """
   cfg: StackConfig
 
@@ -246,7 +287,8 @@ class LayerStack(nn.Module):
             if self.has_variable(OVERRIDES, name)}
 
   @nn.compact
-  def __call__(self, x_BxTxD, mask=None, *, deterministic=True, return_intermediates=False):
+  def __call__(self, x_BxTxD, mask=None, *, deterministic=True, return_intermediates=False,
+               positions=None, key_positions=None, decode=False):
     cfg = self.cfg
     batch, length = x_BxTxD.shape[:2]
     x_BxTxD = x_BxTxD.astype(cfg.dtype)  # the scan carry keeps one dtype
@@ -255,25 +297,26 @@ class LayerStack(nn.Module):
         carried_h0=cfg.attention.h0 == "noise"))
 
     block = Block
-    if cfg.remat_policy != "none":
-      # 0 = self, 1 = carry, 2 = restart, 3 = mask, 4 = deterministic (static).
+    if cfg.remat_policy != "none" and not decode:  # nothing to differentiate
+      # 0 = self, 1 = carry, 2 = restart, 3 = mask, 4 = deterministic (static), 5 = positions.
       block = nn.remat(Block, prevent_cse=not cfg.scan_layers, static_argnums=(4,),
                        policy=REMAT_POLICIES[cfg.remat_policy])
-    carry = (x_BxTxD, {**initial_state(cfg, batch, length), **self.overrides()})
+    carry = (x_BxTxD, {**initial_state(cfg, batch, length, positions, key_positions),
+                       **self.overrides()})
     if cfg.scan_layers:
       stack = nn.scan(block,
-                      variable_axes={"params": 0},
+                      variable_axes={"params": 0, "cache": 0},
                       split_rngs={"params": True, "dropout": True},
-                      in_axes=(0, nn.broadcast, nn.broadcast),  # restart per layer
+                      in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast),  # restart per layer
                       length=cfg.num_layers,
                       metadata_params={nn.PARTITION_NAME: "layers"})
-      carry, outputs = stack(cfg, return_intermediates, name="layers")(
-          carry, restarts_L, mask, deterministic)
+      carry, outputs = stack(cfg, return_intermediates, decode, name="layers")(
+          carry, restarts_L, mask, deterministic, positions)
     else:
       per_layer = []
       for i in range(cfg.num_layers):
-        carry, out = block(cfg, return_intermediates, name=f"layers_{i}")(
-            carry, restarts_L[i], mask, deterministic)
+        carry, out = block(cfg, return_intermediates, decode, name=f"layers_{i}")(
+            carry, restarts_L[i], mask, deterministic, positions)
         per_layer.append(out)
       outputs = jax.tree.map(lambda *xs: jnp.stack(xs), *per_layer) if return_intermediates else None
     return carry[0], outputs

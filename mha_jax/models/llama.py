@@ -24,24 +24,28 @@ STACK_DEFAULTS = dict(norm="rmsnorm", norm_eps=1e-6, mlp="swiglu", use_bias=Fals
 
 
 class Llama(nn.Module):
-  """tokens [B, T] int → (logits [B, T, vocab] float32, per-layer outputs)."""
+  """tokens [B, T] int → (logits [B, T, vocab] float32, per-layer outputs).
+
+  `positions`, `decode`: see `gpt.decoder_inputs` (decode needs mutable=["cache"]).
+  """
   stack: StackConfig
   vocab_size: int = 32000
   max_len: int = 2048   # longest context the model is meant for (rotary has no table)
 
   @nn.compact
-  def __call__(self, tokens_BxT, *, train=False, padding_mask=None, return_intermediates=False):
+  def __call__(self, tokens_BxT, *, train=False, padding_mask=None, return_intermediates=False,
+               positions=None, decode=False):
     cfg = self.stack
-    length = tokens_BxT.shape[1]
-    gpt.check_length(length, self.max_len)
+    mask, positions, key_positions = gpt.decoder_inputs(
+        tokens_BxT.shape[1], self.max_len, padding_mask, positions, decode)
     x_BxTxD = nn.Embed(self.vocab_size, cfg.width, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
                        embedding_init=nn.with_logical_partitioning(nn.initializers.normal(0.02),
                                                                    ("vocab", "embed")),
                        name="token_embedding")(tokens_BxT)
     x_BxTxD = nn.Dropout(cfg.dropout, deterministic=not train)(x_BxTxD)
     x_BxTxD, outputs = layers.LayerStack(cfg, name="decoder")(
-        x_BxTxD, gpt.decoder_mask(length, padding_mask), deterministic=not train,
-        return_intermediates=return_intermediates)
+        x_BxTxD, mask, deterministic=not train, return_intermediates=return_intermediates,
+        positions=positions, key_positions=key_positions, decode=decode)
     x_BxTxD = layers.make_norm(cfg, "final_norm")(x_BxTxD)
     logits_BxTxV = nn.Dense(self.vocab_size, use_bias=False, dtype=cfg.dtype,
                             param_dtype=cfg.param_dtype,

@@ -136,3 +136,12 @@ def test_invalid_mha_field_fails_in_one_line(tmp_path):
     transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path), trust_remote_code=True)
   message = str(info.value)
   assert "mha_jax_attention.alpha_hidden=2" in message and "\n" not in message, message
+
+
+@pytest.mark.parametrize("attention", [dict(kind="rezero"), dict(kind="hopfield", h0="noise")])
+def test_unexportable_attention_fails_in_one_line(attention, tmp_path):
+  model = models.build_model("gpt2", **SIZE, **FAMILY_OPTIONS["gpt2"], attention=attention)
+  params = random_params(model, inputs("gpt2"))
+  with pytest.raises(ValueError, match="does not export to transformers"):
+    interop.export_pretrained(params, model, str(tmp_path))
+  assert not os.listdir(tmp_path)  # nothing half-written

@@ -35,28 +35,24 @@ def check_attention(settings):
   return att
 
 
-class MhaGPT2Config(GPT2Config):
+class CheckedAttention:
+  """Validates `mha_jax_attention` before the stock config's own checks."""
+
+  def __post_init__(self, **kwargs):
+    self.mha_jax_attention = check_attention(self.mha_jax_attention)
+    super().__post_init__(**kwargs)
+
+
+class MhaGPT2Config(CheckedAttention, GPT2Config):
   model_type = "mha_gpt2"
   mha_jax_attention: dict | None = None
 
-  def __post_init__(self, **kwargs):
-    self.mha_jax_attention = check_attention(self.mha_jax_attention)
-    super().__post_init__(**kwargs)
 
-
-class MhaLlamaConfig(LlamaConfig):
+class MhaLlamaConfig(CheckedAttention, LlamaConfig):
   model_type = "mha_llama"
   mha_jax_attention: dict | None = None
 
-  def __post_init__(self, **kwargs):
-    self.mha_jax_attention = check_attention(self.mha_jax_attention)
-    super().__post_init__(**kwargs)
 
-
-class MhaViTConfig(ViTConfig):
+class MhaViTConfig(CheckedAttention, ViTConfig):
   model_type = "mha_vit"
   mha_jax_attention: dict | None = None
-
-  def __post_init__(self, **kwargs):
-    self.mha_jax_attention = check_attention(self.mha_jax_attention)
-    super().__post_init__(**kwargs)

@@ -85,7 +85,8 @@ def swap_layers(model, layers, make_layer, attention_name):
 
 class MhaGPT2Attention(GPT2Attention):
   def forward(self, hidden_states, cache=None, attention_mask=None, **kwargs):
-    q, k, v = (heads(t, self.head_dim) for t in self.c_attn(hidden_states).split(self.split_size, 2))
+    qkv = self.c_attn(hidden_states).split(self.split_size, 2)
+    q, k, v = (heads(t, self.head_dim) for t in qkv)
     if cache is not None:
       k, v = cache.update(k, v, self.layer_idx)
     out, weights = hopfield_attention(self, q, k, v, attention_mask, self.attn_dropout.p)

@@ -1,0 +1,81 @@
+"""Sweep grids for experiments/sweep.py and RESULTS.md: one preset per claim.
+
+  python experiments/sweep.py --config=configs/sweep.py:preset=alpha_grid --outdir=sweeps/alpha_grid
+
+Each preset is a base training config (a tiny CPU-sized model on offline data),
+changes to it, and the grid axes of mha_jax.sweep.grid (kind, alpha,
+alpha_hidden, residual, h0, reset_every, depth, seed); alpha_hidden -1 = α.
+`smoke`: two seeds, depth 2, 4 steps — seconds, for tests.
+"""
+
+import ml_collections
+
+from mha_jax.train import config_util
+
+MHA = ("standard", "hopfield")
+OPTIM = dict(learning_rate=3e-3, warmup_steps=20)
+RESIDUALS = ("convex", "scaled_branch", "standard")
+
+
+def vit_digits(steps):
+  """ViT on sklearn digits (8×8, 2×2 patches: 16 tokens + class), width 32."""
+  return ("configs/vit_cifar.py:smoke", dict(total_steps=steps, batch_size=64, eval_steps=-1,
+                                             log_every=50, eval_every=0, checkpoint_every=0,
+                                             progress_bar=False, optim=OPTIM))
+
+
+def gpt_char(steps):
+  """GPT on Shakespeare characters, T = 64, width 32."""
+  return ("configs/gpt2_wikitext103.py:smoke", dict(total_steps=steps, batch_size=32,
+                                                     eval_steps=8, log_every=50, eval_every=0,
+                                                     checkpoint_every=0, progress_bar=False,
+                                                     optim=OPTIM))
+
+
+PRESETS = {
+    # (a) ViT: standard vs MHA α = α′ ∈ {0.5, 0.7}, depth 6 and 12, every residual form
+    "vit_depth": (vit_digits(400), dict(kind=MHA, alpha=(0.5, 0.7), residual=RESIDUALS,
+                                        depth=(6, 12))),
+    # (b) small GPT on Shakespeare characters, same grid
+    "gpt_char": (gpt_char(300), dict(kind=MHA, alpha=(0.5, 0.7), residual=RESIDUALS,
+                                     depth=(6, 12))),
+    # (c) α × α′, convex residual (the paper's ablation), depth 6
+    "alpha_grid": (vit_digits(400), dict(kind=MHA, alpha=(0.2, 0.5, 0.8),
+                                         alpha_hidden=(0.0, 0.2, 0.5, 0.8, 1.0), depth=(6,))),
+    # (d) H_0 policies and reset-every-N (0 = never = N = L), residual standard
+    "h0_reset": (vit_digits(400), dict(kind=MHA, h0=("zeros", "first_scores", "noise"),
+                                       reset_every=(0, 1, 2, 4), residual=("standard",),
+                                       depth=(8,))),
+    # (e) rivals, shallow and deep (with skips; `noskip` in the base for without)
+    "rivals": (vit_digits(400), dict(kind=("standard", "hopfield", "realformer",
+                                           "value_residual", "rezero"),
+                                     residual=("standard",), depth=(2, 8))),
+    "rivals_noskip": (vit_digits(400), dict(kind=("standard", "hopfield", "realformer",
+                                                  "value_residual", "rezero"),
+                                            residual=("standard",), depth=(2, 8),
+                                            skip=False)),
+}
+DEFAULT_AXES = dict(kind=("hopfield",), alpha=(0.5,), alpha_hidden=(-1.0,),
+                    residual=("convex",), h0=("zeros",), reset_every=(0,), depth=(6,),
+                    seed=(0, 1, 2))
+
+
+def get_config(arg=None):
+  a = config_util.parse_arg(arg, preset="alpha_grid", seeds=3, mode="vmapped", smoke=False)
+  if a.preset not in PRESETS:
+    raise ValueError(f"preset={a.preset!r}; allowed: {sorted(PRESETS)}")
+  (base, updates), axes = PRESETS[a.preset]
+  axes = dict(axes)
+  skip = axes.pop("skip", True)
+  config = ml_collections.ConfigDict()
+  config.base = base
+  config.base_updates = dict(updates, model=dict(skip_connections=skip))
+  config.grid = {**DEFAULT_AXES, **axes, "seed": tuple(range(a.seeds))}
+  config.mode = a.mode
+  config.eval_steps = updates["eval_steps"]
+  if a.smoke:   # the first two values of each axis, depth 2, two seeds, 4 steps
+    config.base_updates.update(total_steps=4, batch_size=16)
+    config.grid.update({axis: tuple(values)[:2] for axis, values in config.grid.items()})
+    config.grid.update(depth=(2,), seed=(0, 1))
+    config.eval_steps = 2
+  return config

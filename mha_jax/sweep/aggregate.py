@@ -1,0 +1,169 @@
+"""Sweep results → mean ± std over seeds, and a paired comparison with the baseline.
+
+For each setting (a cell without its seed) the main metric's mean, sample std
+(ddof = 1) and median over seeds; against the baseline (standard attention at the
+same depth, the same seeds) the per-seed differences d_s = run − baseline, their
+mean and a 95 % paired t interval  mean(d) ± t_{0.975, n−1} · sd(d)/√n.
+The verdict says "better" / "worse" only when that interval excludes 0, and
+"no difference at this scale" otherwise — whichever way the numbers point.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import numpy as np
+
+from mha_jax.sweep import grid as grid_lib
+
+SETTING_AXES = tuple(a for a in grid_lib.AXES if a != "seed")
+CONDITION_AXES = ("depth",)   # a baseline matches a run on these
+
+
+def main_metric(results):
+  """('perplexity', False) for text results, ('accuracy', True) for images."""
+  if results and "perplexity" in results[0]["eval"]:
+    return "perplexity", False
+  return "accuracy", True
+
+
+def setting_key(cell):
+  return tuple(cell.get(a) for a in SETTING_AXES)
+
+
+def by_setting(results, metric):
+  """{setting key: {seed: metric value}}."""
+  out = {}
+  for row in results:
+    out.setdefault(setting_key(row["cell"]), {})[row["cell"]["seed"]] = row["eval"][metric]
+  return out
+
+
+def t_quantile(n):
+  from scipy import stats  # only aggregation needs scipy
+  return float(stats.t.ppf(0.975, n - 1))
+
+
+def paired_interval(diffs):
+  """(mean, lower, upper) of the 95 % paired t interval; bounds NaN for n < 2."""
+  d = np.asarray(diffs, np.float64)
+  if d.size < 2:
+    return float(d.mean()) if d.size else math.nan, math.nan, math.nan
+  half = t_quantile(d.size) * d.std(ddof=1) / math.sqrt(d.size)
+  return float(d.mean()), float(d.mean() - half), float(d.mean() + half)
+
+
+def verdict(lower, upper, higher_better):
+  if math.isnan(lower):
+    return "n < 2 seeds"
+  if lower > 0 or upper < 0:
+    return "better" if (lower > 0) == higher_better else "worse"
+  return "no difference at this scale"
+
+
+def summarize(results, metric=None, higher_better=None):
+  """One dict per setting: axes, n, mean, std, median, and Δ vs baseline."""
+  if metric is None:
+    metric, higher_better = main_metric(results)
+  values = by_setting(results, metric)
+  settings = {key: dict(zip(SETTING_AXES, key)) for key in values}
+  rows = []
+  for key, seeds in values.items():
+    cell = settings[key]
+    v = np.array([seeds[s] for s in sorted(seeds)], np.float64)
+    row = dict(cell, metric=metric, n=int(v.size), mean=float(v.mean()),
+               std=float(v.std(ddof=1)) if v.size > 1 else math.nan,
+               median=float(np.median(v)))
+    base_key = next((k for k, c in settings.items() if c["kind"] == "standard"
+                     and all(c[a] == cell[a] for a in CONDITION_AXES)), None)
+    if base_key is not None and cell["kind"] != "standard":
+      paired = sorted(set(seeds) & set(values[base_key]))
+      diffs = [seeds[s] - values[base_key][s] for s in paired]
+      mean, lower, upper = paired_interval(diffs)
+      row.update(n_paired=len(paired), delta=mean, ci_low=lower, ci_high=upper,
+                 verdict=verdict(lower, upper, higher_better))
+    rows.append(row)
+  return rows
+
+
+COLUMNS = SETTING_AXES + ("metric", "n", "mean", "std", "median", "n_paired", "delta",
+                          "ci_low", "ci_high", "verdict")
+
+
+def write_csv(rows, path):
+  with open(path, "w", newline="", encoding="utf-8") as f:
+    writer = csv.DictWriter(f, COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+
+
+def describe(row):
+  parts = [row["kind"]]
+  for axis in ("alpha", "alpha_hidden", "residual", "h0", "reset_every"):
+    if row.get(axis) is not None:
+      parts.append(f"{axis}={row[axis]}")
+  return " ".join(parts)
+
+
+def _fmt(x, spec=".4f"):
+  return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
+
+
+def markdown(rows):
+  """Table: setting, depth, n, mean ± std, median, Δ vs baseline [95 % CI], verdict."""
+  if not rows:
+    return "(no results)\n"
+  metric = rows[0]["metric"]
+  lines = [f"| setting | depth | seeds | {metric} mean ± std | median | Δ vs standard "
+           "[95 % paired CI] | verdict |", "|---|---|---|---|---|---|---|"]
+  for row in sorted(rows, key=lambda r: (r["depth"], r["kind"] != "standard", describe(r))):
+    delta = ("baseline" if row["kind"] == "standard" else "—" if "delta" not in row else
+             f"{row['delta']:+.4f} [{_fmt(row['ci_low'], '+.4f')}, {_fmt(row['ci_high'], '+.4f')}]")
+    lines.append(f"| {describe(row)} | {row['depth']} | {row['n']} | {row['mean']:.4f} ± "
+                 f"{_fmt(row['std'])} | {row['median']:.4f} | {delta} | {row.get('verdict', '')} |")
+  return "\n".join(lines) + "\n"
+
+
+def alpha_grid(rows):
+  """{(residual, h0, depth): (alphas, alpha_hiddens, mean matrix [α, α′])} of MHA rows."""
+  panels = {}
+  for row in rows:
+    if row["kind"] == "hopfield":
+      panels.setdefault((row["residual"], row["h0"], row["depth"], row["reset_every"]),
+                        {})[(row["alpha"], row["alpha_hidden"])] = row["mean"]
+  out = {}
+  for key, cells in panels.items():
+    alphas = sorted({a for a, _ in cells})
+    hiddens = sorted({h for _, h in cells})
+    matrix = np.full((len(alphas), len(hiddens)), np.nan)
+    for (a, h), value in cells.items():
+      matrix[alphas.index(a), hiddens.index(h)] = value
+    out[key] = (alphas, hiddens, matrix)
+  return out
+
+
+def heatmap(rows, path):
+  """The paper's ablation layout: mean metric over seeds on the α × α′ grid."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  panels = alpha_grid(rows)
+  if not panels:
+    return False
+  fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 4), squeeze=False)
+  for ax, ((residual, h0, depth, reset), (alphas, hiddens, matrix)) in zip(axes[0], panels.items()):
+    image = ax.imshow(matrix, origin="lower", cmap="viridis")
+    ax.set_xticks(range(len(hiddens)), [f"{h:g}" for h in hiddens])
+    ax.set_yticks(range(len(alphas)), [f"{a:g}" for a in alphas])
+    for i, j in np.ndindex(matrix.shape):
+      if not np.isnan(matrix[i, j]):
+        ax.text(j, i, f"{matrix[i, j]:.3f}", ha="center", va="center", fontsize=7, color="w")
+    ax.set(xlabel="α′ (hidden state)", ylabel="α (residual)",
+           title=f"{rows[0]['metric']}: depth {depth}, {residual}, h0={h0}"
+           + (f", reset {reset}" if reset else ""))
+    fig.colorbar(image, ax=ax, shrink=0.8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return True

@@ -1,0 +1,64 @@
+"""Smoke modes of the science scripts: each writes its table (CSV/JSON) and PNG, and
+the sweep's report holds the numbers of its cell files."""
+
+import csv
+import json
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def run_script(*args):
+  subprocess.run([sys.executable, *args], cwd=ROOT, check=True, capture_output=True,
+                 env={"PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin"})
+
+
+@pytest.mark.slow
+def test_sweep_smoke_writes_reports_that_match_its_cells(tmp_path):
+  run_script("experiments/sweep.py", "--config=configs/sweep.py:preset=alpha_grid,smoke",
+             f"--outdir={tmp_path}")
+  cells = [json.loads(p.read_text()) for p in (tmp_path / "cells").glob("*.json")]
+  assert len(cells) == 2 + 2 * 2 * 2   # standard × 2 seeds, α × α′ × 2 seeds
+  with open(tmp_path / "results.csv", encoding="utf-8") as f:
+    rows = list(csv.DictReader(f))
+  by_key = {(r["kind"], r["alpha"], r["alpha_hidden"], r["seed"]): float(r["accuracy"])
+            for r in rows}
+  for cell in cells:
+    c = cell["cell"]
+    key = (c["kind"], "" if c["alpha"] is None else str(c["alpha"]),
+           "" if c["alpha_hidden"] is None else str(c["alpha_hidden"]), str(c["seed"]))
+    assert by_key[key] == pytest.approx(cell["eval"]["accuracy"])
+  with open(tmp_path / "summary.csv", encoding="utf-8") as f:
+    summary = {(r["kind"], r["alpha"], r["alpha_hidden"]): r for r in csv.DictReader(f)}
+  base = [cell["eval"]["accuracy"] for cell in cells if cell["cell"]["kind"] == "standard"]
+  assert float(summary[("standard", "", "")]["mean"]) == pytest.approx(np.mean(base))
+  assert (tmp_path / "summary.md").read_text().count("\n") >= 6
+  assert (tmp_path / "heatmap.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_rank_collapse_and_attention_maps_smoke_write_json_and_png(tmp_path):
+  run_script("experiments/rank_collapse.py", "--smoke", "--float64", "--exact_min",
+             f"--json={tmp_path}/rank.json", f"--plot={tmp_path}/rank.png")
+  rank = json.loads((tmp_path / "rank.json").read_text())
+  assert rank["floor"] == 1e-15 and len(rank["rows"]) == 16
+  for row in rank["rows"]:
+    curves = np.array(row["curves"])
+    np.testing.assert_allclose(row["quantiles"]["50"], np.median(curves, axis=0))
+    exact = np.array(row["exact"])
+    assert exact.shape == curves.shape and np.isfinite(exact).all() and (exact >= 0).all()
+  assert (tmp_path / "rank.png").stat().st_size > 0 and (tmp_path / "rank.md").exists()
+  run_script("experiments/attention_maps.py", "--smoke", f"--out={tmp_path}/maps")
+  maps = json.loads((tmp_path / "maps" / "attention_maps.json").read_text())
+  assert [m["label"].split()[0] for m in maps] == ["standard", "hopfield"]
+  for m in maps:
+    entropy = np.array(m["entropy_per_layer_head"])
+    # 17 tokens: entropy of a softmax row lies in [0, log 17]
+    assert entropy.shape == (2, 4) and (entropy >= 0).all() and (entropy <= np.log(17)).all()
+  for name in ("entropy.png", "cls_over_patches.png"):
+    assert (tmp_path / "maps" / name).stat().st_size > 0

@@ -1,0 +1,107 @@
+"""Sweep grid: collapsing of axes, resume after a kill (only missing cells are
+trained), and aggregation on synthetic results against hand-computed numbers."""
+
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+
+from mha_jax.sweep import aggregate, grid
+
+GRID = dict(kind=("standard", "hopfield"), alpha=(0.5, 0.7), alpha_hidden=(-1.0,),
+            residual=("convex",), h0=("zeros",), reset_every=(0,), depth=(2,), seed=(0, 1, 2))
+
+
+def test_cells_collapse_axes_a_kind_does_not_read():
+  cells = grid.cells(GRID)
+  assert sum(c["kind"] == "standard" for c in cells) == 3        # α does not multiply it
+  assert sum(c["kind"] == "hopfield" for c in cells) == 6
+  assert all(c["alpha_hidden"] == c["alpha"] for c in cells if c["kind"] == "hopfield")
+  assert len({grid.cell_id(c) for c in cells}) == len(cells)
+  noisy = grid.cells(dict(GRID, h0=("noise",), reset_every=(0, 2)))
+  assert not any(c["h0"] == "noise" and c["reset_every"] for c in noisy)
+
+
+class Killed(Exception):
+  pass
+
+
+def fake_trainer(log, kill_after=None):
+  def train_group(group):
+    if kill_after is not None and len(log) >= kill_after:
+      raise Killed
+    log.append([grid.cell_id(c) for c in group])
+    return [{"eval": {"accuracy": 0.5 + 0.01 * c["seed"], "loss": 1.0}} for c in group]
+  return train_group
+
+
+def test_killed_sweep_resumes_and_trains_only_missing_cells(tmp_path):
+  first = []
+  with pytest.raises(Killed):
+    grid.run_sweep(None, GRID, tmp_path, train_group=fake_trainer(first, kill_after=2),
+                   max_group=2, say=lambda _: None)
+  # a write cut short by the kill leaves only a temp file, which does not count
+  (tmp_path / "cells" / "half-written.tmp").write_text("{")
+  done_before = {p.stem for p in (tmp_path / "cells").glob("*.json")}
+  assert done_before == {cid for group in first for cid in group}
+  second = []
+  trained, skipped, left = grid.run_sweep(None, GRID, tmp_path, train_group=fake_trainer(second),
+                                          max_group=2, say=lambda _: None)
+  retrained = {cid for group in second for cid in group}
+  all_ids = {grid.cell_id(c) for c in grid.cells(GRID)}
+  assert retrained == all_ids - done_before and not retrained & done_before
+  assert (trained, skipped, left) == (len(retrained), len(done_before), 0)
+  assert len(grid.ResultStore(tmp_path).read_all()) == len(all_ids)
+  # a third run has nothing to do
+  third = []
+  assert grid.run_sweep(None, GRID, tmp_path, train_group=fake_trainer(third),
+                        say=lambda _: None)[0] == 0 and not third
+
+
+def result(kind, seed, accuracy, alpha=None):
+  cell = dict(kind=kind, alpha=alpha, alpha_hidden=alpha, residual="convex" if alpha else None,
+              h0="zeros" if alpha else None, reset_every=0 if alpha else None, depth=6,
+              seed=seed)
+  return {"cell": cell, "eval": {"accuracy": accuracy, "loss": 1.0}}
+
+
+T_975_2 = 4.302652729911275   # Student t, 97.5 % quantile, 2 degrees of freedom (tables)
+
+
+def test_aggregation_matches_hand_computed_numbers():
+  results = ([result("standard", s, a) for s, a in enumerate([0.80, 0.82, 0.84])]
+             + [result("hopfield", s, a, 0.5) for s, a in enumerate([0.83, 0.86, 0.85])]
+             + [result("hopfield", s, a, 0.7) for s, a in enumerate([0.75, 0.76, 0.80])])
+  rows = {r["alpha"]: r for r in aggregate.summarize(results)}
+  base, up, down = rows[None], rows[0.5], rows[0.7]
+  assert base["metric"] == "accuracy" and base["n"] == 3
+  assert base["mean"] == pytest.approx(0.82) and base["std"] == pytest.approx(0.02)
+  assert "delta" not in base
+  # α = 0.5: differences 0.03, 0.04, 0.01 → mean 0.02667, sd 0.015275
+  sd = math.sqrt(((0.03 - 0.08 / 3) ** 2 + (0.04 - 0.08 / 3) ** 2 + (0.01 - 0.08 / 3) ** 2) / 2)
+  assert sd == pytest.approx(0.0152753, abs=1e-6)
+  half = T_975_2 * sd / math.sqrt(3)
+  assert up["delta"] == pytest.approx(0.08 / 3)
+  assert (up["ci_low"], up["ci_high"]) == pytest.approx((0.08 / 3 - half, 0.08 / 3 + half))
+  assert up["verdict"] == "no difference at this scale"   # the interval holds 0
+  # α = 0.7: differences −0.05, −0.06, −0.04 → mean −0.05, sd 0.01: an interval below 0
+  assert down["delta"] == pytest.approx(-0.05)
+  assert down["ci_high"] == pytest.approx(-0.05 + T_975_2 * 0.01 / math.sqrt(3))
+  assert down["verdict"] == "worse"
+  # lower-is-better metrics flip the words, not the numbers
+  flipped = {r["alpha"]: r for r in aggregate.summarize(results, "accuracy", False)}
+  assert flipped[0.7]["verdict"] == "better" and flipped[0.7]["delta"] == down["delta"]
+  table = aggregate.markdown(list(rows.values()))
+  assert "0.8200 ± 0.0200" in table and "worse" in table
+
+
+def test_alpha_grid_places_means_and_heatmap_writes(tmp_path):
+  results = [result("hopfield", s, 0.1 * a + 0.01 * s, a) for a in (0.2, 0.5) for s in (0, 1)]
+  rows = aggregate.summarize(results)
+  (alphas, hiddens, matrix), = aggregate.alpha_grid(rows).values()
+  assert alphas == hiddens == [0.2, 0.5]
+  np.testing.assert_allclose(np.diag(matrix), [0.025, 0.055])
+  assert np.isnan(matrix[0, 1])
+  assert aggregate.heatmap(rows, tmp_path / "h.png") and (tmp_path / "h.png").stat().st_size > 0
