@@ -23,9 +23,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from mha_jax import data, decode
-from mha_jax.data import offline, text
-from mha_jax.train import checkpoint
+from mha_jax import decode
+from mha_jax.data import datasets, offline, tokenizers
+from mha_jax.train import checkpoint, tasks
 from mha_jax.train import train as train_lib
 
 FLAGS = flags.FLAGS
@@ -58,25 +58,25 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tok
 
 
 def run_tokenizer(data_config):
-  """The tokenizer a training run's dataset was tokenised with."""
-  if data_config.get("tokenizer") == "gpt2":
-    return text.gpt2_tokenizer(data_config.cache_dir)
-  if data_config.get("tokenizer") == "char" and data_config.name.startswith("shakespeare"):
-    works = (t for split in offline.SPLITS
-             for _, t in offline.shakespeare_works(split, data_config.cache_dir))
-    return text.CharTokenizer("".join(sorted({c for t in works for c in t})))
-  return None  # synthetic data: ids only
+  """The tokenizer a training run's dataset was tokenised with (as mha_jax.data
+  builds it), or None for synthetic ids."""
+  name = datasets.tokenizer_name(data_config)
+  if name == "char":   # the dataset table's only character set is Shakespeare's
+    return tokenizers.CharTokenizer(offline.shakespeare_alphabet(data_config.cache_dir))
+  if name == "gpt2":
+    return tokenizers.gpt2_tokenizer(data_config.cache_dir)
+  return None
 
 
 def load_workdir(workdir):
   """(model, params, tokenizer, end-of-text id) of a training run's latest checkpoint."""
   with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
     config = ml_collections.ConfigDict(json.load(f))
-  split = data.build_input(config.data, split=config.data.eval_split, global_batch_size=1,
-                           train=False, seed=0)
-  model = train_lib.build_model(config.model, split.info)
+  config.eval_batch_size = 1
+  info = train_lib.make_input(config, train=False).info
+  model = train_lib.make_model(config.model, tasks.make_task(config, info))
   return (model, checkpoint.load_init_params(workdir, model), run_tokenizer(config.data),
-          split.info.eos_id)
+          info.eos_id)
 
 
 def load_pretrained_directory(directory):
@@ -98,7 +98,7 @@ def pretrained_tokenizer(directory, config):
     import transformers
     return HFTokenizer(transformers.AutoTokenizer.from_pretrained(directory))
   if config.get("model_type") == "gpt2" and config.get("vocab_size") == 50257:
-    return text.gpt2_tokenizer("")
+    return tokenizers.gpt2_tokenizer("")
   return None
 
 

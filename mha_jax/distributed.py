@@ -10,7 +10,7 @@ process, with the coordinator, process count and id taken, first match wins, fro
 3. a cluster that JAX detects by itself (TPU pod slice, SLURM, Open MPI, or
    `config.distributed=True` to ask JAX to detect one it knows).
 
-On CPU the processes exchange collectives through gloo. `check_same_run` then
+On CPU the processes exchange collectives through gloo. `check_peers_agree` then
 stops a process whose config or process count differs from its peers' with one
 line, before any step is compiled (a mismatch would otherwise hang in a
 collective).
@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import sys
 
 import numpy as np
 
@@ -99,6 +100,12 @@ def initialize(cluster: Cluster | None, timeout_s: int = DEFAULT_TIMEOUT_S) -> N
     return
   # Collectives between CPU devices of different processes (tests, `launch local`).
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  # JAX aborts the process (DEADLINE_EXCEEDED, RegisterTask) when a peer is missing at
+  # the deadline; this line says beforehand what it waits for and how long.
+  who = (f"process {cluster.process_id} of {cluster.num_processes} at "
+         f"{cluster.coordinator_address}" if cluster.num_processes else "a detected cluster")
+  print(f"joining a multi-process job as {who} ({cluster.source}); waiting up to "
+        f"{timeout_s} s for every process", file=sys.stderr, flush=True)
   try:
     jax.distributed.initialize(cluster.coordinator_address, cluster.num_processes,
                                cluster.process_id, initialization_timeout=int(timeout_s))
@@ -124,7 +131,7 @@ def fingerprint(*parts: str) -> np.ndarray:
   return np.frombuffer(digest, np.int32).copy()
 
 
-def check_same_run(config_json: str, declared_processes: int | None = None) -> None:
+def check_peers_agree(config_json: str, declared_processes: int | None = None) -> None:
   """Every process must run the same config with the same process count; else
   each process stops with one line naming the processes that differ."""
   import jax

@@ -48,6 +48,12 @@ def define_flags(argv):
                                   lock_config=True, flag_values=flag_values, sys_argv=argv)
   flags.DEFINE_boolean("debug", False, "Show tracebacks instead of one-line errors.",
                        flag_values=flag_values)
+  # Multi-host on clusters JAX does not detect (TPU pods, SLURM and JAX_* env need none).
+  flags.DEFINE_string("coordinator_address", None, "host:port of process 0's coordinator.",
+                      flag_values=flag_values)
+  flags.DEFINE_integer("num_processes", None, "Processes in the job.", flag_values=flag_values)
+  flags.DEFINE_integer("process_id", None, "This process's index, 0..num_processes-1.",
+                       flag_values=flag_values)
   return flag_values
 
 
@@ -59,7 +65,8 @@ def _last_line(text):
 
 
 def parse_command_line(argv):
-  """(config, workdir, debug); CommandLineError with one line for anything wrong."""
+  """(config, workdir, debug, cluster); CommandLineError with one line for anything
+  wrong. `cluster`: the distributed.Cluster of the multi-host flags, or None."""
   from absl import flags
   flag_values = define_flags(argv)
   try:
@@ -75,7 +82,10 @@ def parse_command_line(argv):
     raise CommandLineError(f"unexpected arguments: {rest[1:]}")
   if config is None or not flag_values.workdir:
     raise CommandLineError(f"--config and --workdir are required; {USAGE}")
-  return config, flag_values.workdir, flag_values.debug
+  from mha_jax import distributed
+  explicit = (flag_values.coordinator_address, flag_values.num_processes, flag_values.process_id)
+  cluster = distributed.resolve(*explicit) if any(v is not None for v in explicit) else None
+  return config, flag_values.workdir, flag_values.debug, cluster
 
 
 def _unknown_field(argv):
@@ -109,7 +119,9 @@ def help_text(argv):
   """Usage, flags, and the config's fields (with --config) or every config's arguments."""
   lines = [USAGE, "", "flags:", "  --config=FILE[:key=value,...]  a config file and its arguments",
            "  --workdir=DIR   checkpoints, metrics.jsonl, config.json (a rerun resumes)",
-           "  --config.FIELD=VALUE  override any field below", "  --debug   tracebacks"]
+           "  --config.FIELD=VALUE  override any field below", "  --debug   tracebacks",
+           "  --coordinator_address=HOST:PORT --num_processes=N --process_id=I   multi-host "
+           "where JAX does not detect the cluster"]
   given = [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
   if given:
     from mha_jax.train import config_util, validation
@@ -130,9 +142,10 @@ def help_text(argv):
 
 def describe_error(error):
   """One line for an expected failure, or None for a bug (which keeps its traceback)."""
+  from mha_jax import distributed
   from mha_jax.train import checkpoint, loop, validation
   if isinstance(error, (CommandLineError, validation.ConfigError, loop.NonFiniteError,
-                        checkpoint.CheckpointError)):
+                        checkpoint.CheckpointError, distributed.DistributedError)):
     return str(error).strip().splitlines()[0]
   seen = error
   while seen is not None:   # orbax wraps the OSError of a failed write in its own errors
@@ -156,7 +169,7 @@ def main(argv, preemption=None):
     return 0
   debug = os.environ.get("MHA_DEBUG", "") not in ("", "0") or "--debug" in argv
   try:
-    config, workdir, debug = parse_command_line(argv)
+    config, workdir, debug, cluster = parse_command_line(argv)
     debug = debug or os.environ.get("MHA_DEBUG", "") not in ("", "0")
     # Orbax logs every file it writes at INFO, and a failed save from each of its
     # threads at ERROR: the one line below says it once (--debug shows them).
@@ -165,7 +178,7 @@ def main(argv, preemption=None):
     if preemption is not None:
       preemption.check("start-up")
     from mha_jax.train import train
-    train.train_and_evaluate(config, workdir, preemption)
+    train.train_and_evaluate(config, workdir, preemption, cluster)
   except Interrupted as e:
     print(f"interrupted: {e}", file=sys.stderr)
     return e.exit_code

@@ -38,6 +38,8 @@ flags.DEFINE_list("per_device_batches", ["1", "2", "4", "8", "16", "32", "64", "
                   "Rows per batch shard that --sweep tries, smallest first.")
 flags.DEFINE_bool("xla_flops", True, "Also compile 1- and 2-layer unscanned copies for "
                   "cost_analysis FLOPs.")
+flags.DEFINE_bool("quick", False, "TPU: stop each compile at XLA's memory check (HBM capped "
+                  "at 1 MiB) and judge needs ≤ HBM; about a minute instead of ten.")
 flags.DEFINE_string("json", None, "Write the figures to this JSON file.")
 flags.mark_flags_as_required(["config"])
 
@@ -97,7 +99,8 @@ def main(argv):
   if (flags.FLAGS.topology is None) == (flags.FLAGS.cpu_devices is None):
     raise app.UsageError("give exactly one of --topology and --cpu_devices")
   try:
-    devices, label, chip = fit.target_devices(flags.FLAGS.topology, flags.FLAGS.cpu_devices)
+    devices, label, chip = fit.target_devices(flags.FLAGS.topology, flags.FLAGS.cpu_devices,
+                                              quick=flags.FLAGS.quick)
   except ValueError as e:
     sys.exit(f"error: {e}")
   time_chip = chip or chips.chip(flags.FLAGS.chip)

@@ -21,8 +21,8 @@ from mha_jax import data as data_lib
 from mha_jax import flops as flops_lib
 from mha_jax.train import optim, sharding, state, tasks, train
 
-# Datasets whose shapes are known without their files (a fit check needs no data).
-_GPT2_VOCAB = 50257
+_GPT2_VOCAB = 50257   # every TFDS text set of the table is GPT-2 BPE
+QUICK_CAP_FLAG = "--xla_tpu_max_hbm_size_mib=1"
 
 
 @dataclasses.dataclass
@@ -49,9 +49,14 @@ class Fit:
   error: str = ""
 
 
-def target_devices(topology=None, cpu_devices=None):
+def target_devices(topology=None, cpu_devices=None, quick=False):
   """(devices, label, Chip or None) for a TPU topology ("v5e:4x4", compiled by
-  libtpu) or N simulated CPU devices; ValueError if libtpu cannot provide it."""
+  libtpu) or N simulated CPU devices; ValueError if libtpu cannot provide it.
+
+  quick: cap XLA:TPU's HBM at 1 MiB, so every compile stops at its memory check
+  (in about a minute instead of ten) and reports the bytes the step needs; the
+  verdict is then needs ≤ HBM (`Fit.fits` stays None). Must be chosen before
+  libtpu starts in this process."""
   if cpu_devices is not None:
     jax.config.update("jax_num_cpu_devices", cpu_devices)   # before the CPU backend starts
     devices = jax.devices("cpu")[:cpu_devices]
@@ -59,10 +64,14 @@ def target_devices(topology=None, cpu_devices=None):
   chip = chips.chip(topology.split(":")[0])
   # Nothing runs on a TPU here: several compiling processes may share libtpu.
   os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+  if quick:
+    os.environ["LIBTPU_INIT_ARGS"] = (os.environ.get("LIBTPU_INIT_ARGS", "")
+                                      + " " + QUICK_CAP_FLAG).strip()
   try:
     from jax.experimental import topologies
     desc = topologies.get_topology_desc(platform="tpu", topology_name=topology,
-                                        chip_config_name="default",
+                                        chip_config_name="megacore" if chip.cores_in_name
+                                        else "default",
                                         chips_per_host_bounds=(2, 2, 1), num_slices=1)
   except Exception as e:  # noqa: BLE001 — no libtpu, or a topology it does not know
     raise ValueError(f"--topology={topology}: {str(e).strip().splitlines()[0]} (TPU "
@@ -71,20 +80,21 @@ def target_devices(topology=None, cpu_devices=None):
 
 
 def dataset_info(config):
-  """DatasetInfo from the config alone for TFDS sets (no files needed); offline
-  and synthetic sets are built (they are small and local)."""
+  """DatasetInfo from the dataset table alone for TFDS sets (no files needed: class
+  counts from the TFDS builder's own metadata); offline and synthetic sets are
+  built (they are small and local)."""
   cfg = config.data
-  if "image_size" in cfg and cfg.name not in ("digits", "mnist5k"):
-    num_classes = config.model.get("num_classes") or cfg.get("num_classes")
+  row = data_lib.datasets.lookup(cfg.name)
+  if row.source != "tfds":
+    return train.make_input(config, train=True).info
+  if row.kind == "image":
+    num_classes = config.model.get("num_classes")
     if num_classes is None:
-      from mha_jax.data import tfds_data
-      num_classes = tfds_data.IMAGE_DATASETS[cfg.name][2]
+      tfds = data_lib.sources.import_tfds()
+      num_classes = tfds.builder(cfg.name).info.features["label"].num_classes
     return data_lib.DatasetInfo(cfg.name, "image", 0, num_classes=num_classes,
                                 image_shape=(cfg.image_size, cfg.image_size, 3))
-  if cfg.get("tokenizer") == "gpt2" and not cfg.name.startswith("shakespeare"):
-    return data_lib.DatasetInfo(cfg.name, "text", 0, vocab_size=_GPT2_VOCAB,
-                                seq_len=cfg.seq_len)
-  return train.make_input(config, train=True).info
+  return data_lib.DatasetInfo(cfg.name, "text", 0, vocab_size=_GPT2_VOCAB, seq_len=cfg.seq_len)
 
 
 def batch_spec(config, info, global_batch, data_sharding):
@@ -193,10 +203,15 @@ def measure(config, devices, device_label, hbm_bytes=None, with_xla_flops=True) 
       xla_flops_per_device=None, items_per_step=step_flops.items,
       item_name=step_flops.item_name)
   if isinstance(compiled, Exception):
-    fit.fits, fit.error = False, str(compiled).strip().splitlines()[0][:300]
+    fit.error = str(compiled).strip().splitlines()[0][:300]
     fit.temp_bytes = _oom_temp_bytes(str(compiled))
-    if fit.temp_bytes is not None:   # what it would need: temporaries + the state
+    if fit.temp_bytes is not None:   # what it needs: temporaries + the state
       fit.total_bytes = fit.temp_bytes + fit.params_bytes + fit.opt_bytes
+    quick = QUICK_CAP_FLAG in os.environ.get("LIBTPU_INIT_ARGS", "")
+    if quick and fit.total_bytes is not None and hbm_bytes is not None:
+      fit.fits, fit.error = fit.total_bytes <= hbm_bytes, "quick: needs vs HBM (not compiled)"
+    else:
+      fit.fits = False
     return fit
   memory = compiled.memory_analysis()
   fit.temp_bytes = int(memory.temp_size_in_bytes)

@@ -1,7 +1,7 @@
 """Checkpoints: orbax CheckpointManager (args API) in `<workdir>/checkpoints`.
 
-Each step directory holds the train state (params, optimizer, step, RNG), the
-data-iterator state and the config. Orbax writes to a temporary directory and
+Each step directory holds the train state (params, optimizer, step, RNG), each
+process's data-iterator state (see data_checkpoint) and the config. Orbax writes to a temporary directory and
 renames it when complete, so a crash mid-save leaves the previous step usable.
 Every process takes part in saves and restores (orbax coordinates them); only
 moving a bad step aside is done by process 0.
@@ -24,6 +24,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from mha_jax.train import data_checkpoint
 from mha_jax.train.optim import param_name
 from mha_jax.train.validation import ConfigError
 
@@ -35,7 +36,7 @@ class CheckpointError(RuntimeError):
 
 
 def _handlers():
-  return dict(state=ocp.StandardCheckpointHandler(), data=ocp.JsonCheckpointHandler(),
+  return dict(state=ocp.StandardCheckpointHandler(), data=data_checkpoint.handler(),
               config=ocp.JsonCheckpointHandler())
 
 
@@ -50,7 +51,7 @@ def make_manager(workdir, config):
 def save(manager, step, state, data_state, config):
   manager.save(step, force=True, args=ocp.args.Composite(
       state=ocp.args.StandardSave(state),
-      data=ocp.args.JsonSave(data_state),
+      data=data_checkpoint.save_args(data_state),   # one file per process
       config=ocp.args.JsonSave(config.to_dict())))
 
 
@@ -117,8 +118,8 @@ def _restore_step(manager, step, abstract):
     raise ConfigError(f"checkpoint step {step} does not fit the model ({count} params differ: "
                       f"{shown}); use a new --workdir")
   restored = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore()))
-  return restored.state, restored.data
+      state=ocp.args.StandardRestore(abstract)))
+  return restored.state, data_checkpoint.restore(os.path.join(str(manager.directory), str(step)))
 
 
 def restore_latest(manager, state_shapes, shardings, say=logging.warning):
@@ -153,7 +154,14 @@ def load_params(workdir):
     step = manager.latest_step()
     if step is None:
       raise FileNotFoundError(f"no checkpoint in {os.path.join(workdir, 'checkpoints')}")
-    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    # Onto this process's first device: the checkpoint may come from another topology
+    # (a multi-host job), which a restore without a target refuses.
+    here = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=here),
+                          manager.item_metadata(step)["state"],
+                          is_leaf=lambda m: hasattr(m, "shape"))
+    restored = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(target)))
   return jax.tree.map(np.asarray, restored.state["params"])
 
 

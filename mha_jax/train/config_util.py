@@ -84,7 +84,11 @@ def base_config():
       force_resume=False,      # resume although the model/data/optimizer config changed
       init_from="",            # orbax workdir or Hugging Face dir: params for a warm start
       init_from_exclude="",    # regex of params not taken from a Hugging Face init_from
-      distributed=False,       # jax.distributed.initialize() (multi-host)
+      distributed=False,       # ask JAX to detect a cluster (TPU pod, SLURM: automatic anyway)
+      distributed_timeout_s=300,   # how long processes wait for all peers to join
+      compilation_cache_dir="",    # JAX's persistent compilation cache ("" = off)
+      profile_start_step=0,    # > 0: jax.profiler trace of steps N.. into <workdir>/tb
+      profile_num_steps=3,
       mesh=dict(data=-1, fsdp=1, tensor=1),   # -1: the remaining devices
       sharding_rules=(),       # () = mha_jax.train.sharding.DEFAULT_RULES
       optim=dict(

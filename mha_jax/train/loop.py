@@ -30,8 +30,10 @@ class TrainLoop:
   and are fetched every `log_every` steps and before every save, so a non-finite
   step is caught (and named) before it can reach a checkpoint."""
 
-  def __init__(self, config, task, writer, schedule, manager, mesh, initial_step):
+  def __init__(self, config, task, writer, schedule, manager, mesh, initial_step,
+               utilization=None, step_profiler=None):
     self.config, self.task, self.writer = config, task, writer
+    self.utilization, self.step_profiler = utilization, step_profiler
     self.schedule, self.manager = schedule, manager
     self.data_sh = sharding.batch_sharding(mesh)
     self.initial_step = initial_step
@@ -72,6 +74,8 @@ class TrainLoop:
     row = dict(means, learning_rate=float(self.schedule(step - 1)),
                steps_per_sec=steps_per_sec, skipped_steps=self.skipped,
                **{self.task.throughput_name: items_per_sec})
+    if self.utilization is not None:   # per device: items/s, model TFLOP/s, MFU
+      row.update(self.utilization.row(steps_per_sec))
     self.writer.write(step, "train", row)
     self.writer.postfix({"loss": f"{means['loss']:.4f}", "step/s": f"{steps_per_sec:.2f}",
                          self.task.throughput_unit: f"{items_per_sec:.0f}"})
@@ -86,9 +90,14 @@ class TrainLoop:
     while step < cfg.total_steps:
       if batch is None:
         batch = sharding.to_global(next(train_input), self.data_sh)
-      state, step_metrics = train_fn(state, batch)
+      if self.step_profiler:
+        self.step_profiler.before_step(step + 1)
+      with jax.profiler.StepTraceAnnotation("train", step_num=step + 1):
+        state, step_metrics = train_fn(state, batch)
       batch = None
       step += 1
+      if self.step_profiler:
+        self.step_profiler.after_step(step, step_metrics)
       pending.append((step, step_metrics))
       preempted = preemption.requested   # read once: a signal may land mid-iteration
       save = step == cfg.total_steps or preempted or (

@@ -18,9 +18,9 @@ import jax
 import tqdm
 
 from mha_jax import data as data_lib
-from mha_jax import models
+from mha_jax import distributed, flops, models
 from mha_jax.train import checkpoint, loop, metrics, optim, sharding, state as state_lib
-from mha_jax.train import steps, tasks, validation, workdir as workdir_lib
+from mha_jax.train import profiler, steps, tasks, validation, workdir as workdir_lib
 from mha_jax.train.preemption import Preemption
 from mha_jax.train.validation import ConfigError
 
@@ -115,19 +115,32 @@ def _record_start(config, workdir, setup, changed):
         f"(they are trained again)")
 
 
-def train_and_evaluate(config, workdir, preemption=None):
+def join_job(config, cluster=None):
+  """Joins a multi-process job (main's flags > JAX_* environment > a cluster JAX
+  detects) and checks that every process runs this config; a no-op for one process.
+  Runs before any other JAX call that touches devices."""
+  cluster = cluster or distributed.resolve(auto_detect=config.get("distributed", False))
+  distributed.initialize(cluster, config.get("distributed_timeout_s",
+                                             distributed.DEFAULT_TIMEOUT_S))
+  distributed.check_peers_agree(config.to_json_best_effort(sort_keys=True),
+                                cluster.num_processes if cluster else None)
+  profiler.enable_compilation_cache(config.get("compilation_cache_dir", ""))
+
+
+def train_and_evaluate(config, workdir, preemption=None, cluster=None):
   """Trains `config` in `workdir` (resuming if it holds checkpoints); returns the
   last eval metrics ({} when evaluation is off). `preemption`: an installed
   Preemption (mha_jax.main installs one before JAX starts); default: one for
-  the duration of this call."""
+  the duration of this call. `cluster`: a distributed.Cluster from main's flags."""
   own_preemption = preemption is None
   preemption = preemption or Preemption().install()
   lock = workdir_lib.WorkdirLock(workdir)
   try:
-    if config.get("distributed"):
-      jax.distributed.initialize()   # before any other JAX call that touches devices
+    join_job(config, cluster)
     validation.validate(config)
     mesh = sharding.make_mesh(config.mesh)
+    if jax.process_count() > 1:   # one line per process: its devices and the mesh
+      print(distributed.describe(mesh), flush=True)
     sharding.check_batch(config.batch_size, mesh, config.grad_accum_steps)
     sharding.check_batch(config.eval_batch_size, mesh, 1)
     if jax.process_index() == 0:   # the coordinator holds the lock for the whole job
@@ -174,10 +187,20 @@ def _train(config, workdir, mesh, preemption):
     writer = metrics.MetricWriter(workdir, total_steps=config.total_steps,
                                   initial_step=initial_step,
                                   progress_bar=config.get("progress_bar", True))
-    runner = loop.TrainLoop(config, task, writer, schedule, manager, mesh, initial_step)
+    info = train_input.info
+    step_flops = flops.training_flops(model, config.batch_size, info.kind, seq_len=info.seq_len,
+                                      channels=(info.image_shape or (0, 0, 3))[2])
+    runner = loop.TrainLoop(config, task, writer, schedule, manager, mesh, initial_step,
+                            utilization=profiler.Utilization(step_flops),
+                            step_profiler=profiler.StepProfiler(
+                                workdir, config.get("profile_start_step", 0),
+                                config.get("profile_num_steps", 0)))
     with sharding.step_context(mesh, rules):
-      last_eval, step = runner.run(setup.state, train_fn, eval_fn, train_input, eval_input,
-                                   preemption, first_batch)
+      try:
+        last_eval, step = runner.run(setup.state, train_fn, eval_fn, train_input, eval_input,
+                                     preemption, first_batch)
+      finally:
+        runner.step_profiler.close()   # a trace window cut short by the end or an error
     writer.close()
     writer = None
     say(end_line(step, last_eval, workdir))

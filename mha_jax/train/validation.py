@@ -25,7 +25,9 @@ NON_NEGATIVE_FIELDS = ("eval_every", "checkpoint_every", "max_skipped_steps",
 # optimizer, seed, batch) is the run's identity.
 RESUMABLE_FIELDS = ("total_steps", "log_every", "eval_every", "eval_steps", "eval_batch_size",
                     "checkpoint_every", "keep_checkpoints", "async_checkpoints",
-                    "progress_bar", "force_resume", "distributed", "mesh", "sharding_rules",
+                    "progress_bar", "force_resume", "distributed", "distributed_timeout_s",
+                    "compilation_cache_dir", "profile_start_step", "profile_num_steps",
+                    "mesh", "sharding_rules",
                     "init_from", "init_from_exclude", "data.eval_split")
 
 

@@ -22,8 +22,8 @@ def run_script(*args):
   names); returns its parsed last stdout line."""
   env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
   result = subprocess.run([sys.executable, str(ROOT / "experiments" / "sample.py"), *args,
-                           "--json"], check=True, env=env, capture_output=True, text=True,
-                          timeout=600)
+                           "--json"], env=env, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
   return json.loads(result.stdout.strip().splitlines()[-1])
 
 

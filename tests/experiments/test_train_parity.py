@@ -88,3 +88,20 @@ def test_decay_groups_follow_mha_jax_names():
                                  if n.startswith("stack.") and n.endswith("weight") and p.ndim == 2)
   assert "wte.weight" in {names[id(p)] for p in plain["params"]}
   assert decayed["weight_decay"] == 0.1 and plain["weight_decay"] == 0.0
+
+
+@pytest.mark.slow
+def test_compare_pytorch_report(tmp_path):
+  """--report: one row per run with the run's own figures; .json and .png beside it."""
+  import compare_pytorch
+  out = tmp_path / "report.md"
+  runs = compare_pytorch.main(["--report", "--families", "llama", "--kinds", "hopfield",
+                               "--steps", "3", "--out", str(out)])
+  (run,) = runs
+  row = out.read_text().splitlines()[2].split(" | ")
+  assert row[0] == "| llama" and row[1].startswith("MHA α=0.6 α′=0.3") and row[2] == "hf"
+  assert float(row[3]) == pytest.approx(run["initial"]["logits_max_abs"], rel=0.06, abs=1e-12)
+  assert run["initial"]["logits_max_abs"] <= 1e-5 and run["initial"]["grad_max_rel"] <= 1e-4
+  assert float(row[8].split()[0]) == pytest.approx(run["summary"]["max_abs_dloss"], rel=0.06,
+                                                   abs=1e-12)
+  assert (tmp_path / "report.json").exists() and (tmp_path / "report.png").stat().st_size > 5000

@@ -41,7 +41,7 @@ class Manager:
 
   def save(self, step, force, args):
     del force
-    self.saved.append((step, args["data"].item))
+    self.saved.append((step, args["data"].item.state))   # the per-process iterator state
 
   def latest_step(self):
     return self.saved[-1][0] if self.saved else None
