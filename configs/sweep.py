@@ -5,6 +5,9 @@
 Each preset is a base training config (a tiny CPU-sized model on offline data),
 changes to it, and the grid axes of mha_jax.sweep.grid (kind, alpha,
 alpha_hidden, residual, h0, reset_every, depth, seed); alpha_hidden -1 = α.
+`data` (optional) replaces the base config's dataset; `metric` names the number
+compared ("" = perplexity for text, accuracy for images; associative recall is
+scored by the fraction of answers recalled).
 `smoke`: two seeds, depth 2, 4 steps — seconds, for tests.
 """
 
@@ -24,12 +27,19 @@ def vit_digits(steps):
                                              progress_bar=False, optim=OPTIM))
 
 
-def gpt_char(steps):
+def gpt_char(steps, eval_steps=8, optim=OPTIM):
   """GPT on Shakespeare characters, T = 64, width 32."""
   return ("configs/gpt2_wikitext103.py:smoke", dict(total_steps=steps, batch_size=32,
-                                                     eval_steps=8, log_every=50, eval_every=0,
-                                                     checkpoint_every=0, progress_bar=False,
-                                                     optim=OPTIM))
+                                                     eval_steps=eval_steps, log_every=50,
+                                                     eval_every=0, checkpoint_every=0,
+                                                     progress_bar=False, optim=optim))
+
+
+def gpt_on(dataset, steps, seq_len, eval_steps=8, optim=OPTIM, **data_fields):
+  """The same GPT on another dataset (its whole config.data replaced), T = seq_len."""
+  spec, updates = gpt_char(steps, eval_steps, optim)
+  updates["model"] = dict(max_len=seq_len)
+  return spec, dict(updates, data=dict(name=dataset, seq_len=seq_len, **data_fields))
 
 
 PRESETS = {
@@ -39,6 +49,15 @@ PRESETS = {
     # (b) small GPT on Shakespeare characters, same grid
     "gpt_char": (gpt_char(300), dict(kind=MHA, alpha=(0.5, 0.7), residual=RESIDUALS,
                                      depth=(6, 12))),
+    # (b) the same GPT on Shakespeare GPT-2 BPE tokens (a 50k vocabulary: costlier
+    # logits, so depth 6 and two residual forms)
+    "gpt_bpe": (gpt_on("shakespeare_bpe", 300, 64),
+                dict(kind=MHA, alpha=(0.5, 0.7), residual=("convex", "standard"), depth=(6,))),
+    # (g) multi-query associative recall (mha_jax/data/recall.py), every kind
+    "recall": (gpt_on("associative_recall", 1000, 16, eval_steps=16, num_keys=16,
+                      num_values=16, optim=dict(learning_rate=1e-2, warmup_steps=50)),
+               dict(kind=("standard", "hopfield", "realformer", "value_residual", "rezero"),
+                    residual=("standard",), depth=(2, 4))),
     # (c) α × α′, convex residual (the paper's ablation), depth 6
     "alpha_grid": (vit_digits(400), dict(kind=MHA, alpha=(0.2, 0.5, 0.8),
                                          alpha_hidden=(0.0, 0.2, 0.5, 0.8, 1.0), depth=(6,))),
@@ -65,11 +84,14 @@ def get_config(arg=None):
   if a.preset not in PRESETS:
     raise ValueError(f"preset={a.preset!r}; allowed: {sorted(PRESETS)}")
   (base, updates), axes = PRESETS[a.preset]
-  axes = dict(axes)
+  axes, updates = dict(axes), dict(updates)
   skip = axes.pop("skip", True)
   config = ml_collections.ConfigDict()
   config.base = base
-  config.base_updates = dict(updates, model=dict(skip_connections=skip))
+  config.data = updates.pop("data", {})   # {} = the base config's dataset
+  config.metric = "accuracy" if config.data.get("name") == "associative_recall" else ""
+  config.base_updates = dict(updates, model=dict(updates.get("model", {}),
+                                                 skip_connections=skip))
   config.grid = {**DEFAULT_AXES, **axes, "seed": tuple(range(a.seeds))}
   config.mode = a.mode
   config.eval_steps = updates["eval_steps"]

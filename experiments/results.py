@@ -85,11 +85,12 @@ def sweep_section(preset):
   """(markdown, per-setting rows or None) of one preset's finished cells."""
   outdir = os.path.join(FLAGS.outdir, preset)
   command = sweep_command(preset)
-  total = len(grid.cells(config_util.load_config(f"configs/sweep.py:preset={preset}").grid))
+  sweep = config_util.load_config(f"configs/sweep.py:preset={preset}")
+  total = len(grid.cells(sweep.grid))
   results = grid.ResultStore(outdir).read_all() if os.path.isdir(outdir) else []
   if not results:
     return f"```\n{command}\n```\nnot yet run ({total} cells).\n", None
-  rows = aggregate.summarize(results)
+  rows = aggregate.summarize(results, *aggregate.metric_direction(sweep.metric))
   seconds = sum(r.get("seconds", 0) for r in results)
   text = (f"```\n{command}\n```\n{len(results)} of {total} cells finished "
           f"({seconds / 60:.0f} CPU-shared minutes of training)"

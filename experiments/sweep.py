@@ -22,7 +22,6 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from mha_jax.sweep import aggregate, grid
-from mha_jax.train import config_util
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "sweep config (configs/sweep.py:preset=...)")
@@ -31,20 +30,6 @@ flags.DEFINE_string("mode", None, "vmapped | separate (default: the config's)")
 flags.DEFINE_float("budget_minutes", 0, "stop starting new groups after this long (0: no limit)")
 flags.DEFINE_bool("report_only", False, "only aggregate the results present")
 flags.mark_flags_as_required(["config", "outdir"])
-
-
-def merge(config, updates):
-  """Nested update: {"optim": {"learning_rate": x}} changes only that field."""
-  for key, value in updates.items():
-    if hasattr(value, "items"):
-      merge(config[key], value)
-    else:
-      config[key] = value
-  return config
-
-
-def base_config(sweep):
-  return merge(config_util.load_config(sweep.base), sweep.base_updates)
 
 
 def write_results_csv(results, path):
@@ -57,12 +42,12 @@ def write_results_csv(results, path):
       writer.writerow({**r["cell"], **r["eval"], **{k: r.get(k) for k in fields[-4:]}})
 
 
-def report(outdir):
+def report(outdir, metric=""):
   results = grid.ResultStore(outdir).read_all()
   if not results:
     print("no results yet")
     return []
-  rows = aggregate.summarize(results)
+  rows = aggregate.summarize(results, *aggregate.metric_direction(metric))
   write_results_csv(results, os.path.join(outdir, "results.csv"))
   aggregate.write_csv(rows, os.path.join(outdir, "summary.csv"))
   with open(os.path.join(outdir, "summary.md"), "w", encoding="utf-8") as f:
@@ -79,10 +64,10 @@ def main(_):
   if not FLAGS.report_only:
     deadline = time.time() + 60 * FLAGS.budget_minutes if FLAGS.budget_minutes else None
     trained, skipped, left = grid.run_sweep(
-        base_config(sweep), sweep.grid, FLAGS.outdir, mode=FLAGS.mode or sweep.mode,
+        grid.base_config(sweep), sweep.grid, FLAGS.outdir, mode=FLAGS.mode or sweep.mode,
         eval_steps=sweep.eval_steps, deadline=deadline)
     print(f"cells trained {trained}, already done {skipped}, left {left}")
-  report(FLAGS.outdir)
+  report(FLAGS.outdir, sweep.metric)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@ README.md here).
 
 Image batches: {"image": float32 [b, H, W, C], "label": int32 [b], "mask": float32 [b]}
 (+ "soft_label": float32 [b, classes] at train time with mixup/cutmix on).
-Text batches: {"inputs", "targets": int32 [b, T], "mask": float32 [b, T]}.
+Text batches: {"inputs", "targets": int32 [b, T], "mask": float32 [b, T]} (+ "loss_mask":
+float32 [b, T] where only some targets are scored: associative_recall's answers).
 """
 
 from __future__ import annotations

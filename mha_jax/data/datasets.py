@@ -75,6 +75,8 @@ _ROWS = (
         crop="none", image_shape=(32, 32, 3), num_classes=10, num_examples=1024, seed=0)),
     Dataset("synthetic_text", "text", "synthetic",
             config=dict(seq_len=128, vocab_size=256, num_examples=1024, seed=0)),
+    Dataset("associative_recall", "text", "synthetic", ("train", "validation"), config=dict(
+        seq_len=32, num_keys=32, num_values=32, num_examples=8192, seed=0)),
     Dataset("shakespeare_char", "text", "shakespeare", config=dict(seq_len=256), tokenizer="char"),
     Dataset("shakespeare_bpe", "text", "shakespeare", config=dict(seq_len=256), tokenizer="gpt2"),
     Dataset("cifar10", "image", "tfds", ("train", "test")),

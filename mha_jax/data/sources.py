@@ -11,7 +11,7 @@ import zlib
 import grain
 import numpy as np
 
-from mha_jax.data import datasets, images, offline, packing, tokenizers
+from mha_jax.data import datasets, images, offline, packing, recall, tokenizers
 from mha_jax.data.pipeline import DatasetInfo, Split
 
 # TFDS registers a builder when its module is imported; tensorflow_datasets' own
@@ -62,15 +62,25 @@ def build_split(cfg, split) -> Split:
   if row.kind == "image":
     return _image_split(row, cfg, split)
   if row.source == "synthetic":
+    return _synthetic_text_split(cfg, split)
+  return _text_split(row, cfg, split)
+
+
+def _synthetic_text_split(cfg, split):
+  """Seeded token sequences: uniform noise, or associative recall (data/recall.py)."""
+  if cfg.name == "associative_recall":
+    recall.num_pairs(cfg.seq_len, cfg.num_keys)   # a bad length fails here, not in a worker
+    vocab_size = recall.vocab_size(cfg.num_keys, cfg.num_values)
+    draw = lambda rng: recall.example(rng, cfg.seq_len, cfg.num_keys, cfg.num_values)  # noqa: E731
+  else:
     vocab_size, seq_len = cfg.vocab_size, cfg.seq_len
     def draw(rng):
       tokens = rng.integers(0, vocab_size, seq_len + 1, dtype=np.int32)
       return {"inputs": tokens[:-1], "targets": tokens[1:], "mask": np.ones([seq_len], np.float32)}
-    info = DatasetInfo(name=cfg.name, kind="text", num_examples=cfg.num_examples,
-                       vocab_size=vocab_size, seq_len=seq_len)
-    return Split(info=info, source=_seeded(cfg.num_examples, cfg.seed, split, draw),
-                 preprocess=lambda example, rng: example)
-  return _text_split(row, cfg, split)
+  info = DatasetInfo(name=cfg.name, kind="text", num_examples=cfg.num_examples,
+                     vocab_size=vocab_size, seq_len=cfg.seq_len)
+  return Split(info=info, source=_seeded(cfg.num_examples, cfg.seed, split, draw),
+               preprocess=lambda example, rng: example)
 
 
 def _image_split(row, cfg, split):

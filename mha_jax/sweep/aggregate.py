@@ -28,6 +28,18 @@ def main_metric(results):
   return "accuracy", True
 
 
+HIGHER_IS_BETTER = {"accuracy": True, "perplexity": False, "loss": False}
+
+
+def metric_direction(metric):
+  """(metric, higher_better) for a named metric; "" → (None, None): main_metric's choice."""
+  if not metric:
+    return None, None
+  if metric not in HIGHER_IS_BETTER:
+    raise ValueError(f"metric={metric!r}; allowed: {sorted(HIGHER_IS_BETTER)} or ''")
+  return metric, HIGHER_IS_BETTER[metric]
+
+
 def setting_key(cell):
   return tuple(cell.get(a) for a in SETTING_AXES)
 

@@ -27,6 +27,7 @@ import time
 import ml_collections
 
 from mha_jax.sweep import vmapped
+from mha_jax.train import config_util
 
 AXES = ("kind", "alpha", "alpha_hidden", "residual", "h0", "reset_every", "depth", "seed")
 # What each attention kind reads; the other axes are dropped from its cells.
@@ -66,6 +67,25 @@ def cell_id(cell):
   text = ",".join(f"{a}={cell[a]}" for a in AXES if cell.get(a) is not None)
   return text.replace("=", "").replace(",", "_") + "-" + hashlib.sha1(
       text.encode()).hexdigest()[:8]
+
+
+def merge(config, updates):
+  """Nested update: {"optim": {"learning_rate": x}} changes only that field."""
+  for key, value in updates.items():
+    if hasattr(value, "items"):
+      merge(config[key], value)
+    else:
+      config[key] = value
+  return config
+
+
+def base_config(sweep):
+  """The training config every cell of `sweep` (configs/sweep.py) starts from."""
+  config = config_util.load_config(sweep.base)
+  if sweep.data:   # another dataset: its own whole data block, not the base's fields
+    fields = sweep.data.to_dict()
+    config.data = config_util.data_config(fields.pop("name"), **fields)
+  return merge(config, sweep.base_updates)
 
 
 def cell_config(base, cell):
@@ -124,9 +144,12 @@ def train_group_vmapped(base, group, eval_steps):
   losses = runner.train(config.total_steps)
   evals = runner.evaluate(eval_steps)
   seconds = time.perf_counter() - start
+  profile = runner.depth_profile()
   return [{"eval": evals[k], "final_train_loss": float(losses[-1, k]),
            "steps": int(config.total_steps), "seconds": seconds / len(group),
-           "mode": f"vmapped×{len(group)}"} for k in range(len(group))]
+           "mode": f"vmapped×{len(group)}",
+           "profile": {name: curves[k] for name, curves in profile.items()}}
+          for k in range(len(group))]
 
 
 def train_group_separately(base, group, eval_steps, workdir_root):

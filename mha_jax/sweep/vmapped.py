@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from mha_jax import analysis
 from mha_jax.models import layers
 from mha_jax.train import optim, state as state_lib, steps, tasks
 from mha_jax.train import train as train_lib
@@ -137,6 +138,28 @@ class VmappedGroup:
       self.states, metrics = self.train_fn(self.states, self.next_batches(), self.overrides)
       losses.append(metrics["loss"])
     return np.asarray(jax.device_get(losses))
+
+  def depth_profile(self):
+    """Per run, after every layer: mean pairwise token cosine (raw and centred) and
+    mean relative rank residual ‖X − 1x̄ᵀ‖_{1,∞}/‖X‖_{1,∞} over the unpadded
+    sequences of the first eval batch — {measure: [K, L] lists}, the trained-network
+    depth curves."""
+    batch = next(iter(train_lib.make_input(self.config, train=False)))
+    x, kwargs = self.task.model_inputs(jax.tree.map(jnp.asarray, batch))
+    def stream(params, overrides):
+      _, inter = _with(self.model, self.scope, overrides).apply(
+          {"params": params}, x, train=False, return_intermediates=True, **kwargs)
+      return inter["residual"]
+    x_KxLxBxTxD = np.asarray(jax.jit(jax.vmap(stream))(self.states["params"], self.overrides))
+    mask = np.asarray(batch["mask"]) > 0
+    full_B = mask if mask.ndim == 1 else mask.all(-1)
+    x_KxLxBxTxD = x_KxLxBxTxD[:, :, full_B]
+    measures = {
+        "cosine": lambda x: analysis.pairwise_token_cosine(x).mean(),
+        "centred_cosine": lambda x: analysis.pairwise_token_cosine(x, centered=True).mean(),
+        "rank_residual": lambda x: np.asarray(analysis.relative_rank_residual(x)).mean()}
+    return {name: [[float(f(x_BxTxD)) for x_BxTxD in x_LxBxTxD] for x_LxBxTxD in x_KxLxBxTxD]
+            for name, f in measures.items()}
 
   def evaluate(self, max_batches=-1):
     """Per-run eval summaries (the train package's), one list entry per run."""

@@ -58,7 +58,9 @@ class ImageClassification:
 
 @dataclasses.dataclass(frozen=True)
 class LanguageModelling:
-  """Per-token next-token cross-entropy; next-token accuracy and perplexity."""
+  """Per-token next-token cross-entropy; next-token accuracy and perplexity. A batch
+  with a "loss_mask" (associative recall: only the answers) scores only where it is
+  1; "mask" alone says which tokens the model may attend to."""
   info: object
   throughput_name: ClassVar[str] = "tokens_per_sec"
   throughput_unit: ClassVar[str] = "tok/s"
@@ -81,6 +83,8 @@ class LanguageModelling:
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
     correct = jnp.argmax(logits, -1) == batch["targets"]
     weight = batch["mask"].astype(jnp.float32)
+    if "loss_mask" in batch:
+      weight = weight * batch["loss_mask"]
     return loss * weight, correct * weight, weight
 
   def summarize(self, sums, eval_info):

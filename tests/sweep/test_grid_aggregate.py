@@ -4,11 +4,15 @@ trained), and aggregation on synthetic results against hand-computed numbers."""
 import json
 import math
 import os
+import pathlib
 
 import numpy as np
 import pytest
 
 from mha_jax.sweep import aggregate, grid
+from mha_jax.train import config_util
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 GRID = dict(kind=("standard", "hopfield"), alpha=(0.5, 0.7), alpha_hidden=(-1.0,),
             residual=("convex",), h0=("zeros",), reset_every=(0,), depth=(2,), seed=(0, 1, 2))
@@ -105,3 +109,29 @@ def test_alpha_grid_places_means_and_heatmap_writes(tmp_path):
   np.testing.assert_allclose(np.diag(matrix), [0.025, 0.055])
   assert np.isnan(matrix[0, 1])
   assert aggregate.heatmap(rows, tmp_path / "h.png") and (tmp_path / "h.png").stat().st_size > 0
+
+
+def test_a_preset_on_another_dataset_replaces_the_whole_data_block():
+  sweep = config_util.load_config(f"{ROOT}/configs/sweep.py:preset=recall")
+  config = grid.base_config(sweep)
+  assert config.data.name == "associative_recall" and config.model.max_len == 16
+  assert (config.data.num_keys, config.data.seq_len) == (16, 16)
+  assert "tokenizer" in config.data and config.data.tokenizer == ""   # the recall row's own
+  untouched = config_util.load_config(f"{ROOT}/{sweep.base}").optim.weight_decay
+  assert config.optim.learning_rate == 1e-2 and config.optim.weight_decay == untouched
+  assert sweep.metric == "accuracy"
+  assert grid.base_config(config_util.load_config(
+      f"{ROOT}/configs/sweep.py:preset=gpt_char")).data.name == "shakespeare_char"
+
+
+def test_a_named_metric_overrides_the_text_default():
+  results = [{"cell": dict(c, seed=c["seed"]),
+              "eval": {"accuracy": 0.1 * (c["kind"] == "hopfield") + 0.01 * c["seed"],
+                       "perplexity": 5.0 + c["seed"]}}
+             for c in grid.cells(dict(GRID, alpha=(0.5,)))]
+  assert {r["metric"] for r in aggregate.summarize(results)} == {"perplexity"}
+  rows = aggregate.summarize(results, *aggregate.metric_direction("accuracy"))
+  mha = next(r for r in rows if r["kind"] == "hopfield")
+  assert mha["delta"] == pytest.approx(0.1) and mha["verdict"] == "better"
+  with pytest.raises(ValueError, match="metric='bleu'; allowed"):
+    aggregate.metric_direction("bleu")

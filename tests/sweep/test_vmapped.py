@@ -66,3 +66,33 @@ def test_vmapped_group_equals_separate_runs(settings):
 def test_alpha_settings_need_hopfield():
   with pytest.raises(ValueError, match="kind='hopfield'"):
     vmapped.VmappedGroup(tiny_config(kind="standard"), [vmapped.RunSetting(0, 0.5, 0.5)])
+
+
+def test_depth_profile_matches_each_run_measured_alone():
+  """Trained-network depth curves: each run's residual stream, measured in NumPy."""
+  config = tiny_config(kind="hopfield", alpha=0.5, alpha_hidden=0.5)
+  settings = [vmapped.RunSetting(0, 0.5, 0.2), vmapped.RunSetting(1, 0.7, 0.7)]
+  group = vmapped.VmappedGroup(config, settings)
+  group.train(2)
+  profile = group.depth_profile()
+  batch = next(iter(train_lib.make_input(config, train=False)))
+  real_B = batch["mask"] > 0
+  for k, setting in enumerate(settings):
+    run = vmapped.run_config(config, setting)
+    task = tasks.make_task(run, group.info)
+    model = train_lib.make_model(run.model, task)
+    params = jax.tree.map(lambda a, k=k: a[k], group.states["params"])
+    _, inter = model.apply({"params": params}, jnp.asarray(batch["image"]), train=False,
+                           return_intermediates=True)
+    for layer, x_BxTxD in enumerate(np.asarray(inter["residual"], np.float64)):
+      x_BxTxD = x_BxTxD[real_B]
+      unit = x_BxTxD / np.linalg.norm(x_BxTxD, axis=-1, keepdims=True)
+      cos_BxTxT = unit @ unit.transpose(0, 2, 1)
+      i, j = np.triu_indices(x_BxTxD.shape[1], 1)
+      np.testing.assert_allclose(profile["cosine"][k][layer], cos_BxTxT[:, i, j].mean(),
+                                 rtol=1e-4)
+      centred = x_BxTxD - x_BxTxD.mean(1, keepdims=True)
+      norm = lambda m: np.sqrt(np.abs(m).sum(-2).max(-1) * np.abs(m).sum(-1).max(-1))  # noqa: E731
+      np.testing.assert_allclose(profile["rank_residual"][k][layer],
+                                 (norm(centred) / norm(x_BxTxD)).mean(), rtol=1e-4)
+  assert len(profile["centred_cosine"][0]) == config.model.num_layers
