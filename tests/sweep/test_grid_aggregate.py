@@ -9,7 +9,7 @@ import pathlib
 import numpy as np
 import pytest
 
-from mha_jax.sweep import aggregate, grid
+from mha_jax.sweep import aggregate, grid, profiles
 from mha_jax.train import config_util
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -135,3 +135,26 @@ def test_a_named_metric_overrides_the_text_default():
   assert mha["delta"] == pytest.approx(0.1) and mha["verdict"] == "better"
   with pytest.raises(ValueError, match="metric='bleu'; allowed"):
     aggregate.metric_direction("bleu")
+
+
+def test_depth_profiles_average_over_seeds_and_pair_the_last_layer(tmp_path):
+  """Synthetic 3-layer profiles: per-layer mean/std and the last-layer paired interval
+  by hand (t_{0.975, 2} = 4.302653)."""
+  base = {0: [0.9, 0.5, 0.2], 1: [0.8, 0.4, 0.1], 2: [1.0, 0.6, 0.3]}
+  mha = {0: [0.9, 0.6, 0.4], 1: [0.8, 0.5, 0.2], 2: [1.0, 0.7, 0.5]}   # last: +0.2, +0.1, +0.2
+  results = [{"cell": c, "eval": {"accuracy": 0.5},
+              "profile": {"rank_residual": (base if c["kind"] == "standard" else mha)[c["seed"]]}}
+             for c in grid.cells(dict(GRID, alpha=(0.5,)))]
+  results.append({"cell": dict(results[0]["cell"], depth=4, seed=0), "eval": {}})  # no profile
+  rows = {r["kind"]: r for r in profiles.summarize(results, "rank_residual")}
+  assert set(rows) == {"standard", "hopfield"}
+  np.testing.assert_allclose(rows["standard"]["mean"], [0.9, 0.5, 0.2])
+  np.testing.assert_allclose(rows["standard"]["std"], [0.1, 0.1, 0.1])
+  d = np.array([0.2, 0.1, 0.2])
+  half = 4.302653 * d.std(ddof=1) / math.sqrt(3)
+  assert rows["hopfield"]["delta"] == pytest.approx(d.mean())
+  assert rows["hopfield"]["ci_low"] == pytest.approx(d.mean() - half, abs=1e-5)
+  assert rows["hopfield"]["verdict"] == "better"    # higher residual = less collapse
+  assert "less |" in profiles.markdown(list(rows.values()))
+  assert profiles.plot({"rank_residual": list(rows.values())}, tmp_path / "p.png")
+  assert (tmp_path / "p.png").stat().st_size > 0
