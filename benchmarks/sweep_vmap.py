@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from mha_jax.sweep import vmapped
-from mha_jax.train import config_util, steps
+from mha_jax.train import config_util
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("runs", 8, "K: runs in the sweep")

@@ -32,7 +32,6 @@ from absl import app, flags  # noqa: E402
 import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
 from jax.experimental import topologies  # noqa: E402
 from jax.experimental.pallas.ops.tpu import flash_attention as pallas_flash  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402

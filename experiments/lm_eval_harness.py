@@ -44,7 +44,7 @@ import ml_collections
 import numpy as np
 
 from mha_jax import data, interop
-from mha_jax.data import offline, packing, tokenizers
+from mha_jax.data import packing
 from mha_jax.interop import hf_tokenizer
 from mha_jax.train import checkpoint, config_util, steps, tasks, train_and_evaluate
 from mha_jax.train import train as train_lib
@@ -75,7 +75,7 @@ def char_tokenizer(data_config):
   if data_config.name != "shakespeare_char":
     raise SystemExit(f"data {data_config.name!r}: this script reads shakespeare_char runs "
                      f"(a char tokeniser); GPT-2 BPE export is not written yet")
-  return tokenizers.CharTokenizer(offline.shakespeare_alphabet(data_config.cache_dir))
+  return data.dataset_tokenizer(data_config)
 
 
 def train_run(workdir, steps_, attention):

@@ -23,8 +23,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from mha_jax import decode
-from mha_jax.data import datasets, offline, tokenizers
+from mha_jax import data, decode
+from mha_jax.data import tokenizers
 from mha_jax.train import checkpoint, tasks
 from mha_jax.train import train as train_lib
 
@@ -60,12 +60,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tok
 def run_tokenizer(data_config):
   """The tokenizer a training run's dataset was tokenised with (as mha_jax.data
   builds it), or None for synthetic ids."""
-  name = datasets.tokenizer_name(data_config)
-  if name == "char":   # the dataset table's only character set is Shakespeare's
-    return tokenizers.CharTokenizer(offline.shakespeare_alphabet(data_config.cache_dir))
-  if name == "gpt2":
-    return tokenizers.gpt2_tokenizer(data_config.cache_dir)
-  return None
+  return data.dataset_tokenizer(data_config)
 
 
 def load_workdir(workdir):

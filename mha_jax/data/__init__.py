@@ -16,10 +16,10 @@ from mha_jax.data.datasets import default_config as default_data_config
 from mha_jax.data.offline import MissingDataError
 from mha_jax.data.packing import perplexity
 from mha_jax.data.pipeline import DatasetInfo, Input, make_input
-from mha_jax.data.sources import build_split
+from mha_jax.data.sources import build_split, dataset_tokenizer
 
 __all__ = ["DATASETS", "Dataset", "DatasetInfo", "Input", "MissingDataError", "build_input",
-           "default_data_config", "perplexity"]
+           "dataset_tokenizer", "default_data_config", "perplexity"]
 
 
 def build_input(data_config, *, split: str, global_batch_size: int, train: bool, seed: int,

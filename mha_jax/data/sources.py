@@ -102,12 +102,19 @@ def _image_split(row, cfg, split):
   return images.make_split(info, source, cfg)
 
 
+def dataset_tokenizer(cfg):
+  """The tokenizer dataset cfg.name is tokenised with, or None (synthetic token ids)."""
+  name = datasets.tokenizer_name(cfg)
+  if name == "char":  # the table's only character set is Shakespeare's
+    return tokenizers.CharTokenizer(offline.shakespeare_alphabet(cfg.cache_dir))
+  if name == "gpt2":
+    return tokenizers.gpt2_tokenizer(cfg.cache_dir)
+  return None
+
+
 def _text_split(row, cfg, split):
   """The split's token stream, from the cache or tokenised now (and cached), packed."""
-  if datasets.tokenizer_name(cfg) == "char":  # the table's only character set is Shakespeare's
-    tokenizer = tokenizers.CharTokenizer(offline.shakespeare_alphabet(cfg.cache_dir))
-  else:
-    tokenizer = tokenizers.gpt2_tokenizer(cfg.cache_dir)
+  tokenizer = dataset_tokenizer(cfg)
   if row.source == "tfds":
     source = data_source(row.name, split, cfg.tfds_data_dir)
     documents, num_documents = lambda: read_documents(source, row.text_keys), len(source)

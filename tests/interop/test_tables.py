@@ -2,7 +2,6 @@
 identity on random tensors, key for key (HF GPT-2, LLaMA, ViT, timm ViT, and the
 PyTorch reference models' own tables)."""
 
-import jax
 import numpy as np
 import pytest
 

@@ -1,9 +1,7 @@
 """Sweep grid: collapsing of axes, resume after a kill (only missing cells are
 trained), and aggregation on synthetic results against hand-computed numbers."""
 
-import json
 import math
-import os
 import pathlib
 
 import numpy as np

@@ -3,7 +3,6 @@ never deleted), a model that does not fit stops in one line, init_from merging i
 strict unless a head is excluded."""
 
 import os
-import pathlib
 import shutil
 import types
 
