@@ -122,6 +122,20 @@ def _fmt(x, spec=".4f"):
   return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
 
 
+def display_order(rows):
+  """By depth, the baseline first, then settings by name."""
+  return sorted(rows, key=lambda r: (r["depth"], r["kind"] != "standard", describe(r)))
+
+
+def delta_text(row, spec="+.4f"):
+  """'baseline', '—' (no paired baseline) or 'Δ [low, high]'."""
+  if row["kind"] == "standard":
+    return "baseline"
+  if "delta" not in row:
+    return "—"
+  return f"{row['delta']:{spec}} [{_fmt(row['ci_low'], spec)}, {_fmt(row['ci_high'], spec)}]"
+
+
 def markdown(rows):
   """Table: setting, depth, n, mean ± std, median, Δ vs baseline [95 % CI], verdict."""
   if not rows:
@@ -129,9 +143,8 @@ def markdown(rows):
   metric = rows[0]["metric"]
   lines = [f"| setting | depth | seeds | {metric} mean ± std | median | Δ vs standard "
            "[95 % paired CI] | verdict |", "|---|---|---|---|---|---|---|"]
-  for row in sorted(rows, key=lambda r: (r["depth"], r["kind"] != "standard", describe(r))):
-    delta = ("baseline" if row["kind"] == "standard" else "—" if "delta" not in row else
-             f"{row['delta']:+.4f} [{_fmt(row['ci_low'], '+.4f')}, {_fmt(row['ci_high'], '+.4f')}]")
+  for row in display_order(rows):
+    delta = delta_text(row)
     lines.append(f"| {describe(row)} | {row['depth']} | {row['n']} | {row['mean']:.4f} ± "
                  f"{_fmt(row['std'])} | {row['median']:.4f} | {delta} | {row.get('verdict', '')} |")
   return "\n".join(lines) + "\n"

@@ -52,13 +52,10 @@ def markdown(rows):
   measure = rows[0]["measure"]
   lines = [f"| setting | depth | {measure}: layer 1 | middle | last | Δ last vs standard "
            "[95 % paired CI] | less collapse? |", "|---|---|---|---|---|---|---|"]
-  for row in sorted(rows, key=lambda r: (r["depth"], r["kind"] != "standard",
-                                         aggregate.describe(r))):
+  for row in aggregate.display_order(rows):
     layers = len(row["mean"])
     cells = [f"{row['mean'][i]:.3f} ± {row['std'][i]:.3f}" for i in (0, layers // 2 - 1, -1)]
-    delta = ("baseline" if row["kind"] == "standard" else
-             f"{row['delta']:+.3f} [{row['ci_low']:+.3f}, {row['ci_high']:+.3f}]"
-             if "delta" in row else "—")
+    delta = aggregate.delta_text(row, "+.3f")
     word = {"better": "less", "worse": "more"}.get(row.get("verdict"), row.get("verdict", ""))
     lines.append(f"| {aggregate.describe(row)} | {row['depth']} | " + " | ".join(cells)
                  + f" | {delta} | {word} |")
