@@ -56,7 +56,8 @@ def markdown(rows):
     layers = len(row["mean"])
     cells = [f"{row['mean'][i]:.3f} ± {row['std'][i]:.3f}" for i in (0, layers // 2 - 1, -1)]
     delta = aggregate.delta_text(row, "+.3f")
-    word = {"better": "less", "worse": "more"}.get(row.get("verdict"), row.get("verdict", ""))
+    word = {"better": "less", "worse": "more", "no difference at this scale": "no difference"
+            }.get(row.get("verdict"), row.get("verdict", ""))
     lines.append(f"| {aggregate.describe(row)} | {row['depth']} | " + " | ".join(cells)
                  + f" | {delta} | {word} |")
   return "\n".join(lines) + "\n"
