@@ -62,3 +62,27 @@ def test_rank_collapse_and_attention_maps_smoke_write_json_and_png(tmp_path):
     assert entropy.shape == (2, 4) and (entropy >= 0).all() and (entropy <= np.log(17)).all()
   for name in ("entropy.png", "cls_over_patches.png"):
     assert (tmp_path / "maps" / name).stat().st_size > 0
+
+
+def test_results_report_reads_only_the_cells_present(tmp_path):
+  """RESULTS.md from synthetic cells of one preset: per-kind verdicts from the cells'
+  numbers, the depth-profile section, and "not yet run" for every other row."""
+  from mha_jax.sweep import grid
+  from mha_jax.train import config_util
+  sweep = config_util.load_config(f"{ROOT}/configs/sweep.py:preset=rivals_noskip")
+  store = grid.ResultStore(tmp_path / "rivals_noskip")
+  lift = {"value_residual": 0.3}   # only value residual clearly better; others equal
+  for cell in grid.cells(sweep.grid):
+    accuracy = 0.5 + lift.get(cell["kind"], 0.0) + 0.01 * cell["seed"] + 0.001 * cell["depth"]
+    layers = cell["depth"]
+    store.write(cell, {"eval": {"accuracy": accuracy}, "seconds": 1.0, "profile": {
+        m: [0.5 + 0.01 * cell["seed"]] * layers for m in ("rank_residual", "cosine",
+                                                           "centred_cosine")}})
+  run_script("experiments/results.py", "--report_only", f"--outdir={tmp_path}",
+             f"--results={tmp_path}/R.md")
+  text = (tmp_path / "R.md").read_text()
+  summary = next(line for line in text.splitlines() if line.startswith("| (e)"))
+  assert "rivals_noskip: no difference at this scale — 0 better, 0 worse, 2 no difference" in summary
+  assert "value residual: supports — 2 better, 0 worse, 0 no difference" in text
+  assert "Cost: 30 training runs, 0.01 h" in text
+  assert text.count("not yet run") >= 6 and (tmp_path / "rivals_noskip" / "profiles.png").exists()
