@@ -15,6 +15,9 @@ import numpy as np
 from mha_jax.sweep import aggregate
 
 MEASURES = ("rank_residual", "cosine", "centred_cosine")
+# The streams are float32: ratios and cosines closer than this are rounding (the float32
+# floor of the rank residual is ~3e-7, experiments/rank_collapse.py), not a difference.
+RESOLUTION = 1e-6
 HIGHER_MEANS_LESS_COLLAPSE = {"rank_residual": True, "cosine": False, "centred_cosine": False}
 
 
@@ -37,8 +40,9 @@ def summarize(results, measure):
                  and dict(zip(aggregate.SETTING_AXES, k))["depth"] == cell["depth"]), None)
     if base is not None and cell["kind"] != "standard":
       seeds = sorted(set(by_seed) & set(base))
+      diffs = [by_seed[s][-1] - base[s][-1] for s in seeds]
       mean, low, high = aggregate.paired_interval(
-          [by_seed[s][-1] - base[s][-1] for s in seeds])
+          [0.0 if abs(d) < RESOLUTION else d for d in diffs])
       row.update(delta=mean, ci_low=low, ci_high=high,
                  verdict=aggregate.verdict(low, high, HIGHER_MEANS_LESS_COLLAPSE[measure]))
     out.append(row)
