@@ -69,7 +69,7 @@ ROW_NOTES = {
          "1,000 steps; accuracy = fraction of the 4 answers recalled.",
 }
 # Sweeps whose cells carry trained-network depth profiles for row (f)
-PROFILE_PRESETS = ("vit_depth", "rivals_noskip")
+PROFILE_PRESETS = {"vit_depth": "a", "rivals": "e", "rivals_noskip": "e"}   # preset: its row
 
 
 def sweep_command(preset):
@@ -178,7 +178,7 @@ def profile_section():
   """(markdown, verdict, MHA's verdict) of the trained networks' depth curves
   (PROFILE_PRESETS); "better" = less collapse: a higher last-layer rank residual."""
   parts, rows_seen = [], []
-  for preset in PROFILE_PRESETS:
+  for preset, row in PROFILE_PRESETS.items():
     outdir = os.path.join(FLAGS.outdir, preset)
     results = grid.ResultStore(outdir).read_all() if os.path.isdir(outdir) else []
     rows = {m: profiles.summarize(results, m) for m in profiles.MEASURES}
@@ -188,7 +188,7 @@ def profile_section():
     rows_seen += rows["rank_residual"]
     png = os.path.join(outdir, "profiles.png")
     profiles.plot(rows, png, title=preset)
-    parts.append(f"### trained: `{preset}` (the cells of row {'a' if preset == 'vit_depth' else 'e'}"
+    parts.append(f"### trained: `{preset}` (the cells of row {row}"
                  f", first eval batch)\n\n**Verdict:** {row_verdict(rows['rank_residual'])}"
                  "\n\n" + profiles.markdown(rows["rank_residual"]) + "\n"
                  + profiles.markdown(rows["cosine"]) + f"\n![depth profiles]({png})\n")
