@@ -44,6 +44,13 @@ def setting_key(cell):
   return tuple(cell.get(a) for a in SETTING_AXES)
 
 
+def baseline_key(keys, cell):
+  """The setting key among `keys` that is standard attention under `cell`'s
+  conditions (CONDITION_AXES), or None."""
+  return next((k for k in keys if k[0] == "standard" and all(
+      dict(zip(SETTING_AXES, k))[a] == cell[a] for a in CONDITION_AXES)), None)
+
+
 def by_setting(results, metric):
   """{setting key: {seed: metric value}}."""
   out = {}
@@ -87,8 +94,7 @@ def summarize(results, metric=None, higher_better=None):
     row = dict(cell, metric=metric, n=int(v.size), mean=float(v.mean()),
                std=float(v.std(ddof=1)) if v.size > 1 else math.nan,
                median=float(np.median(v)))
-    base_key = next((k for k, c in settings.items() if c["kind"] == "standard"
-                     and all(c[a] == cell[a] for a in CONDITION_AXES)), None)
+    base_key = baseline_key(settings, cell)
     if base_key is not None and cell["kind"] != "standard":
       paired = sorted(set(seeds) & set(values[base_key]))
       diffs = [seeds[s] - values[base_key][s] for s in paired]

@@ -36,8 +36,7 @@ def summarize(results, measure):
     row = dict(cell, measure=measure, n=len(by_seed), mean=stacked_SxL.mean(0),
                std=stacked_SxL.std(0, ddof=1) if len(by_seed) > 1 else np.full(
                    stacked_SxL.shape[1], np.nan))
-    base = next((v for k, v in curves.items() if k[0] == "standard"
-                 and dict(zip(aggregate.SETTING_AXES, k))["depth"] == cell["depth"]), None)
+    base = curves.get(aggregate.baseline_key(curves, cell))
     if base is not None and cell["kind"] != "standard":
       seeds = sorted(set(by_seed) & set(base))
       diffs = [by_seed[s][-1] - base[s][-1] for s in seeds]
