@@ -108,7 +108,7 @@ def counted_verdict(words):
 def row_verdict(rows):
   """The verdict of a row's settings against standard attention; one per kind (MHA
   first) when the row compares several, so a rival's win is not read as MHA's."""
-  kinds = sorted({r["kind"] for r in rows if r.get("verdict")}, key=lambda k: k != "hopfield")
+  kinds = sorted({r["kind"] for r in rows if r.get("verdict")}, key=lambda k: (k != "hopfield", k))
   if len(kinds) <= 1:
     return counted_verdict([r["verdict"] for r in rows if r.get("verdict")])
   return "; ".join(f"{KIND_NAMES.get(k, k)}: " + counted_verdict(
