@@ -87,12 +87,12 @@ def _load(out, row, attention, topology):
 
 def table(out, topologies):
   """Markdown: per topology, standard and MHA: ✓/✗, the remat policy, bytes per chip."""
-  header = ("| model | batch per chip | MHA's H per chip (L·B·N·T²·4) | "
+  header = ("| model | batch per chip | MHA's carry per chip (L × eval_shape of the initial state) | "
             + " | ".join(f"{t} standard | {t} MHA" for t in topologies) + " |")
   lines = [header, "|" + "---|" * (3 + 2 * len(topologies))]
   for row, _, per_chip in MODELS:
     mha = next((r for t in topologies for r in [_load(out, row, "MHA", t)] if r), None)
-    cells = [row, str(per_chip), f"{mha['hidden_state_bytes'] / GiB:.1f} GiB" if mha else "–"]
+    cells = [row, str(per_chip), f"{mha['carry_bytes'] / GiB:.1f} GiB" if mha else "–"]
     for topology in topologies:
       for attention in ATTENTION:
         result = _load(out, row, attention, topology)

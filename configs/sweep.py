@@ -13,9 +13,11 @@ scored by the fraction of answers recalled).
 
 import ml_collections
 
+from mha_jax import kinds
 from mha_jax.train import config_util
 
 MHA = ("standard", "hopfield")
+WITH_RIVALS = MHA + kinds.names(rival=True)   # the published cross-layer remedies
 OPTIM = dict(learning_rate=3e-3, warmup_steps=20)
 RESIDUALS = ("convex", "scaled_branch", "standard")
 
@@ -57,8 +59,7 @@ PRESETS = {
     # (g) multi-query associative recall (mha_jax/data/recall.py), every kind
     "recall": (gpt_on("associative_recall", 1000, 16, eval_steps=16, num_keys=16,
                       num_values=16, optim=dict(learning_rate=1e-2, warmup_steps=50)),
-               dict(kind=("standard", "hopfield", "realformer", "value_residual", "rezero"),
-                    residual=("standard",), depth=(2, 4))),
+               dict(kind=WITH_RIVALS, residual=("standard",), depth=(2, 4))),
     # (c) α × α′, convex residual (the paper's ablation), depth 6
     "alpha_grid": (vit_digits(400), dict(kind=MHA, alpha=(0.2, 0.5, 0.8),
                                          alpha_hidden=(0.0, 0.2, 0.5, 0.8, 1.0), depth=(6,))),
@@ -67,13 +68,10 @@ PRESETS = {
                                        reset_every=(0, 1, 2, 4), residual=("standard",),
                                        depth=(8,))),
     # (e) rivals, shallow and deep (with skips; `noskip` in the base for without)
-    "rivals": (vit_digits(400), dict(kind=("standard", "hopfield", "realformer",
-                                           "value_residual", "rezero"),
-                                     residual=("standard",), depth=(2, 8))),
-    "rivals_noskip": (vit_digits(400), dict(kind=("standard", "hopfield", "realformer",
-                                                  "value_residual", "rezero"),
-                                            residual=("standard",), depth=(2, 8),
-                                            skip=False)),
+    "rivals": (vit_digits(400), dict(kind=WITH_RIVALS, residual=("standard",),
+                                     depth=(2, 8))),
+    "rivals_noskip": (vit_digits(400), dict(kind=WITH_RIVALS, residual=("standard",),
+                                            depth=(2, 8), skip=False)),
 }
 DEFAULT_AXES = dict(kind=("hopfield",), alpha=(0.5,), alpha_hidden=(-1.0,),
                     residual=("convex",), h0=("zeros",), reset_every=(0,), depth=(6,),

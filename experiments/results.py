@@ -19,6 +19,7 @@ import time
 
 from absl import app, flags
 
+from mha_jax import kinds
 from mha_jax.sweep import aggregate, grid, profiles
 from mha_jax.train import config_util
 
@@ -84,10 +85,6 @@ def run(command, minutes_left):
                  check=False, env=env)
 
 
-KIND_NAMES = {"hopfield": "MHA", "realformer": "RealFormer", "value_residual": "value residual",
-              "rezero": "ReZero"}
-
-
 def counted_verdict(words):
   """One verdict from per-setting words ("better" / "worse" / no difference, each
   from a 95 % paired interval)."""
@@ -111,7 +108,7 @@ def row_verdict(rows):
   kinds = sorted({r["kind"] for r in rows if r.get("verdict")}, key=lambda k: (k != "hopfield", k))
   if len(kinds) <= 1:
     return counted_verdict([r["verdict"] for r in rows if r.get("verdict")])
-  return "; ".join(f"{KIND_NAMES.get(k, k)}: " + counted_verdict(
+  return "; ".join(f"{kinds.get(k).label}: " + counted_verdict(
       [r["verdict"] for r in rows if r["kind"] == k and r.get("verdict")]) for k in kinds)
 
 

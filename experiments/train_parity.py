@@ -76,7 +76,7 @@ import torch
 import torch.nn.functional as F
 import transformers
 
-from mha_jax import data, interop
+from mha_jax import data, interop, kinds
 from mha_jax.interop import common, torch_models, torch_reference, torch_training
 from mha_jax.models import build_model, param_layout
 from mha_jax.train import config_util, steps, tasks
@@ -90,7 +90,7 @@ AUTO_CLASSES = {"gpt2": transformers.AutoModelForCausalLM,
 REFERENCE_CLASSES = {"gpt2": torch_models.GPT2, "llama": torch_models.Llama,
                      "vit": torch_models.ViT}
 DATASETS = {"gpt2": "shakespeare_char", "llama": "shakespeare_char", "vit": "digits"}
-FAMILIES, KINDS = tuple(HF_CLASSES), ("standard", "hopfield", "realformer")
+FAMILIES, KINDS = tuple(HF_CLASSES), kinds.names(hf_export=True)
 # The fields of AttentionConfig that the PyTorch reference implements.
 REFERENCE_FIELDS = tuple(f.name for f in dataclasses.fields(torch_reference.Attention))
 
@@ -175,10 +175,10 @@ def torch_side(family, directory, attention, torch_model):
   if torch_model == "hf":
     return hf.eval()
   unsupported = {k: v for k, v in attention.items()
-                 if k not in REFERENCE_FIELDS and v != config_util.attention_config(
-                     "standard", 0.5)[k]}
-  if attention["kind"] not in ("standard", "hopfield") or unsupported:
-    raise ValueError(f"the PyTorch reference implements kind standard|hopfield with "
+                 if k not in REFERENCE_FIELDS and v != config_util.attention_config("standard")[k]}
+  supported = kinds.names(torch_reference=True)
+  if attention["kind"] not in supported or unsupported:
+    raise ValueError(f"the PyTorch reference implements kinds {supported} with "
                      f"{REFERENCE_FIELDS}; got kind={attention['kind']!r} and {unsupported}")
   reference = torch_reference.Attention(**{k: attention[k] for k in REFERENCE_FIELDS})
   return REFERENCE_CLASSES[family].from_hf(hf, reference).eval()
@@ -321,9 +321,11 @@ def plot(runs, path):
 
 
 def attention_from_args(kind, args):
-  extra = {} if kind == "standard" else {"h0": args.h0, "reset_every": args.reset_every}
-  return config_util.attention_config(kind, args.alpha, args.alpha_hidden, args.residual,
-                                      **extra)
+  """The attention settings of `kind` from the command line: the fields it reads."""
+  given = dict(alpha=args.alpha, alpha_hidden=args.alpha_hidden, residual=args.residual,
+               h0=args.h0, reset_every=args.reset_every)
+  reads = kinds.get(kind).reads
+  return config_util.attention_config(kind, **{k: v for k, v in given.items() if k in reads})
 
 
 def markdown_summary(runs):

@@ -21,7 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-H0_POLICIES = ("zeros", "first_scores")
+# Where a chain of hidden states starts (a random H_0 is passed in as h_prev instead).
+CHAIN_STARTS = ("zeros", "first_scores")
 
 
 def attention_scores(q_BxTxNxD, k_BxSxNxD, scale=None):
@@ -83,8 +84,8 @@ def hopfield_attention(q_BxTxNxD, k_BxSxNxD, v_BxSxNxD, h_prev_BxNxTxS, *,
       softmax: H keeps the pre-softmax logits); no rng means deterministic.
     score_weight: weight of s_n in H_n; None means (1−α′), the MHA update.
   """
-  if h0 not in H0_POLICIES:
-    raise ValueError(f"h0={h0!r} is not a known policy; allowed: {H0_POLICIES}")
+  if h0 not in CHAIN_STARTS:
+    raise ValueError(f"h0={h0!r} is not a known chain start; allowed: {CHAIN_STARTS}")
   s_BxNxTxS = attention_scores(q_BxTxNxD, k_BxSxNxD, scale)
   start_BxNxTxS = s_BxNxTxS if h0 == "first_scores" else jnp.zeros_like(s_BxNxTxS)
   if h_prev_BxNxTxS is None:

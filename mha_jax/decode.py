@@ -32,7 +32,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from mha_jax.models import gpt
+from mha_jax import kinds
+from mha_jax.models import decoder
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,6 +86,9 @@ def _decoding_model(model):
   equal; a truncated factorised window computes other numbers, so it is refused."""
   stack = model.stack
   att = stack.attention
+  if not kinds.get(att.kind).decode:
+    raise ValueError(f"attention.kind={att.kind!r} has no cached decoding; kinds that do: "
+                     f"{kinds.names(decode=True)}")
   if att.hidden_window and att.hidden_window < stack.num_layers:
     raise ValueError(f"attention.hidden_window={att.hidden_window} < num_layers="
                      f"{stack.num_layers}: cached decoding rebuilds the exact H rows, which "
@@ -109,7 +113,7 @@ def init_cache(model, batch, cache_size):
 def _apply(model, params, state, tokens_BxT):
   """Feed T new tokens per row at state.next_slot; returns (logits [B, T, V], state)."""
   length = tokens_BxT.shape[1]
-  positions_BxT = jax.lax.dynamic_slice_in_dim(gpt.positions_from_mask(state.valid_BxS),
+  positions_BxT = jax.lax.dynamic_slice_in_dim(decoder.positions_from_mask(state.valid_BxS),
                                                state.next_slot, length, axis=1)
   (logits_BxTxV, _), mutated = _decoding_model(model).apply(
       {"params": params, "cache": state.cache}, tokens_BxT, positions=positions_BxT,
@@ -176,7 +180,7 @@ def _generate_uncached(model, params, prompt_BxP, prompt_valid_BxP, key, *, max_
   total = length + max_new_tokens
   tokens_BxS = jnp.zeros((batch, total), jnp.int32).at[:, :length].set(prompt_BxP)
   valid_BxS = jnp.concatenate([prompt_valid_BxP, jnp.ones((batch, max_new_tokens), jnp.bool_)], 1)
-  positions_BxS = gpt.positions_from_mask(valid_BxS)
+  positions_BxS = decoder.positions_from_mask(valid_BxS)
 
   def step(tokens_BxS, index):
     # Slots after the current token hold zeros; the causal mask hides them.

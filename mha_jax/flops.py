@@ -7,15 +7,17 @@ map (4·B·T²·N·d per layer; not halved for causal masks, since the naive pat
 computes the whole map). Norms, softmax, activations and the optimizer are not
 counted, as in MaxText; they are why XLA's `cost_analysis` is a few % higher.
 
-MHA's extra score work, H_n = α′·H_{n−1} + (1−α′)·S_n, is elementwise over the
-[B, N, T, T] map: 3 FLOPs per element forward, ×3 for training. It is reported
-separately (`mha_extra`) and not included in model FLOPs or MFU.
+A kind's extra score work (MHA's H_n = α′·H_{n−1} + (1−α′)·S_n: 3 FLOPs per element
+of the [B, N, T, T] map; RealFormer's H_{n−1} + S_n: 1) is read from the kinds table
+(`score_update_flops`), ×3 for training. It is reported separately (`mha_extra`) and
+not included in model FLOPs or MFU.
 """
 
 from __future__ import annotations
 
 import dataclasses
 
+from mha_jax import kinds
 from mha_jax.models import layers
 
 
@@ -29,10 +31,6 @@ class StepFlops:
   def mfu(self, step_time_s, num_chips, peak_flops_per_chip):
     return self.model / (step_time_s * num_chips * peak_flops_per_chip)
 
-  def step_time_at(self, mfu, num_chips, peak_flops_per_chip):
-    """The step time (s) that a model FLOPs utilisation `mfu` implies."""
-    return self.model / (mfu * num_chips * peak_flops_per_chip)
-
 
 def stack_forward_flops(cfg: layers.StackConfig, batch, length):
   """(matmul FLOPs, MHA H-update FLOPs) of one forward pass through the stack."""
@@ -42,9 +40,8 @@ def stack_forward_flops(cfg: layers.StackConfig, batch, length):
   mlp_matrices = 3 if cfg.mlp == "swiglu" else 2
   mlp = 2 * tokens * cfg.width * cfg.mlp_dim * mlp_matrices
   scores = 4 * batch * length * length * cfg.num_heads * cfg.head_dim   # QKᵀ and PV
-  hidden = 0
-  if cfg.attention.kind != "standard":
-    hidden = 3 * batch * cfg.num_heads * length * length
+  hidden = (kinds.get(cfg.attention.kind).score_update_flops
+            * batch * cfg.num_heads * length * length)
   return cfg.num_layers * (projections + mlp + scores), cfg.num_layers * hidden
 
 

@@ -19,6 +19,7 @@ import numpy as np
 from mha_jax import chips
 from mha_jax import data as data_lib
 from mha_jax import flops as flops_lib
+from mha_jax.models import layers
 from mha_jax.train import optim, sharding, state, tasks, train
 
 _GPT2_VOCAB = 50257   # every TFDS text set of the table is GPT-2 BPE
@@ -40,7 +41,7 @@ class Fit:
   opt_bytes: int
   temp_bytes: int | None
   total_bytes: int | None      # arguments + outputs − aliased + temp
-  hidden_state_bytes: int      # MHA: the [B_dev, N, T, T] f32 carries scan saves, all layers
+  carry_bytes: int             # the attention state scan saves between layers, all layers
   model_flops: float           # per step, global (MaxText count)
   mha_extra_flops: float
   xla_flops_per_device: float | None
@@ -122,13 +123,12 @@ def sequence_length(model, info):
   return info.seq_len
 
 
-def hidden_state_bytes(model, info, per_device_batch):
-  """MHA's saved H: one float32 [B, N, T, T] carry per layer, kept for backward."""
-  cfg = model.stack
-  if cfg.attention.kind == "standard":
-    return 0
+def carry_bytes(model, info, per_device_batch):
+  """The attention state one layer hands the next (measured by `layers.carry_bytes`
+  with jax.eval_shape of the real initial state), once per layer: what the scan keeps
+  for backward. 0 for kinds that carry nothing."""
   length = sequence_length(model, info)
-  return cfg.num_layers * per_device_batch * cfg.num_heads * length * length * 4
+  return model.stack.num_layers * layers.carry_bytes(model.stack, per_device_batch, length)
 
 
 def compile_step(config, devices, info):
@@ -198,7 +198,7 @@ def measure(config, devices, device_label, hbm_bytes=None, with_xla_flops=True) 
       remat_policy=model.stack.remat_policy, fits=None,
       params_bytes=_shard_bytes(abstract["params"], state_sh["params"]),
       opt_bytes=_shard_bytes(abstract["opt"], state_sh["opt"]), temp_bytes=None,
-      total_bytes=None, hidden_state_bytes=hidden_state_bytes(model, info, per_device_batch),
+      total_bytes=None, carry_bytes=carry_bytes(model, info, per_device_batch),
       model_flops=step_flops.model, mha_extra_flops=step_flops.mha_extra,
       xla_flops_per_device=None, items_per_step=step_flops.items,
       item_name=step_flops.item_name)

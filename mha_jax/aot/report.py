@@ -43,12 +43,12 @@ def format_fit(fit, chip, time_chip, mfu):
       f"  {'temp':<26}{human_bytes(fit.temp_bytes)}",
       f"  {'total':<26}{human_bytes(fit.total_bytes)}  {_hbm_line(fit, chip)}",
   ]
-  if fit.hidden_state_bytes:
-    lines.append(f"  {'MHA hidden state H':<26}{human_bytes(fit.hidden_state_bytes)}  "
-                 "(L·B·N·T² float32 carries saved for backward)")
+  if fit.carry_bytes:
+    lines.append(f"  {'attention carry':<26}{human_bytes(fit.carry_bytes)}  "
+                 "(L × the state a layer hands the next, as jax.eval_shape measures it)")
   lines.append(f"  {'FLOPs/step (model)':<26}{fit.model_flops:.3e} global, "
                f"{fit.model_flops / fit.num_devices:.3e} per device"
-               + (f"  [+ MHA H update {fit.mha_extra_flops:.2e}]" if fit.mha_extra_flops else ""))
+               + (f"  [+ score updates {fit.mha_extra_flops:.2e}]" if fit.mha_extra_flops else ""))
   if fit.xla_flops_per_device is not None:
     lines.append(f"  {'FLOPs/step (XLA)':<26}{fit.xla_flops_per_device:.3e} per device "
                  f"(cost_analysis; {fit.xla_flops_per_device * fit.num_devices / fit.model_flops:.2f}"

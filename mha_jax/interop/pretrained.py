@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mha_jax import models
+from mha_jax import kinds, models
 from mha_jax.interop import checkpoint_io, common, gpt2, llama, vit
 from mha_jax.models import param_layout
 
@@ -153,7 +153,7 @@ def export_pretrained(params, model, directory, *, timm=False, weights_format="s
 def _as_custom_code(config, model):
   """config.json of the hf_code subclass of the stock class (model_type "mha_<family>")."""
   att = model.stack.attention
-  for bad, setting in ((att.kind not in ("hopfield", "realformer"), f"attention.kind={att.kind!r}"),
+  for bad, setting in ((not kinds.get(att.kind).hf_export, f"attention.kind={att.kind!r}"),
                        (att.h0 == "noise", "attention.h0='noise' (a JAX random draw)"),
                        (att.hidden_window, f"attention.hidden_window={att.hidden_window}"),
                        (not model.stack.skip_connections, "skip_connections=False")):

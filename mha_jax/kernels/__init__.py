@@ -19,9 +19,6 @@ import jax.numpy as jnp
 
 from mha_jax.kernels import factorized, fused
 
-IMPLEMENTATIONS = ("naive", "factorized", "fused", "auto")
-
-
 def window_slots(att, num_layers):
   """How many layers' features the factorised carry keeps."""
   window = att.hidden_window
@@ -51,9 +48,8 @@ def hopfield_attention(att, num_layers, q_BxTxNxD, k_BxSxNxD, v_BxSxNxD, state, 
                        mask):
   """One MHA layer by the configured implementation: (out [B, T, N, D], next state)."""
   impl = resolve(att, num_layers, q_BxTxNxD.shape[1], q_BxTxNxD.shape[-1])
-  h0 = "first_scores" if att.h0 == "first_scores" else "zeros"
   common = dict(alpha_hidden=state.get("alpha_hidden", att.alpha_hidden), restart=restart,
-                h0=h0, mask=mask, scale=att.score_scale)
+                h0=att.chain_start, mask=mask, scale=att.score_scale)
   if impl == "factorized":
     return factorized.factorized_hopfield_attention(q_BxTxNxD, k_BxSxNxD, v_BxSxNxD, state,
                                                     **common)

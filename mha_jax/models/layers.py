@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.ad_checkpoint import checkpoint_name
 
-from mha_jax import attention, kernels
+from mha_jax import attention, kernels, kinds
 from mha_jax.models.stack_config import REMAT_POLICIES, StackConfig
 
 def kernel_init(cfg: StackConfig, axes, residual_projection=False):
@@ -157,7 +157,7 @@ class SelfAttention(nn.Module):
       out_BxTxNxD, h_BxNxTxT = attention.hopfield_attention(
           q_BxTxNxD, k_BxTxNxD, v_BxTxNxD, h_prev,
           alpha_hidden=state.get("alpha_hidden", att.alpha_hidden),
-          h0="first_scores" if att.h0 == "first_scores" else "zeros", restart=restart,
+          h0=att.chain_start, restart=restart,
           **common)
     elif att.kind == "realformer":
       out_BxTxNxD, h_BxNxTxT = attention.hopfield_attention(
@@ -254,7 +254,7 @@ def initial_state(cfg: StackConfig, batch, length, positions_BxT=None, key_posit
   {"value_first": placeholder V_1} for the value residual, else {"hidden": H_0}
   ([B, N, T, S]; see `attention.initial_hidden_state` for the positions)."""
   att = cfg.attention
-  if att.kind in ("standard", "rezero"):
+  if kinds.get(att.kind).carries == "nothing":
     return {}
   if att.kind == "value_residual":   # replaced by layer 1's values (restart flag)
     return {"value_first": jnp.zeros((batch, length, cfg.num_heads, cfg.head_dim), cfg.dtype)}
@@ -262,10 +262,18 @@ def initial_state(cfg: StackConfig, batch, length, positions_BxT=None, key_posit
                                   cfg.head_dim, cfg.dtype)
   if stacked is not None:
     return stacked
-  return {"hidden": attention.initial_hidden_state(
+  h0 = attention.initial_hidden_state(
       batch, cfg.num_heads, length, noise_seed=att.h0_noise_seed,
       noise_std=att.h0_noise_std if att.h0 == "noise" else None,
-      query_positions=positions_BxT, key_positions=key_positions_BxS)}
+      query_positions=positions_BxT, key_positions=key_positions_BxS)
+  return {"hidden": h0.astype(att.hidden_dtype)}
+
+
+def carry_bytes(cfg: StackConfig, batch, length):
+  """Bytes of the state one layer hands the next (`initial_state`), measured with
+  jax.eval_shape: the scan keeps one such carry per layer for the backward pass."""
+  shapes = jax.eval_shape(lambda: initial_state(cfg, batch, length))
+  return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(shapes))
 
 
 class LayerStack(nn.Module):

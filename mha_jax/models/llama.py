@@ -10,7 +10,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
-from mha_jax.models import gpt, layers
+from mha_jax.models import decoder, layers
 from mha_jax.models.stack_config import StackConfig, build_stack_config, select_variant
 
 VARIANTS = {
@@ -26,7 +26,7 @@ STACK_DEFAULTS = dict(norm="rmsnorm", norm_eps=1e-6, mlp="swiglu", use_bias=Fals
 class Llama(nn.Module):
   """tokens [B, T] int → (logits [B, T, vocab] float32, per-layer outputs).
 
-  `positions`, `decode`: see `gpt.decoder_inputs` (decode needs mutable=["cache"]).
+  `positions`, `decode`: see `decoder.decoder_inputs` (decode needs mutable=["cache"]).
   """
   stack: StackConfig
   vocab_size: int = 32000
@@ -36,7 +36,7 @@ class Llama(nn.Module):
   def __call__(self, tokens_BxT, *, train=False, padding_mask=None, return_intermediates=False,
                positions=None, decode=False):
     cfg = self.stack
-    mask, positions, key_positions = gpt.decoder_inputs(
+    mask, positions, key_positions = decoder.decoder_inputs(
         tokens_BxT.shape[1], self.max_len, padding_mask, positions, decode)
     x_BxTxD = nn.Embed(self.vocab_size, cfg.width, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
                        embedding_init=nn.with_logical_partitioning(nn.initializers.normal(0.02),

@@ -11,26 +11,13 @@ import dataclasses
 
 import jax
 
-# Rank-collapse remedies to compare MHA against, each with the usual x + Attn residual
-# (equations and citations in attention.py):
-#   "realformer":     residual attention (He et al., 2021), H_n = H_{n−1} + s_n; 0 new params
-#   "value_residual": ResFormer (Zhou et al., 2024), V_n ← λV_1 + (1−λ)V_n;        0 new params
-#   "rezero":         x ← x + g_n·Attn(Norm x), g_n init 0 (Bachlechner et al., 2021);
-#                     L new params (one scalar per layer), the only rival that adds any.
-# DenseFormer's depth-weighted average (Pagliardini et al., 2024) is not here: layer n
-# mixes all n earlier outputs, so the scan carry would have to hold an [L+1, B, T, D]
-# history (L× activation memory, shapes fixed by L) — it does not fit the (x, state) carry.
-ATTENTION_KINDS = ("standard", "hopfield", "realformer", "value_residual", "rezero")
+from mha_jax import attention, kinds
+
+# Facts about each attention kind (what it carries and reads, its implementations,
+# residual rule and citation) live in one table: mha_jax/kinds.py.
+# H before layer 1: a chain start (attention.CHAIN_STARTS), or a fixed random draw.
+H0_POLICIES = attention.CHAIN_STARTS + ("noise",)
 RESIDUAL_FORMS = ("convex", "scaled_branch", "standard")
-H0_POLICIES = ("zeros", "first_scores", "noise")
-# How attention is computed, per kind. Standard: our einsum path, or
-# jax.nn.dot_product_attention (XLA, or cuDNN's fused flash kernel on GPU). MHA: see
-# mha_jax/kernels (materialised H, stacked features, fused Pallas kernel, or by shape).
-IMPLEMENTATIONS = {"standard": ("naive", "xla", "cudnn"),
-                   "hopfield": ("naive", "factorized", "fused", "auto"),
-                   "realformer": ("naive",),
-                   "value_residual": ("naive",),
-                   "rezero": ("naive", "xla", "cudnn")}
 HIDDEN_DTYPES = ("float32", "bfloat16")
 NORMS = ("layernorm", "rmsnorm")
 MLPS = ("gelu", "gelu_tanh", "swiglu")  # exact GELU (ViT), tanh GELU (GPT-2)
@@ -56,10 +43,21 @@ def check_unit_interval(name, value):
     raise ValueError(f"{name}={value!r} is outside [0, 1]")
 
 
+def check_fields_read(att, kind):
+  """A field the kind does not read must keep its default: a set value would be
+  silently ignored (and misreported in config.json and results)."""
+  for field in dataclasses.fields(att):
+    value = getattr(att, field.name)
+    if field.name not in kind.all_fields and value != field.default:
+      raise ValueError(
+          f"attention.{field.name}={value!r} is not read by attention.kind={kind.name!r}, "
+          f"which reads only {kind.all_fields}; leave it at its default {field.default!r}")
+
+
 @dataclasses.dataclass(frozen=True)
 class AttentionConfig:
   """How attention and its residual work (spec §2). Defaults: the baseline."""
-  kind: str = "standard"          # standard (x + Attn, no H) | hopfield (MHA) | realformer | value_residual | rezero
+  kind: str = "standard"          # a row of mha_jax/kinds.py: standard | hopfield (MHA) | rivals
   alpha: float = 0.5              # α: residual weight of x
   alpha_hidden: float = 0.5       # α′: weight of H_{n−1} in H_n
   residual: str = "convex"        # MHA residual form, see attention.residual_update
@@ -68,17 +66,18 @@ class AttentionConfig:
   h0_noise_seed: int = 0          # H_0 noise is a fixed draw, equal at train and eval
   reset_every: int = 0            # restart H every N layers (0: never; 1: no memory)
   score_scale: float | None = None  # None: 1/√head_dim
-  implementation: str = "naive"   # see IMPLEMENTATIONS (per kind) and mha_jax/kernels
+  implementation: str = "naive"   # allowed per kind: kinds.KINDS[kind].implementations
   hidden_window: int = 0          # factorized MHA: keep the last W layers' features (0: all)
   hidden_dtype: str = "float32"   # fused MHA: dtype of the stored H (bfloat16 halves it)
   value_residual_lambda: float = 0.5  # λ of kind="value_residual"
 
   def __post_init__(self):
-    check_choice("attention.kind", self.kind, ATTENTION_KINDS)
+    kind = kinds.get(self.kind)
     check_choice("attention.residual", self.residual, RESIDUAL_FORMS)
     check_choice("attention.h0", self.h0, H0_POLICIES)
     check_choice(f"attention.implementation (kind={self.kind!r})", self.implementation,
-                 IMPLEMENTATIONS[self.kind])
+                 kind.implementations)
+    check_fields_read(self, kind)
     check_choice("attention.hidden_dtype", self.hidden_dtype, HIDDEN_DTYPES)
     if self.hidden_window < 0:
       raise ValueError(f"attention.hidden_window={self.hidden_window} must be >= 0")
@@ -98,6 +97,12 @@ class AttentionConfig:
       raise ValueError(f"attention.reset_every={self.reset_every} must be >= 0")
     if self.reset_every and self.h0 == "noise":
       raise ValueError("attention.reset_every needs h0 'zeros' or 'first_scores', got 'noise'")
+
+  @property
+  def chain_start(self):
+    """The h0 policy of attention.hopfield_attention: a random H_0 ("noise") is
+    carried in as H_{n−1}, so its chains start like "zeros" on a restart."""
+    return self.h0 if self.h0 in attention.CHAIN_STARTS else "zeros"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,21 +158,17 @@ class StackConfig:
 
 
 def describe_attention(att: AttentionConfig, skip_connections=True):
-  """Kind, α, α′ and the residual form actually used: every result names them."""
+  """Kind, the settings it reads and the residual rule actually used: every result
+  names them."""
+  kind = kinds.get(att.kind)
   if not skip_connections:
     residual = "none (x←u)"
-  elif att.kind == "hopfield":
-    residual = att.residual
-  else:   # the other kinds ignore `residual`
-    residual = "x+u"
-  if att.kind == "hopfield":
-    return f"hopfield α={att.alpha:g} α′={att.alpha_hidden:g} residual={residual}"
-  if att.kind == "value_residual":
-    return f"value_residual λ={att.value_residual_lambda:g} residual={residual}"
-  if att.kind == "rezero":
-    return f"rezero residual={'x+g·u' if skip_connections else residual}"
-  return f"{att.kind} residual={residual}"
-
+  else:
+    residual = att.residual if kind.residual == "form" else kind.residual
+  symbols = {"alpha": "α", "alpha_hidden": "α′", "value_residual_lambda": "λ"}
+  settings = [f"{symbol}={getattr(att, field):g}" for field, symbol in symbols.items()
+              if field in kind.reads]
+  return " ".join([att.kind, *settings, f"residual={residual}"])
 
 
 STACK_FIELDS = frozenset(f.name for f in dataclasses.fields(StackConfig))

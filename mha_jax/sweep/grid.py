@@ -26,15 +26,12 @@ import time
 
 import ml_collections
 
+from mha_jax import kinds
 from mha_jax.sweep import vmapped
 from mha_jax.train import config_util
 
 AXES = ("kind", "alpha", "alpha_hidden", "residual", "h0", "reset_every", "depth", "seed")
-# What each attention kind reads; the other axes are dropped from its cells.
-KIND_AXES = {
-    "standard": (), "rezero": (), "value_residual": (), "realformer": ("reset_every",),
-    "hopfield": ("alpha", "alpha_hidden", "residual", "h0", "reset_every"),
-}
+ATTENTION_AXES = ("alpha", "alpha_hidden", "residual", "h0", "reset_every")
 VMAPPABLE = ("alpha", "alpha_hidden", "seed")
 MODES = ("vmapped", "separate")
 
@@ -46,10 +43,9 @@ def cells(grid):
   seen, out = set(), []
   for combo in itertools.product(*values):
     cell = dict(zip(AXES, combo))
-    if cell["kind"] not in KIND_AXES:
-      raise ValueError(f"kind={cell['kind']!r}; allowed: {sorted(KIND_AXES)}")
-    for axis in ("alpha", "alpha_hidden", "residual", "h0", "reset_every"):
-      if axis not in KIND_AXES[cell["kind"]]:
+    reads = kinds.get(cell["kind"]).reads   # the axes a kind does not read collapse
+    for axis in ATTENTION_AXES:
+      if axis not in reads:
         cell[axis] = None
     if cell["alpha_hidden"] is not None and cell["alpha_hidden"] < 0:
       cell["alpha_hidden"] = cell["alpha"]
@@ -95,7 +91,7 @@ def cell_config(base, cell):
   config.model.num_layers = cell["depth"]
   attention = config.model.attention
   attention.kind = cell["kind"]
-  for axis in ("alpha", "alpha_hidden", "residual", "h0", "reset_every"):
+  for axis in ATTENTION_AXES:
     if cell[axis] is not None:
       attention[axis] = cell[axis]
   return config

@@ -105,13 +105,18 @@ def base_config():
   ))
 
 
-def attention_config(kind, alpha, alpha_hidden=None, residual="convex", **extra):
+def attention_config(kind, alpha=None, alpha_hidden=None, residual=None, **extra):
   """config.model.attention with every field of the model's AttentionConfig, so
-  `--config.model.attention.h0=...` works; alpha_hidden None ties α′ = α as the
-  paper does. Checked here, so a bad `:argument` fails as the override would."""
-  fields = dict(dataclasses.asdict(stack_config.AttentionConfig()), kind=kind, alpha=alpha,
-                alpha_hidden=alpha if alpha_hidden is None else alpha_hidden,
-                residual=residual, **extra)
+  `--config.model.attention.h0=...` works; None keeps a field's default, and
+  alpha_hidden None ties α′ = α as the paper does. Checked here, so a bad
+  `:argument` (or a setting the kind does not read) fails as the override would."""
+  fields = dict(dataclasses.asdict(stack_config.AttentionConfig()), kind=kind, **extra)
+  if alpha is not None:
+    fields.update(alpha=alpha, alpha_hidden=alpha)
+  if alpha_hidden is not None:
+    fields["alpha_hidden"] = alpha_hidden
+  if residual is not None:
+    fields["residual"] = residual
   stack_config.AttentionConfig(**fields)
   return fields
 

@@ -37,10 +37,10 @@ def test_cpu_fit_bytes_equal_parameter_count_times_dtype_times_adam():
   assert result.opt_bytes == 2 * count * 4 + 4 * len(counters) and len(counters) <= 3
   assert result.total_bytes > result.params_bytes + result.opt_bytes and result.temp_bytes > 0
   length = config.data.seq_len
-  assert result.hidden_state_bytes == 2 * (32 // 8) * 4 * length * length * 4   # L·B·N·T²·4
+  assert result.carry_bytes == 2 * (32 // 8) * 4 * length * length * 4   # L·B·N·T²·4
   table = report.format_fit(result, None, chips.chip("H100"), 0.4)
   print(table)
-  for row in ("parameters", "optimizer state", "temp", "total", "MHA hidden state H",
+  for row in ("parameters", "optimizer state", "temp", "total", "attention carry",
               "FLOPs/step (model)", "step time at 40% MFU", "v5e yes"):
     assert row in table
 

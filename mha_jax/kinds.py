@@ -1,0 +1,102 @@
+"""The one table of attention-kind facts (`attention.kind`).
+
+Every module that needs a fact about a kind — what it carries from layer to layer,
+which config fields it reads, how it is computed, how its residual works, what it
+costs, whether decoding, the PyTorch reference or the Hugging Face export support
+it — reads it here. Adding a kind: mha_jax/models/README.md, "How to add an
+attention kind".
+
+The bytes a kind carries are not stated here but measured: `layers.carry_bytes`
+takes `jax.eval_shape` of the real initial state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+# Fields of AttentionConfig that every kind reads.
+COMMON_FIELDS = ("kind", "score_scale", "implementation")
+# The fields MHA's H chain reads (hopfield and the kinds built on its H).
+_HIDDEN_CHAIN = ("alpha_hidden", "h0", "h0_noise_std", "h0_noise_seed", "reset_every")
+_MHA_KERNEL_FIELDS = ("hidden_window", "hidden_dtype")
+# How each residual rule is written in results and config summaries.
+RESIDUAL_RULES = {
+    "form": "attention.residual_update(x, u, α, residual)",
+    "x+u": "x ← x + u",
+    "x+g·u": "x ← x + g·u, g learnable, init 0",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class AttentionKind:
+  """Facts about one attention kind."""
+  name: str
+  label: str                      # its name in tables and plots
+  carries: str                    # the state it passes from layer to layer
+  reads: tuple[str, ...]          # AttentionConfig fields beyond COMMON_FIELDS
+  implementations: tuple[str, ...]   # allowed `attention.implementation`s; first = default
+  residual: str                   # a key of RESIDUAL_RULES
+  score_update_flops: int         # forward FLOPs per T×S score entry beyond attention's
+  rival: bool                     # a published cross-layer remedy compared with MHA
+  decode: bool                    # KV-cache decoding (mha_jax.decode)
+  torch_reference: bool           # interop/torch_reference.py implements it
+  hf_export: bool                 # interop export writes it (stock class or hf_code)
+  citation: str = ""
+
+  @property
+  def all_fields(self):
+    return COMMON_FIELDS + self.reads
+
+  @property
+  def carries_hidden(self):
+    """True where a T×S hidden state (or its factorised form) rides the carry."""
+    return "H" in self.carries
+
+
+KINDS = {kind.name: kind for kind in (
+    AttentionKind(
+        name="standard", label="standard", carries="nothing", reads=(),
+        implementations=("naive", "xla", "cudnn"), residual="x+u", score_update_flops=0,
+        rival=False, decode=True, torch_reference=True, hf_export=True),
+    AttentionKind(
+        name="hopfield", label="MHA",
+        carries="H [B, N, T, S] (naive, fused), or stacked Q̃, K̃ [B, T, N, W, D] (factorized)",
+        reads=("alpha", "residual") + _HIDDEN_CHAIN + _MHA_KERNEL_FIELDS,
+        implementations=("naive", "factorized", "fused", "auto"), residual="form",
+        score_update_flops=3,   # α′·H + (1−α′)·s
+        rival=False, decode=True, torch_reference=True, hf_export=True,
+        citation="Masumura & Taki, NeurIPS 2025"),
+    AttentionKind(
+        name="realformer", label="RealFormer", carries="H [B, N, T, S]",
+        reads=("reset_every",), implementations=("naive",), residual="x+u",
+        score_update_flops=1,   # H + s
+        rival=True, decode=True, torch_reference=False, hf_export=True,
+        citation="He et al., 2021, residual attention"),
+    AttentionKind(
+        name="value_residual", label="value residual", carries="V_1 [B, T, N, D]",
+        reads=("value_residual_lambda",), implementations=("naive",), residual="x+u",
+        score_update_flops=0, rival=True, decode=True, torch_reference=False,
+        hf_export=False, citation="Zhou et al., 2024, ResFormer"),
+    AttentionKind(
+        name="rezero", label="ReZero", carries="nothing", reads=(),
+        implementations=("naive", "xla", "cudnn"), residual="x+g·u", score_update_flops=0,
+        rival=True, decode=True, torch_reference=False, hf_export=False,
+        citation="Bachlechner et al., 2021"),
+)}
+
+
+def get(name):
+  """The row of kind `name`; one ValueError naming the allowed kinds otherwise."""
+  if name not in KINDS:
+    raise ValueError(f"attention.kind={name!r} is not allowed; choose one of {tuple(KINDS)}")
+  return KINDS[name]
+
+
+def names(*, carries_hidden=None, rival=None, decode=None, hf_export=None,
+          torch_reference=None):
+  """Kind names in table order, filtered by the given facts."""
+  wanted = dict(carries_hidden=carries_hidden, rival=rival, decode=decode,
+                hf_export=hf_export, torch_reference=torch_reference)
+  return tuple(name for name, kind in KINDS.items()
+               if all(getattr(kind, fact) == value for fact, value in wanted.items()
+                      if value is not None))
