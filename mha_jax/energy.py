@@ -176,12 +176,13 @@ def entmax(logits, alpha, allowed):
 
 
 def _polynomial(logits, degree, allowed):
-  """ReLU(u)^{n−1}/‖ReLU(u)‖_n^{n−1}, computed on ReLU(u)/max (it is scale-free)."""
+  """ReLU(u)^{n−1}/‖ReLU(u)‖_n^{n−1}, computed on ReLU(u)/max (it is scale-free); all
+  zeros where no score is positive (L is 0 around there)."""
   relu = jnp.where(allowed, jnp.maximum(logits, 0.0), 0.0)
   top = jnp.max(relu, axis=-1, keepdims=True)
   ratio = relu / jnp.where(top > 0, top, 1.0)
-  norm_power = jnp.sum(ratio ** degree, -1, keepdims=True) ** ((degree - 1.0) / degree)
-  return ratio ** (degree - 1.0) / jnp.where(top > 0, norm_power, 1.0)
+  total = jnp.sum(ratio ** degree, -1, keepdims=True)  # ≥ 1 where top > 0
+  return ratio ** (degree - 1.0) / jnp.where(top > 0, total, 1.0) ** ((degree - 1.0) / degree)
 
 
 def _cubic_phi(logits, coefficients):
