@@ -363,3 +363,19 @@ def converge(q_BxTxNxD, k_BxSxNxD, *, beta=None, mask=None, separation="softmax"
                      mask=mask)
   keys, kind = well_types(weights, mask)
   return Convergence(state, steps, done, trace, keys, kind)
+
+
+def retrieve_from_logits(logits_BxNxTxS, k_BxSxNxD, v_BxSxNxD, *, steps, beta, mask=None,
+                         separation="softmax", separation_param=None):
+  """Retrieval whose step-0 logits are given instead of β K q: with MHA's H_n
+  (`attention.kind="hopfield"` with `energy_steps` > 0, a combination neither paper
+  claims). ξ¹ = Kᵀ sep(logits), then the remaining `steps` − 1 updates and the
+  readout of `hopfield_retrieve`; steps = 0 reads sep(logits)ᵀ V directly."""
+  _check_steps(steps)
+  options = dict(mask=mask, separation=separation, separation_param=separation_param)
+  w_BxNxTxS = separate(logits_BxNxTxS, **options)
+  if not steps:
+    return jnp.einsum("bnts,bsnd->btnd", w_BxNxTxS.astype(v_BxSxNxD.dtype), v_BxSxNxD)
+  state_BxTxNxD = jnp.einsum("bnts,bsnd->btnd", w_BxNxTxS, k_BxSxNxD.astype(w_BxNxTxS.dtype))
+  return hopfield_retrieve(state_BxTxNxD, k_BxSxNxD, v_BxSxNxD, steps=steps - 1, beta=beta,
+                           **options)

@@ -9,7 +9,8 @@ counted, as in MaxText; they are why XLA's `cost_analysis` is a few % higher.
 
 A kind's extra score work (MHA's H_n = α′·H_{n−1} + (1−α′)·S_n: 3 FLOPs per element
 of the [B, N, T, T] map; RealFormer's H_{n−1} + S_n: 1) is read from the kinds table
-(`score_update_flops`), ×3 for training. It is reported separately (`mha_extra`) and
+(`score_flops_per_entry`, which adds 4·D per step of Hopfield retrieval), ×3 for
+training. It is reported separately (`mha_extra`) and
 not included in model FLOPs or MFU.
 """
 
@@ -40,8 +41,8 @@ def stack_forward_flops(cfg: layers.StackConfig, batch, length):
   mlp_matrices = 3 if cfg.mlp == "swiglu" else 2
   mlp = 2 * tokens * cfg.width * cfg.mlp_dim * mlp_matrices
   scores = 4 * batch * length * length * cfg.num_heads * cfg.head_dim   # QKᵀ and PV
-  hidden = (kinds.get(cfg.attention.kind).score_update_flops
-            * batch * cfg.num_heads * length * length)
+  per_entry = kinds.get(cfg.attention.kind).score_flops_per_entry(cfg.attention, cfg.head_dim)
+  hidden = per_entry * batch * cfg.num_heads * length * length
   return cfg.num_layers * (projections + mlp + scores), cfg.num_layers * hidden
 
 

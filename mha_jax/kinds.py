@@ -19,6 +19,7 @@ COMMON_FIELDS = ("kind", "score_scale", "implementation")
 # The fields MHA's H chain reads (hopfield and the kinds built on its H).
 _HIDDEN_CHAIN = ("alpha_hidden", "h0", "h0_noise_std", "h0_noise_seed", "reset_every")
 _MHA_KERNEL_FIELDS = ("hidden_window", "hidden_dtype")
+_RETRIEVAL = ("energy_steps", "separation", "separation_param")
 # How each residual rule is written in results and config summaries.
 RESIDUAL_RULES = {
     "form": "attention.residual_update(x, u, α, residual)",
@@ -47,6 +48,12 @@ class AttentionKind:
   def all_fields(self):
     return COMMON_FIELDS + self.reads
 
+  def score_flops_per_entry(self, att, head_dim):
+    """Forward FLOPs per T×S score entry beyond attention's QKᵀ and PV: the state
+    update, plus 4·D per retrieval step (β K ξ and Kᵀ p) for kinds that iterate."""
+    steps = att.energy_steps if "energy_steps" in self.reads else 0
+    return self.score_update_flops + 4 * head_dim * steps
+
   @property
   def carries_hidden(self):
     """True where a T×S hidden state (or its factorised form) rides the carry."""
@@ -61,7 +68,7 @@ KINDS = {kind.name: kind for kind in (
     AttentionKind(
         name="hopfield", label="MHA",
         carries="H [B, N, T, S] (naive, fused), or stacked Q̃, K̃ [B, T, N, W, D] (factorized)",
-        reads=("alpha", "residual") + _HIDDEN_CHAIN + _MHA_KERNEL_FIELDS,
+        reads=("alpha", "residual") + _HIDDEN_CHAIN + _MHA_KERNEL_FIELDS + _RETRIEVAL,
         implementations=("naive", "factorized", "fused", "auto"), residual="form",
         score_update_flops=3,   # α′·H + (1−α′)·s
         rival=False, decode=True, torch_reference=True, hf_export=True,
@@ -82,6 +89,11 @@ KINDS = {kind.name: kind for kind in (
         implementations=("naive", "xla", "cudnn"), residual="x+g·u", score_update_flops=0,
         rival=True, decode=True, torch_reference=False, hf_export=False,
         citation="Bachlechner et al., 2021"),
+    AttentionKind(
+        name="hopfield_energy", label="Hopfield energy", carries="nothing",
+        reads=_RETRIEVAL, implementations=("naive",), residual="x+u", score_update_flops=0,
+        rival=False, decode=True, torch_reference=True, hf_export=False,
+        citation="this codebase's reading of Farooq, arXiv 2506.11043 (mha_jax/energy.py)"),
 )}
 
 

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.ad_checkpoint import checkpoint_name
 
-from mha_jax import attention, kernels, kinds
+from mha_jax import attention, energy, kernels, kinds
 from mha_jax.models.stack_config import REMAT_POLICIES, StackConfig
 
 def kernel_init(cfg: StackConfig, axes, residual_projection=False):
@@ -113,6 +113,16 @@ def cached_keys_values(module, k_BxTxNxD, v_BxTxNxD, mask):
   return key.value, value.value, mask
 
 
+def retrieves(att):
+  """MHA with Hopfield retrieval on top of H_n (energy_steps or a non-softmax head)."""
+  return att.energy_steps > 0 or att.separation != "softmax"
+
+
+def retrieval_options(att, mask):
+  return dict(steps=att.energy_steps, beta=att.score_scale, mask=mask,
+              separation=att.separation, separation_param=att.separation_param)
+
+
 class SelfAttention(nn.Module):
   """Q/K/V/O projections around `attention.hopfield_attention`; with `decode`, keys
   and values go through the layer's cache (`cached_keys_values`)."""
@@ -159,6 +169,12 @@ class SelfAttention(nn.Module):
           alpha_hidden=state.get("alpha_hidden", att.alpha_hidden),
           h0=att.chain_start, restart=restart,
           **common)
+      if retrieves(att):
+        out_BxTxNxD = energy.retrieve_from_logits(h_BxNxTxT, k_BxTxNxD, v_BxTxNxD,
+                                                  **retrieval_options(att, mask))
+    elif att.kind == "hopfield_energy":
+      out_BxTxNxD, h_BxNxTxT = energy.hopfield_retrieve(
+          q_BxTxNxD, k_BxTxNxD, v_BxTxNxD, **retrieval_options(att, mask)), None
     elif att.kind == "realformer":
       out_BxTxNxD, h_BxNxTxT = attention.hopfield_attention(
           q_BxTxNxD, k_BxTxNxD, v_BxTxNxD, h_prev, alpha_hidden=1.0, score_weight=1.0,

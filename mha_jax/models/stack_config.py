@@ -11,7 +11,7 @@ import dataclasses
 
 import jax
 
-from mha_jax import attention, kinds
+from mha_jax import attention, energy, kinds
 
 # Facts about each attention kind (what it carries and reads, its implementations,
 # residual rule and citation) live in one table: mha_jax/kinds.py.
@@ -70,6 +70,11 @@ class AttentionConfig:
   hidden_window: int = 0          # factorized MHA: keep the last W layers' features (0: all)
   hidden_dtype: str = "float32"   # fused MHA: dtype of the stored H (bfloat16 halves it)
   value_residual_lambda: float = 0.5  # λ of kind="value_residual"
+  # Hopfield retrieval (mha_jax/energy.py): kind="hopfield_energy", or MHA's H_n as the
+  # step-0 logits with kind="hopfield" (this codebase's combination, in neither paper).
+  energy_steps: int = 0           # updates ξ ← Kᵀ sep(β K ξ) per layer (0: one readout)
+  separation: str = "softmax"     # energy.SEPARATIONS: the Lagrangian's gradient
+  separation_param: float | None = None  # entmax α, polynomial degree n, cubic c₃ (c₂ = 0)
 
   def __post_init__(self):
     kind = kinds.get(self.kind)
@@ -97,6 +102,21 @@ class AttentionConfig:
       raise ValueError(f"attention.reset_every={self.reset_every} must be >= 0")
     if self.reset_every and self.h0 == "noise":
       raise ValueError("attention.reset_every needs h0 'zeros' or 'first_scores', got 'noise'")
+    self.check_retrieval()
+
+  def check_retrieval(self):
+    if (isinstance(self.energy_steps, bool) or not isinstance(self.energy_steps, int)
+        or self.energy_steps < 0):
+      raise ValueError(f"attention.energy_steps={self.energy_steps!r}; allowed: an int >= 0")
+    try:
+      energy.resolve_separation(self.separation, self.separation_param)
+    except ValueError as error:
+      raise ValueError(f"attention.{error}") from None
+    retrieves = self.energy_steps or self.separation != "softmax"
+    if self.kind == "hopfield" and retrieves and self.implementation != "naive":
+      raise ValueError(f"attention.energy_steps/separation with kind='hopfield' need "
+                       f"implementation 'naive' (the kernels never form sep(H)), got "
+                       f"{self.implementation!r}")
 
   @property
   def chain_start(self):
@@ -143,6 +163,12 @@ class StackConfig:
     check_choice("remat_policy", self.remat_policy, REMAT_POLICIES)
     check_unit_interval("dropout", self.dropout)
     check_unit_interval("attention_dropout", self.attention_dropout)
+    att = self.attention
+    iterates = att.kind == "hopfield_energy" or att.energy_steps or att.separation != "softmax"
+    if iterates and self.attention_dropout:
+      raise ValueError(f"Hopfield retrieval (attention.kind={att.kind!r}, energy_steps="
+                       f"{att.energy_steps}, separation={att.separation!r}) has no attention "
+                       f"dropout; got attention_dropout={self.attention_dropout}")
     if self.attention.implementation != "naive" and self.attention_dropout:
       raise ValueError(f"attention.implementation={self.attention.implementation!r} has no "
                        f"attention dropout; got attention_dropout={self.attention_dropout}")

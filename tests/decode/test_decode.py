@@ -20,6 +20,9 @@ CASES = {
     "llama-mha-reset": ("llama", {"kind": "hopfield", "h0": "first_scores", "reset_every": 2}),
     # Carries layer 1's values: the cache must hold the mixed values attention uses.
     "llama-value-residual": ("llama", {"kind": "value_residual"}),
+    # Each new token iterates over the cached keys (Hopfield retrieval, entmax heads).
+    "gpt2-energy": ("gpt2", {"kind": "hopfield_energy", "energy_steps": 2,
+                             "separation": "entmax", "separation_param": 1.5}),
 }
 
 

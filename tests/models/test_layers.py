@@ -37,6 +37,36 @@ def np_gelu_tanh(x):
   return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)))
 
 
+def np_separate(u, mask, separation):
+  """Softmax, or sparsemax by sorting (Martins & Astudillo, 2016), over allowed keys."""
+  if separation == "softmax":
+    logits = np.where(mask, u, -np.inf)
+    weights = np.exp(logits - logits.max(-1, keepdims=True))
+    return weights / weights.sum(-1, keepdims=True)
+  out = np.zeros_like(u)
+  for index in np.ndindex(u.shape[:-1]):
+    allowed = np.broadcast_to(mask, u.shape)[index]
+    z = u[index][allowed]
+    z_sorted = np.sort(z)[::-1]
+    cumulative = np.cumsum(z_sorted)
+    ks = np.arange(1, z.size + 1)
+    support = ks[1 + ks * z_sorted > cumulative].max()
+    tau = (cumulative[support - 1] - 1) / support
+    out[index][allowed] = np.maximum(z - tau, 0)
+  return out
+
+
+def np_retrieve(q, k, v, mask, steps, separation):
+  """ξ ← Kᵀ sep(K ξ / √D) `steps` times from ξ = q, then sep(K ξ / √D)ᵀ V."""
+  beta = 1 / np.sqrt(q.shape[-1])
+  xi = q
+  for _ in range(steps):
+    xi = np.einsum("bnts,bsnd->btnd", np_separate(
+        beta * np.einsum("btnd,bsnd->bnts", xi, k), mask, separation), k)
+  weights = np_separate(beta * np.einsum("btnd,bsnd->bnts", xi, k), mask, separation)
+  return np.einsum("bnts,bsnh->btnh", weights, v)
+
+
 def np_stack(params, x, att, causal, skip=True):
   """Spec §2, line by line, in float64, over the loop-layout parameters."""
   p64 = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
@@ -50,6 +80,13 @@ def np_stack(params, x, att, causal, skip=True):
     q, k, v = (np.einsum("btd,dnh->btnh", y, p["attention"][name]["kernel"])
                + p["attention"][name]["bias"] for name in ("query", "key", "value"))
     s = np.einsum("btnd,bsnd->bnts", q, k) / np.sqrt(q.shape[-1])
+    if att.kind == "hopfield_energy":
+      u = np_retrieve(q, k, v, mask, att.energy_steps, att.separation)
+      u = np.einsum("btnh,nhd->btd", u, p["attention"]["out"]["kernel"]) + p["attention"]["out"]["bias"]
+      x = x + u
+      y = np_layernorm(x, p["mlp_norm"])
+      x = x + np_gelu_tanh(y @ p["mlp"]["fc1"]["kernel"] + p["mlp"]["fc1"]["bias"]) @ p["mlp"]["fc2"]["kernel"] + p["mlp"]["fc2"]["bias"]
+      continue
     if h is None:
       h = s if att.h0 == "first_scores" else np.zeros_like(s)
     h = h + s if att.kind == "realformer" else a_h * h + (1 - a_h) * s
@@ -72,7 +109,8 @@ def np_stack(params, x, att, causal, skip=True):
                                      ("realformer", "zeros")])
 @pytest.mark.parametrize("causal", [False, True])
 def test_mha_stack_matches_numpy_equations(kind, h0, causal):
-  cfg = stack_config(kind=kind, alpha=0.6, alpha_hidden=0.7, h0=h0)
+  settings = dict(alpha=0.6, alpha_hidden=0.7, h0=h0) if kind == "hopfield" else {}
+  cfg = stack_config(kind=kind, **settings)
   x = jax.random.normal(jax.random.key(1), (BATCH, LENGTH, WIDTH))
   mask = attention.causal_mask(LENGTH) if causal else None
   params = init_stack(cfg, x, mask)
@@ -83,6 +121,20 @@ def test_mha_stack_matches_numpy_equations(kind, h0, causal):
   np.testing.assert_allclose(out, expected_x, atol=1e-5)
   np.testing.assert_allclose(per_layer["hidden_state"][-1], expected_h, atol=1e-5)
   np.testing.assert_allclose(per_layer["residual"][-1], out, atol=0)
+
+
+@pytest.mark.parametrize("separation,steps", [("softmax", 0), ("softmax", 2), ("sparsemax", 3)])
+@pytest.mark.parametrize("scan", [True, False])
+def test_hopfield_energy_stack_matches_numpy_retrieval(separation, steps, scan):
+  cfg = stack_config(kind="hopfield_energy", energy_steps=steps, separation=separation)
+  cfg = StackConfig(**{**cfg.__dict__, "scan_layers": scan})
+  x = jax.random.normal(jax.random.key(1), (BATCH, LENGTH, WIDTH))
+  mask = attention.causal_mask(LENGTH)
+  params = init_stack(cfg, x, mask)
+  out, _ = layers.LayerStack(cfg).apply({"params": params}, x, mask)
+  loop_params = param_layout.unstack_layer_params(params) if scan else params
+  expected, _ = np_stack(loop_params, np.asarray(x, np.float64), cfg.attention, causal=True)
+  np.testing.assert_allclose(out, expected, atol=2e-5)
 
 
 def test_no_skip_stack_matches_numpy():

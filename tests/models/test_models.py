@@ -65,8 +65,8 @@ def test_llama_presets(variant):
 
 
 def tiny_models(kind, scan_layers=True):
-  common = dict(TINY, attention=dict(kind=kind, alpha=0.6, alpha_hidden=0.6),
-                scan_layers=scan_layers)
+  settings = dict(alpha=0.6, alpha_hidden=0.6) if kind == "hopfield" else {}
+  common = dict(TINY, attention=dict(kind=kind, **settings), scan_layers=scan_layers)
   return {
       "vit": (build_model("vit", "Ti/4", image_size=12, num_classes=7, **common),
               jax.random.normal(jax.random.key(0), (2, 12, 12, 3))),
