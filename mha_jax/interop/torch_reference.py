@@ -12,6 +12,10 @@ Per layer n, per head:
     x  ← x + MLP(Norm(x))
 
 Standard attention is the baseline block: A = softmax(mask(s)), x ← x + u, no H.
+Hopfield retrieval ("hopfield_energy", and MHA with energy_steps > 0; mha_jax/energy.py
+is the JAX side): ξ ← Kᵀ sep(scale·K ξ) `energy_steps` times from ξ = q (or from
+ξ = Kᵀ sep(H_n) for MHA), then A = sep(scale·K ξ), x ← x + u; sep is one of the
+separations below, written here from their definitions.
 Norm is LayerNorm or RMSNorm, MLP GELU or SwiGLU, and Q, K optionally rotary
 (half-split, as HF LLaMA), so GPT-2, ViT and LLaMA blocks can all be expressed.
 """
@@ -31,11 +35,84 @@ from mha_jax.interop import common
 
 @dataclasses.dataclass(frozen=True)
 class Attention:
-  kind: str = "standard"       # "standard" | "hopfield"
+  kind: str = "standard"       # "standard" | "hopfield" | "hopfield_energy"
   alpha: float = 0.5           # α
   alpha_hidden: float = 0.5    # α′
   residual: str = "convex"     # "convex" | "scaled_branch" | "standard"
   h0: str = "zeros"            # "zeros" | "first_scores"
+  energy_steps: int = 0        # Hopfield retrieval updates per layer
+  separation: str = "softmax"  # softmax | sparsemax | entmax | polynomial | cubic
+  separation_param: float | None = None   # entmax α, polynomial degree, cubic c₃
+
+
+class _Entmax(torch.autograd.Function):
+  """α-entmax (Peters et al., 2019): p = [(α−1)z − τ]₊^{1/(α−1)} with Σp = 1, τ by
+  bisection; backward by the implicit-function Jacobian with g = p^{2−α} on the
+  support (its 1/(α−1) cancels the chain rule's α−1): dz = g·dp − g·Σ(g·dp)/Σg."""
+
+  @staticmethod
+  def forward(ctx, z, alpha):
+    z = (alpha - 1) * z
+    high = z.max(-1, keepdim=True).values
+    low = high - 1.0   # p ≤ 1 puts τ in [max − 1, max]
+    for _ in range(100):
+      tau = (low + high) / 2
+      total = torch.clamp(z - tau, min=0).pow(1 / (alpha - 1)).sum(-1, keepdim=True)
+      low, high = torch.where(total >= 1, tau, low), torch.where(total >= 1, high, tau)
+    p = torch.clamp(z - (low + high) / 2, min=0).pow(1 / (alpha - 1))
+    p = p / p.sum(-1, keepdim=True)
+    ctx.save_for_backward(p)
+    ctx.alpha = alpha
+    return p
+
+  @staticmethod
+  def backward(ctx, dp):
+    (p,) = ctx.saved_tensors
+    g = torch.where(p > 0, p.pow(2 - ctx.alpha), torch.zeros_like(p))
+    dz = g * dp
+    dz = dz - g * dz.sum(-1, keepdim=True) / g.sum(-1, keepdim=True)
+    return dz, None
+
+
+def _sparsemax(z):
+  """Euclidean projection onto the simplex (Martins & Astudillo, 2016), by sorting."""
+  z_sorted = z.sort(-1, descending=True).values
+  cumulative = z_sorted.cumsum(-1)
+  ks = torch.arange(1, z.shape[-1] + 1, dtype=z.dtype)
+  support = (1 + ks * z_sorted > cumulative).sum(-1, keepdim=True)
+  tau = (cumulative.gather(-1, support - 1) - 1) / support.to(z.dtype)
+  return torch.clamp(z - tau, min=0)
+
+
+def separate(u, mask, separation, param):
+  """Weights over keys (the last axis) from scaled scores u; masked keys get 0."""
+  fill = float("-inf") if separation in ("softmax", "cubic") else torch.finfo(u.dtype).min
+  if separation == "cubic":
+    c2, c3 = (0.0, 1 / 6) if param is None else (0.0, param)
+    phi = u + c2 * u ** 2 + c3 * u ** 3
+    masked = phi if mask is None else phi.masked_fill(~mask, fill)
+    return torch.softmax(masked, -1) * (1 + 2 * c2 * u + 3 * c3 * u ** 2)
+  masked = u if mask is None else u.masked_fill(~mask, fill)
+  if separation == "softmax":
+    return torch.softmax(masked, -1)
+  if separation == "sparsemax":
+    return _sparsemax(masked)
+  if separation == "entmax":
+    return _Entmax.apply(masked, 1.5 if param is None else param)
+  degree = 3.0 if param is None else param
+  relu = torch.clamp(masked, min=0)   # a row with no positive score gets all zeros
+  total = relu.pow(degree).sum(-1, keepdim=True)
+  safe = torch.where(total > 0, total, torch.ones_like(total))   # no NaN gradient at 0
+  return torch.where(total > 0, relu.pow(degree - 1) / safe.pow((degree - 1) / degree), 0.0)
+
+
+def retrieve(weights, k, v, scale, mask, att: Attention, steps):
+  """From step-0 weights: `steps` updates ξ ← Kᵀ sep(scale·K ξ), then the readout."""
+  for _ in range(steps):
+    xi = weights @ k
+    weights = separate(scale * xi @ k.transpose(-1, -2), mask, att.separation,
+                       att.separation_param)
+  return weights @ v
 
 
 class Block(nn.Module):
@@ -81,16 +158,17 @@ class Block(nn.Module):
     if self.rope_theta is not None:
       q, k = self.rope(q), self.rope(k)
     s = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
-    if att.kind == "standard":
+    if att.kind in ("standard", "hopfield_energy"):
       h = s
     else:
       if h_prev_BxNxTxT is None:  # layer 1
         h_prev_BxNxTxT = torch.zeros_like(s) if att.h0 == "zeros" else s
       h = att.alpha_hidden * h_prev_BxNxTxT + (1 - att.alpha_hidden) * s
-    logits = h if mask_TxT is None else h.masked_fill(~mask_TxT, float("-inf"))
-    a = torch.softmax(logits, dim=-1)
-    u = self.out((a @ v).transpose(1, 2).reshape(x_BxTxD.shape))
-    if att.kind == "standard" or att.residual == "standard":
+    scale = 1 / math.sqrt(q.shape[-1])
+    a = separate(h, mask_TxT, att.separation, att.separation_param)
+    u = self.out(retrieve(a, k, v, scale, mask_TxT, att, att.energy_steps)
+                 .transpose(1, 2).reshape(x_BxTxD.shape))
+    if att.kind in ("standard", "hopfield_energy") or att.residual == "standard":
       x = x_BxTxD + u
     elif att.residual == "convex":
       x = att.alpha * x_BxTxD + (1 - att.alpha) * u
@@ -98,7 +176,8 @@ class Block(nn.Module):
       x = x_BxTxD + (1 - att.alpha) * u
     else:
       raise ValueError(f"residual={att.residual!r}")
-    return x + self.feed_forward(self.mlp_norm(x)), (None if att.kind == "standard" else h)
+    carried = att.kind == "hopfield"
+    return x + self.feed_forward(self.mlp_norm(x)), (h if carried else None)
 
   def feed_forward(self, y_BxTxD):
     if self.mlp == "swiglu":

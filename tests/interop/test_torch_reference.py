@@ -1,6 +1,7 @@
 """The literal PyTorch MHA stack (float64) and the JAX `LayerStack` (float32) compute
 the same outputs, hidden states and gradients, from the same weights."""
 
+import dataclasses
 import functools
 
 import jax
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from mha_jax import attention
+from mha_jax import attention, kinds
 from mha_jax.interop import torch_reference
 from mha_jax.models import layers, param_layout, stack_config
 
@@ -62,8 +63,9 @@ def run_both(att, causal, mlp="gelu_tanh", seed=0, llama=False):
 
 
 def dataclass_dict(att):
-  return dict(kind=att.kind, alpha=att.alpha, alpha_hidden=att.alpha_hidden,
-              residual=att.residual, h0=att.h0)
+  """The JAX AttentionConfig fields of the reference's settings that its kind reads."""
+  reads = kinds.get(att.kind).all_fields
+  return {field: value for field, value in dataclasses.asdict(att).items() if field in reads}
 
 
 def max_grad_diff(grads_j, grads_t):
@@ -125,3 +127,34 @@ def test_first_scores_layer_one_is_plain_attention_scores():
                                              h0="first_scores"), False)["hidden"][1]
   np.testing.assert_allclose(zeros[0].detach().numpy(), 0.3 * first[0].detach().numpy(),
                              rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("separation,param,steps", [
+    ("softmax", None, 2), ("sparsemax", None, 2), ("entmax", 1.5, 2), ("polynomial", 3.0, 1),
+    ("cubic", 0.1, 1)])
+def test_hopfield_energy_matches_torch_reference(separation, param, steps):
+  att = torch_reference.Attention(kind="hopfield_energy", energy_steps=steps,
+                                  separation=separation, separation_param=param)
+  r = run_both(att, True)
+  assert np.abs(r["out"][0] - r["out"][1]).max() <= 1e-5
+  assert np.abs(r["dx"][0] - r["dx"][1]).max() <= 1e-4
+  # float32 against float64: relative to the largest gradient (polynomial heads are not
+  # normalised, so their gradients reach ~10).
+  largest = max(float(np.abs(g).max()) for g in jax.tree.leaves(r["grads"][1]))
+  assert max_grad_diff(*r["grads"]) <= 1e-4 * max(1.0, largest)
+  standard = run_both(torch_reference.Attention(kind="standard"), True)["out"][1]
+  assert np.abs(standard - r["out"][1]).max() > 1e-3   # retrieval changed the numbers
+
+
+def test_mha_with_retrieval_on_h_matches_torch_reference():
+  att = torch_reference.Attention(kind="hopfield", alpha=0.6, alpha_hidden=0.4,
+                                  energy_steps=1)
+  r = run_both(att, True)
+  assert np.abs(r["out"][0] - r["out"][1]).max() <= 1e-5
+  assert max_grad_diff(*r["grads"]) <= 1e-4
+
+
+def test_reference_entmax_backward_is_its_jacobian():
+  z = torch.randn(3, 7, dtype=torch.float64, requires_grad=True)
+  assert torch.autograd.gradcheck(lambda z: torch_reference._Entmax.apply(z, 1.5), (z,))
+  assert torch.autograd.gradcheck(torch_reference._sparsemax, (z,))
