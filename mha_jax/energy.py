@@ -213,10 +213,16 @@ def separate(logits, *, separation, separation_param=None, mask=None):
 
 
 def lagrangian(logits, *, separation, separation_param=None, mask=None):
-  """L(u) over the allowed keys, [...] (the last axis reduced); ∇L = `separate`."""
+  """L(u) over the allowed keys, [...] (the last axis reduced); ∇L = `separate`.
+  A row with no allowed key has L = 0 (and gradient 0)."""
   param = resolve_separation(separation, separation_param)
   logits = logits.astype(attention.state_dtype(logits.dtype))
-  allowed, _ = _row_allowed(logits.shape, mask)
+  allowed, row_has_key = _row_allowed(logits.shape, mask)
+  value = _lagrangian(logits, separation, param, allowed | ~row_has_key)
+  return jnp.where(row_has_key[..., 0], value, 0.0)
+
+
+def _lagrangian(logits, separation, param, allowed):
   if separation in ("softmax", "cubic"):
     scores = logits if separation == "softmax" else _cubic_phi(logits, param)[0]
     return jax.nn.logsumexp(jnp.where(allowed, scores, -jnp.inf), axis=-1)
@@ -227,7 +233,7 @@ def lagrangian(logits, *, separation, separation_param=None, mask=None):
     total = jnp.sum(ratio ** param, -1)
     return top * jnp.where(top > 0, total, 1.0) ** (1.0 / param)
   alpha = jnp.asarray(2.0 if separation == "sparsemax" else param, logits.dtype)
-  p = separate(logits, separation=separation, separation_param=separation_param, mask=mask)
+  p = separate(logits, separation=separation, separation_param=param, mask=allowed)
   linear = jnp.sum(jnp.where(allowed, p * logits, 0.0), -1)
   return linear + _tsallis_entropy(p, alpha)
 

@@ -393,3 +393,15 @@ def test_bad_step_count_raises(steps):
   q, k, v = random_qkv(17)
   with pytest.raises(ValueError, match=f"steps={steps!r}"):
     energy.hopfield_retrieve(q, k, v, steps=steps)
+
+
+def test_a_query_with_no_allowed_key_has_zero_lagrangian_and_finite_gradients():
+  q, k, _ = random_qkv(18)
+  mask = np.ones((2, 1, 5, 5), bool)
+  mask[0, :, 2] = False  # query 2 of example 0 may attend to nothing
+  for separation, param in CASES:
+    options = dict(beta=1.0, mask=mask, separation=separation, separation_param=param)
+    energies = hopfield_energy(q, k, **options)
+    np.testing.assert_allclose(energies[0, 2], 0.5 * np.sum(q[0, 2] ** 2, -1), atol=1e-12)
+    grad = jax.jit(jax.grad(lambda s, o=options: jnp.sum(energy.hopfield_energy(s, k, **o))))(q)
+    assert np.isfinite(np.asarray(grad)).all()
