@@ -63,20 +63,21 @@ def draw_problem(seed, dim, max_patterns, pattern_counts, queries, flip):
 
 def retrieved(patterns_SxD, targets_Q, queries_QxD, count, beta, *, steps, separation,
               param):
-  """[len(steps), Q] bools: sign(readout) == pattern, after each step count, with only
-  the first `count` patterns stored (the rest masked)."""
+  """[2, len(steps), Q] bools: sign(readout) == pattern, and readout finite, after each
+  step count, with only the first `count` patterns stored (the rest masked)."""
   k = patterns_SxD[None, :, None, :]
   mask = (jnp.arange(patterns_SxD.shape[0]) < count)[None, None, None, :]
   options = dict(beta=beta, mask=mask, separation=separation, separation_param=param)
   state = queries_QxD[None, :, None, :]
-  hits = []
+  hits, finite = [], []
   for step in range(max(steps) + 1):
     if step in steps:
       out = energy.hopfield_retrieve(state, k, k, steps=0, **options)[0, :, 0]
       hits.append(jnp.all(jnp.sign(out) == patterns_SxD[targets_Q], axis=-1))
+      finite.append(jnp.all(jnp.isfinite(out), axis=-1))
     if step < max(steps):
       state = energy.hopfield_update(state, k, **options)
-  return jnp.stack(hits)
+  return jnp.stack([jnp.stack(hits), jnp.stack(finite)])
 
 
 def interval(values):
@@ -87,28 +88,30 @@ def interval(values):
 
 def grid_rows(dim, separation, param, *, pattern_counts, steps, beta_factors, seeds,
               queries, flip):
-  """One row per (M, steps, β factor, corruption), each with per-seed success rates."""
+  """One row per (M, steps, β factor, corruption): per-seed success rates, and the
+  fraction of readouts that overflowed (inf/NaN: counted as failures)."""
   evaluate = jax.jit(jax.vmap(jax.vmap(  # over M, then over β
       lambda p, t, q, m, b: retrieved(p, t, q, m, b, steps=tuple(steps),
                                       separation=separation, param=param),
       in_axes=(None, None, None, None, 0)), in_axes=(None, 0, 0, 0, None)))
   betas = np.float32(beta_factors) / np.sqrt(dim)
-  rates = []  # [seed, M, β, steps, corruption]
+  rates = []  # [seed, M, β, success|finite, steps, corruption]
   for seed in range(seeds):
     patterns, targets, corrupted = draw_problem(seed, dim, max(pattern_counts),
                                                 pattern_counts, queries, flip)
     hits = np.asarray(evaluate(patterns, targets, corrupted, np.int32(pattern_counts), betas))
-    rates.append(hits.reshape(hits.shape[:3] + (2, queries)).mean(-1))
+    rates.append(hits.reshape(hits.shape[:4] + (2, queries)).mean(-1))
   rates = np.stack(rates)
   rows = []
   for (i, count), (j, factor), (s, step), (c, corruption) in itertools.product(
       enumerate(pattern_counts), enumerate(beta_factors), enumerate(steps),
       enumerate(CORRUPTIONS)):
-    per_seed = rates[:, i, j, s, c]
+    per_seed = rates[:, i, j, 0, s, c]
     mean, low, high = interval(per_seed)
     rows.append(dict(separation=separation, separation_param=param, dim=dim, patterns=count,
                      steps=step, beta_factor=factor, corruption=corruption,
-                     per_seed=per_seed.tolist(), mean=mean, ci_low=low, ci_high=high))
+                     per_seed=per_seed.tolist(), mean=mean, ci_low=low, ci_high=high,
+                     overflowed=float(1.0 - rates[:, i, j, 1, s, c].mean())))
   return rows
 
 

@@ -30,7 +30,9 @@ H_α(p) = (1 − Σ_s p_s^α)/(α(α−1)) is the Tsallis entropy on the simplex
 α = 1, so entmax 1 is softmax and entmax 2 is sparsemax). Weights sum to 1 for softmax,
 entmax and sparsemax only. Where L is convex (all but cubic) the update is a
 concave–convex step: E(ξ_new) ≤ E(ξ) always. lse∘φ is not convex, so a cubic step
-can raise E; it is still the energy's gradient step. Rows with no allowed key get
+can raise E; it is still the energy's gradient step. With c₃ > 0 the cubic energy is
+unbounded below (u³ beats ½‖ξ‖²): each step scales ξ by about φ′(u), so iterating from
+a large overlap grows ξ without limit (float32 overflows within 3 steps at β‖k‖² ≈ 32). Rows with no allowed key get
 uniform weights 1/S (attention.masked_softmax's padding-row convention).
 
 What is whose. The paper (A. Farooq, arXiv 2506.11043; only its abstract is

@@ -67,8 +67,19 @@ def test_success_rates_match_a_numpy_loop(separation):
                      row["steps"], separation)
           for t, q in zip(targets[i, half], corrupted[i, half])]))
     np.testing.assert_allclose(row["per_seed"], rates)
+    assert row["overflowed"] == 0.0
     if row["patterns"] == 1:  # one stored pattern: every readout is that pattern
       assert row["per_seed"] == [1.0, 1.0, 1.0]
+
+
+def test_an_overflowing_cubic_iteration_is_reported_as_overflow():
+  """E = −β⁻¹ lse(φ(βKξ)) + ½‖ξ‖² is unbounded below for c₃ > 0: each step multiplies
+  ξ by about φ′(u) ≈ 3c₃u², so at D = 64, β = 4/√D, three steps overflow float32."""
+  rows = capacity.grid_rows(64, "cubic", (0.0, 1 / 6), pattern_counts=[4], steps=[0, 3],
+                            beta_factors=[4.0], seeds=2, queries=4, flip=0.1)
+  by_steps = {(r["steps"], r["corruption"]): r for r in rows}
+  assert by_steps[0, "noisy"]["overflowed"] == 0.0 and by_steps[0, "noisy"]["mean"] == 1.0
+  assert by_steps[3, "noisy"]["overflowed"] == 1.0 and by_steps[3, "noisy"]["mean"] == 0.0
 
 
 def test_script_writes_consistent_json_and_png(tmp_path):
