@@ -85,6 +85,9 @@ def resolve_separation(separation, separation_param=None):
                      "allowed: None (it takes no parameter)")
   if separation == "cubic":
     return _cubic_coefficients(separation_param)
+  if not _is_scalar(separation_param):
+    raise ValueError(f"separation_param={separation_param!r} for {separation!r}; allowed: "
+                     "a real number")
   if isinstance(separation_param, numbers.Real):
     least = 1.0 if separation == "entmax" else 2.0
     if not np.isfinite(separation_param) or separation_param < least:
@@ -94,11 +97,18 @@ def resolve_separation(separation, separation_param=None):
   return separation_param
 
 
+def _is_scalar(value):
+  """A real number, or a 0-d array (traced under jit/vmap)."""
+  return isinstance(value, numbers.Real) or (
+      isinstance(value, (jax.Array, np.ndarray)) and value.shape == ()
+      and jnp.issubdtype(value.dtype, jnp.number))
+
+
 def _cubic_coefficients(param):
   pair = (0.0, param) if not isinstance(param, (tuple, list)) else tuple(param)
   concrete = all(isinstance(c, numbers.Real) for c in pair)
-  if len(pair) != 2 or (concrete and (not np.all(np.isfinite(pair))
-                                      or pair[0] ** 2 > 3 * pair[1])):
+  if len(pair) != 2 or not all(map(_is_scalar, pair)) or (
+      concrete and (not np.all(np.isfinite(pair)) or pair[0] ** 2 > 3 * pair[1])):
     raise ValueError(f"separation_param={param!r} for 'cubic'; allowed: c3 or (c2, c3), "
                      "finite, with c2**2 <= 3*c3 (a non-decreasing phi)")
   return pair
