@@ -142,16 +142,21 @@ def plot(rows, path):
                                                                 enumerate(dims)):
     ax = axes[p, d]
     for (si, sep), (ti, step) in itertools.product(enumerate(separations), enumerate(steps)):
-      curve = sorted((r["patterns"], r["mean"]) for r in rows if r["dim"] == dim
-                     and r["separation"] == sep and r["steps"] == step
+      curve = sorted((r["patterns"], r["mean"], r["overflowed"]) for r in rows
+                     if r["dim"] == dim and r["separation"] == sep and r["steps"] == step
                      and r["corruption"] == corruption and r["beta_factor"] == factor)
-      ax.semilogx(*zip(*curve), styles[ti % 4], color=f"C{si}", marker=".", base=2,
+      count, mean, overflowed = map(np.array, zip(*curve))
+      ax.semilogx(count, mean, styles[ti % 4], color=f"C{si}", marker=".", base=2,
                   label=f"{sep}, {step} steps")
+      ax.plot(count[overflowed > 0], mean[overflowed > 0], "kx", markersize=7)
     ax.set_title(f"D={dim}, {corruption}, β={factor:g}/√D", fontsize=9)
     ax.set_xlabel("stored patterns M")
     ax.set_ylabel("retrieved (sign-exact), mean over seeds")
     ax.set_ylim(-0.05, 1.05)
-  axes[0, -1].legend(fontsize=6, loc="lower left")
+  handles, labels = axes[0, 0].get_legend_handles_labels()
+  handles.append(plt.Line2D([], [], color="k", marker="x", linestyle="none"))
+  labels.append("readouts overflowed (inf/NaN)")
+  axes[0, -1].legend(handles, labels, fontsize=6, loc="lower left")
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)
