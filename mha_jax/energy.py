@@ -32,8 +32,9 @@ entmax and sparsemax only. Where L is convex (all but cubic) the update is a
 concave–convex step: E(ξ_new) ≤ E(ξ) always. lse∘φ is not convex, so a cubic step
 can raise E; it is still the energy's gradient step. With c₃ > 0 the cubic energy is
 unbounded below (u³ beats ½‖ξ‖²): each step scales ξ by about φ′(u), so iterating from
-a large overlap grows ξ without limit (float32 overflows within 3 steps at β‖k‖² ≈ 32). Rows with no allowed key get
-uniform weights 1/S (attention.masked_softmax's padding-row convention).
+a large overlap grows ξ without limit (float32 overflows within 3 steps at β‖k‖² ≈ 32).
+Rows with no allowed key get uniform weights 1/S (attention.masked_softmax's
+padding-row convention) and L = 0.
 
 What is whose. The paper (A. Farooq, arXiv 2506.11043; only its abstract is
 available) claims: an energy whose gradient is attention, whose stationary points
