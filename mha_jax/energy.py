@@ -30,8 +30,11 @@ H_α(p) = (1 − Σ_s p_s^α)/(α(α−1)) is the Tsallis entropy on the simplex
 α = 1, so entmax 1 is softmax and entmax 2 is sparsemax). Weights sum to 1 for softmax,
 entmax and sparsemax only. Where L is convex (all but cubic) the update is a
 concave–convex step: E(ξ_new) ≤ E(ξ) always. lse∘φ is not convex, so a cubic step
-can raise E; it is still the energy's gradient step. Rows with no allowed key get
-uniform weights 1/S (attention.masked_softmax's padding-row convention).
+can raise E; it is still the energy's gradient step. With c₃ > 0 the cubic energy is
+unbounded below (u³ beats ½‖ξ‖²): each step scales ξ by about φ′(u), so iterating from
+a large overlap grows ξ without limit (float32 overflows within 3 steps at β‖k‖² ≈ 32).
+Rows with no allowed key get uniform weights 1/S (attention.masked_softmax's
+padding-row convention) and L = 0.
 
 What is whose. The paper (A. Farooq, arXiv 2506.11043; only its abstract is
 available) claims: an energy whose gradient is attention, whose stationary points
@@ -83,6 +86,9 @@ def resolve_separation(separation, separation_param=None):
                      "allowed: None (it takes no parameter)")
   if separation == "cubic":
     return _cubic_coefficients(separation_param)
+  if not _is_scalar(separation_param):
+    raise ValueError(f"separation_param={separation_param!r} for {separation!r}; allowed: "
+                     "a real number")
   if isinstance(separation_param, numbers.Real):
     least = 1.0 if separation == "entmax" else 2.0
     if not np.isfinite(separation_param) or separation_param < least:
@@ -92,11 +98,18 @@ def resolve_separation(separation, separation_param=None):
   return separation_param
 
 
+def _is_scalar(value):
+  """A real number, or a 0-d array (traced under jit/vmap)."""
+  return isinstance(value, numbers.Real) or (
+      isinstance(value, (jax.Array, np.ndarray)) and value.shape == ()
+      and jnp.issubdtype(value.dtype, jnp.number))
+
+
 def _cubic_coefficients(param):
   pair = (0.0, param) if not isinstance(param, (tuple, list)) else tuple(param)
   concrete = all(isinstance(c, numbers.Real) for c in pair)
-  if len(pair) != 2 or (concrete and (not np.all(np.isfinite(pair))
-                                      or pair[0] ** 2 > 3 * pair[1])):
+  if len(pair) != 2 or not all(map(_is_scalar, pair)) or (
+      concrete and (not np.all(np.isfinite(pair)) or pair[0] ** 2 > 3 * pair[1])):
     raise ValueError(f"separation_param={param!r} for 'cubic'; allowed: c3 or (c2, c3), "
                      "finite, with c2**2 <= 3*c3 (a non-decreasing phi)")
   return pair
@@ -213,10 +226,16 @@ def separate(logits, *, separation, separation_param=None, mask=None):
 
 
 def lagrangian(logits, *, separation, separation_param=None, mask=None):
-  """L(u) over the allowed keys, [...] (the last axis reduced); ∇L = `separate`."""
+  """L(u) over the allowed keys, [...] (the last axis reduced); ∇L = `separate`.
+  A row with no allowed key has L = 0 (and gradient 0)."""
   param = resolve_separation(separation, separation_param)
   logits = logits.astype(attention.state_dtype(logits.dtype))
-  allowed, _ = _row_allowed(logits.shape, mask)
+  allowed, row_has_key = _row_allowed(logits.shape, mask)
+  value = _lagrangian(logits, separation, param, allowed | ~row_has_key)
+  return jnp.where(row_has_key[..., 0], value, 0.0)
+
+
+def _lagrangian(logits, separation, param, allowed):
   if separation in ("softmax", "cubic"):
     scores = logits if separation == "softmax" else _cubic_phi(logits, param)[0]
     return jax.nn.logsumexp(jnp.where(allowed, scores, -jnp.inf), axis=-1)
@@ -227,7 +246,7 @@ def lagrangian(logits, *, separation, separation_param=None, mask=None):
     total = jnp.sum(ratio ** param, -1)
     return top * jnp.where(top > 0, total, 1.0) ** (1.0 / param)
   alpha = jnp.asarray(2.0 if separation == "sparsemax" else param, logits.dtype)
-  p = separate(logits, separation=separation, separation_param=separation_param, mask=mask)
+  p = separate(logits, separation=separation, separation_param=param, mask=allowed)
   linear = jnp.sum(jnp.where(allowed, p * logits, 0.0), -1)
   return linear + _tsallis_entropy(p, alpha)
 
