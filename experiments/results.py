@@ -105,11 +105,12 @@ def counted_verdict(words):
 def row_verdict(rows):
   """The verdict of a row's settings against standard attention; one per kind (MHA
   first) when the row compares several, so a rival's win is not read as MHA's."""
-  kinds = sorted({r["kind"] for r in rows if r.get("verdict")}, key=lambda k: (k != "hopfield", k))
-  if len(kinds) <= 1:
+  compared = sorted({r["kind"] for r in rows if r.get("verdict")},
+                    key=lambda k: (k != "hopfield", k))
+  if len(compared) <= 1:
     return counted_verdict([r["verdict"] for r in rows if r.get("verdict")])
   return "; ".join(f"{kinds.get(k).label}: " + counted_verdict(
-      [r["verdict"] for r in rows if r["kind"] == k and r.get("verdict")]) for k in kinds)
+      [r["verdict"] for r in rows if r["kind"] == k and r.get("verdict")]) for k in compared)
 
 
 def sweep_section(preset):
