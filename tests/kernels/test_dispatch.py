@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from mha_jax import kernels
+from mha_jax.kernels import fused
 from mha_jax.models import layers, stack_config
 
 
@@ -52,3 +53,17 @@ def test_factorized_stack_returns_the_hidden_state_on_request():
   np.testing.assert_allclose(out_fact, out_naive, atol=1e-5)
   carry = layers.initial_state(stack("factorized").cfg, 2, 8)
   assert set(carry) == {"query_stack", "key_stack"} and carry["key_stack"].shape == (2, 8, 2, 3, 8)
+
+
+def test_fused_on_gpu_is_one_clear_error(monkeypatch):
+  """The fused kernels are Mosaic-TPU calls: on a GPU backend the layer refuses,
+  naming the backend and what runs there (interpret mode stays allowed)."""
+  cfg = stack_config.StackConfig(num_layers=2, width=16, num_heads=2, mlp_dim=32,
+                                 attention=att(implementation="fused"))
+  x = jax.random.normal(jax.random.key(0), (1, 8, 16))
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  with pytest.raises(ValueError, match=r"backend 'gpu'.*\('naive', 'factorized', 'auto'\)"):
+    layers.LayerStack(cfg).init(jax.random.key(1), x)
+  q = x.reshape(1, 8, 2, 8)
+  out, _ = fused.fused_hopfield_attention(q, q, q, None, alpha_hidden=0.5, interpret=True)
+  assert out.shape == q.shape
