@@ -32,12 +32,12 @@ layer, and the error of H_{n−1} decays as α′ⁿ through later layers.
 
 On CPU the kernels run in Pallas interpret mode (for tests); on TPU they compile
 with Mosaic, per shard inside `jax.shard_map` (Mosaic kernels cannot be
-partitioned automatically). On GPU the call is refused (`check_backend`): a GPU
-version would need the same three kernels in
-Pallas-Triton or Mosaic-GPU: Triton has no revisited output blocks, so the
-accumulators become in-kernel loops over the reduction tiles (one program per
-query tile for the forward and dq̃, one per key tile for dK/dV), and the H tiles
-should be read/written with block pointers so H_{n−1}→H_n streams at HBM speed.
+partitioned automatically). On GPU the call is refused (`check_backend`). A GPU
+version would need the same three kernels in Pallas-Triton or Mosaic-GPU:
+Triton has no revisited output blocks, so the accumulators become in-kernel
+loops over the reduction tiles (one program per query tile for the forward and
+dq̃, one per key tile for dK/dV), and the H tiles should be read/written with
+block pointers so H_{n−1}→H_n streams at HBM speed.
 """
 
 from __future__ import annotations
