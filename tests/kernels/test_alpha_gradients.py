@@ -26,6 +26,7 @@ import pytest
 from mha_jax import attention, kernels
 from mha_jax.kernels import factorized, fused
 from mha_jax.models import layers, stack_config
+from mha_jax.train import sharding
 
 B, T, N, D = 2, 16, 2, 4
 ALPHA_HIDDEN = 0.4
@@ -138,3 +139,14 @@ def test_model_alpha_gradients(implementation, model_inputs):
     numeric = (loss(alphas + step, implementation, params, x)
                - loss(alphas - step, implementation, params, x)) / 2e-3
     np.testing.assert_allclose(grad[i], numeric, rtol=1e-3, atol=2e-4, err_msg=f"α index {i}")
+
+
+def test_fused_alpha_gradient_sums_over_shards(model_inputs):
+  """Batch and heads split over 8 devices: the kernel runs per shard inside
+  shard_map, and each shard's dα′ is a partial sum that must be added up."""
+  alphas, params, x, naive_grad = model_inputs
+  mesh = sharding.make_mesh(dict(data=2, fsdp=1, tensor=4))
+  assert mesh.size == 8
+  with sharding.step_context(mesh, sharding.DEFAULT_RULES):
+    grad = jax.jit(jax.grad(model_loss), static_argnums=(1,))(alphas, "fused", params, x)
+  np.testing.assert_allclose(grad, naive_grad, rtol=1e-4, atol=1e-6)
