@@ -20,7 +20,6 @@ tokens agree, and writes the rows as JSON (--json_out). The target (issue 11) is
     python benchmarks/decode_speed.py --quick           # CI: tiny model, 8 tokens
 """
 
-import json
 import time
 
 from absl import app, flags
@@ -29,11 +28,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import _common
 from mha_jax import decode
 from mha_jax.models import build_model
 
 FLAGS = flags.FLAGS
-flags.DEFINE_bool("quick", False, "tiny model and few tokens: checks the output, not the speed")
 flags.DEFINE_enum("model", "gpt2", ["gpt2", "llama"], "model family")
 flags.DEFINE_list("kinds", ["standard", "hopfield"], "attention kinds to compare")
 flags.DEFINE_integer("layers", 4, "depth")
@@ -44,7 +43,6 @@ flags.DEFINE_integer("batch", 1, "sequences decoded together")
 flags.DEFINE_integer("prompt_len", 16, "prompt tokens")
 flags.DEFINE_integer("new_tokens", 512, "generated tokens")
 flags.DEFINE_integer("repeats", 1, "timed runs of each generator (compiled ahead of time)")
-flags.DEFINE_string("json_out", None, "write the results as JSON to this path")
 
 QUICK = dict(layers=2, width=64, heads=4, vocab=97, batch=2, prompt_len=4, new_tokens=8,
              repeats=1)
@@ -99,10 +97,8 @@ def main(_):
     rows.append(row)
     print(f"{kind:>10} {row['cached_tokens_per_s']:13.1f} {row['recompute_tokens_per_s']:16.1f} "
           f"{row['speedup']:8.1f}x {str(row['tokens_equal']):>12}", flush=True)
-  if FLAGS.json_out:
-    with open(FLAGS.json_out, "w", encoding="utf-8") as f:
-      json.dump({"benchmark": "decode_speed", "device": jax.devices()[0].platform,
-                 "rows": rows}, f, indent=2)
+  _common.write_json({"benchmark": "decode_speed", "device": jax.devices()[0].platform,
+                      "rows": rows})
 
 
 if __name__ == "__main__":

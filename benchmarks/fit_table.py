@@ -4,21 +4,32 @@ topologies (needs libtpu; nothing runs on a TPU).
 
   python benchmarks/fit_table.py --out=runs/fit --topologies=v5e:4x4,v5p:2x2x1   # compile
   python benchmarks/fit_table.py --out=runs/fit --table                          # markdown
+  python benchmarks/fit_table.py --quick --json_out=fit.json    # CI: one small cell, v5e:2x2
 
 Each entry compiles the full train step (bf16 compute, FSDP over every chip) with
 remat none, then dots_no_batch, then full, until one fits: XLA:TPU refuses (in
 seconds) to compile a step that cannot fit HBM, naming the bytes it needed. Entries already in --out
 are skipped, so an interrupted run continues. One compile takes minutes on 2 CPU
-cores; run one at a time.
+cores; run one at a time. --quick compiles one small cell (the GPT-2 smoke
+model) with XLA:TPU's memory-check estimate (aot.fit.target_devices quick=True)
+into a temporary --out, and writes every cell's verdict and the table as JSON.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import pathlib
+import tempfile
 
+from absl import app, flags
+
+import _common
+
+flags.DEFINE_string("out", "runs/fit", "folder of the per-entry JSON files")
+flags.DEFINE_list("topologies", ["v5e:4x4", "v5p:2x2x1"], "TPU topologies to compile for")
+flags.DEFINE_bool("table", False, "print the markdown table of what --out holds")
+FLAGS = flags.FLAGS
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 GiB = 2**30
 
@@ -34,8 +45,16 @@ MODELS = [
     ("ViT-L/16 224²", "vit_imagenet.py:variant=L/16", 32),
 ]
 REMAT_POLICIES = ("none", "dots_no_batch", "full")
-QUICK = bool(os.environ.get("FIT_TABLE_QUICK"))   # see aot.fit.target_devices(quick=True)
 QUICK_POLICIES = ("none", "full")
+# --quick: one cell that compiles in a minute or two on a CPU host.
+SMOKE_MODELS = [("GPT-2 smoke", "gpt2_wikitext103.py:smoke", 4)]
+SMOKE_TOPOLOGY = "v5e:2x2"
+
+
+def quick_estimate():
+  """Judge by XLA:TPU's memory check instead of full compiles (aot.fit.target_devices
+  quick=True): with --quick, or FIT_TABLE_QUICK set for the whole table."""
+  return FLAGS.quick or bool(os.environ.get("FIT_TABLE_QUICK"))
 ATTENTION = {"standard": "attention=standard", "MHA": "attention=hopfield,alpha=0.5"}
 
 
@@ -55,13 +74,14 @@ def compile_entry(out, row, spec, per_chip, attention, topology):
   path = out / entry_name(row, attention, topology)
   if path.exists():
     return
-  devices, label, chip = fit.target_devices(topology=topology, quick=QUICK)
+  quick = quick_estimate()
+  devices, label, chip = fit.target_devices(topology=topology, quick=quick)
   config = config_util.load_config(f"{ROOT}/configs/{spec},{ATTENTION[attention]}")
   config.mesh = dict(data=1, fsdp=-1, tensor=1)
   config.batch_size = per_chip * len(devices)
   config.model.dtype = "bfloat16"
   tried = []
-  for policy in QUICK_POLICIES if QUICK else REMAT_POLICIES:   # the first that fits
+  for policy in QUICK_POLICIES if quick else REMAT_POLICIES:   # the first that fits
     config.model.remat_policy = policy
     start = time.perf_counter()
     result = fit.measure(config, devices, label, hbm_bytes=chip.hbm_bytes, with_xla_flops=False)
@@ -85,12 +105,12 @@ def _load(out, row, attention, topology):
   return json.loads(path.read_text())[0] if path.exists() else None
 
 
-def table(out, topologies):
+def table(out, topologies, models=MODELS):
   """Markdown: per topology, standard and MHA: ✓/✗, the remat policy, bytes per chip."""
   header = ("| model | batch per chip | MHA's carry per chip (L × eval_shape of the initial state) | "
             + " | ".join(f"{t} standard | {t} MHA" for t in topologies) + " |")
   lines = [header, "|" + "---|" * (3 + 2 * len(topologies))]
-  for row, _, per_chip in MODELS:
+  for row, _, per_chip in models:
     mha = next((r for t in topologies for r in [_load(out, row, "MHA", t)] if r), None)
     cells = [row, str(per_chip), f"{mha['carry_bytes'] / GiB:.1f} GiB" if mha else "–"]
     for topology in topologies:
@@ -132,23 +152,46 @@ def _cell(result):
   return f"✗ needs {total / GiB:.0f} GiB{quick} ({policy})" if total else f"✗ ({policy})"
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--out", default="runs/fit")
-  parser.add_argument("--topologies", default="v5e:4x4,v5p:2x2x1")
-  parser.add_argument("--table", action="store_true", help="print the markdown table")
-  args = parser.parse_args()
-  out = pathlib.Path(args.out)
-  out.mkdir(parents=True, exist_ok=True)
-  topologies = args.topologies.split(",")
-  if args.table:
-    print(table(out, topologies))
-    return
+def verdicts(out, topologies, models):
+  """One JSON row per compiled cell: its verdict and the table cell shown for it."""
+  rows = []
+  for row, _, per_chip in models:
+    for topology in topologies:
+      for attention in ATTENTION:
+        result = _load(out, row, attention, topology)
+        if result is not None:
+          rows.append(dict(model=row, attention=attention, topology=topology,
+                           per_chip_batch=per_chip, cell=_cell(result),
+                           **{key: result[key] for key in ("fits", "remat_policy",
+                                                           "total_bytes", "hbm_bytes")}))
+  return rows
+
+
+def compile_all(out, topologies, models):
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
   for topology in topologies:
-    for row, spec, per_chip in sorted(MODELS, key=lambda m: _priority(m[0])):
+    for row, spec, per_chip in sorted(models, key=lambda m: _priority(m[0])):
       for attention in ATTENTION:
         compile_entry(out, row, spec, per_chip, attention, topology)
+
+
+def compile_and_report(out, topologies, models):
+  if not FLAGS.table:
+    compile_all(out, topologies, models)
+  markdown = table(out, topologies, models)
+  print(markdown)
+  _common.write_json({"rows": verdicts(out, topologies, models), "table": markdown})
+
+
+def main(argv):
+  del argv
+  if FLAGS.quick:   # a throw-away --out: the smoke cell is not a table entry
+    with tempfile.TemporaryDirectory() as tmp:
+      compile_and_report(pathlib.Path(tmp), [SMOKE_TOPOLOGY], SMOKE_MODELS)
+    return
+  out = pathlib.Path(FLAGS.out)
+  out.mkdir(parents=True, exist_ok=True)
+  compile_and_report(out, FLAGS.topologies, MODELS)
 
 
 def _priority(row):
@@ -160,4 +203,4 @@ def _priority(row):
 
 
 if __name__ == "__main__":
-  main()
+  app.run(main)

@@ -1,10 +1,9 @@
 """Runs every benchmark in this folder, each in its own process, and writes one JSON.
 
-A benchmark is a benchmarks/<name>.py that imports `_common` (whose absl flags
-give it `--quick`: tiny shapes, checks the output, not speed; and
-`--json_out=PATH`: where its results go) and prints its own table. Other
-scripts here (helpers named _*.py, standalone tools such as fit_table.py) are
-not run.
+A benchmark is any benchmarks/<name>.py except this file and helpers named _*.py.
+Each imports `_common`, whose absl flags give it `--quick` (tiny shapes, checks the
+output, not speed) and `--json_out=PATH` (where its results go), and prints its own
+table; `discover` refuses a script that does not, so none is silently skipped.
 
     python benchmarks/run_all.py                      # everything, full size
     python benchmarks/run_all.py --quick              # what CI runs
@@ -36,10 +35,16 @@ HERE = pathlib.Path(__file__).resolve().parent
 
 
 def discover():
-  """Stems of the scripts that follow the interface, sorted."""
-  return sorted(p.stem for p in HERE.glob("*.py")
-                if not p.name.startswith("_") and p.name != pathlib.Path(__file__).name
-                and re.search(r"^import _common\b", p.read_text(), re.MULTILINE))
+  """Stems of every benchmark script, sorted; ValueError naming any that lacks the
+  `_common` interface."""
+  scripts = sorted(p for p in HERE.glob("*.py")
+                   if not p.name.startswith("_") and p.name != pathlib.Path(__file__).name)
+  lacking = [p.name for p in scripts
+             if not re.search(r"^import _common\b", p.read_text(), re.MULTILINE)]
+  if lacking:
+    raise ValueError(f"benchmarks {lacking} do not import _common (its --quick and --json_out "
+                     f"flags); every benchmarks/*.py not named _* must")
+  return [p.stem for p in scripts]
 
 
 def run_one(name, tmp):

@@ -27,10 +27,21 @@ within [e^{−2ε}, e^{2ε}], each attention row moves by ≤ e^{2ε} − 1 in �
 layer output by ≤ (e^{2ε} − 1) · max|v|.
 
 The attention itself: on CPU an einsum over (slot, D) then a masked softmax
-(the T×T scores of one layer exist only inside the layer); on GPU/TPU
+(the T×S scores of one layer exist only inside the layer). On GPU and TPU,
 `jax.nn.dot_product_attention` with V zero-padded to the stacked width W·D (its
-Q, K and V must share a head dim), which is cuDNN's flash kernel where the shape
-allows. Cost: the score product is W× that of standard attention.
+Q, K and V must share a head dim) and an explicit `implementation`
+(`dot_product_implementation`; jax's default, None, is the XLA path everywhere):
+
+- GPU: cuDNN's flash kernel where jax 0.10's cuDNN checks hold — Q̃ in bf16 or
+  fp16, W·D a multiple of 8 and ≤ 128 (≤ 256 from Hopper, compute capability
+  9.0), T and S even when a mask is given (jax turns a boolean mask into an
+  additive T×S bias for cuDNN, so that bias is in memory, the scores are not).
+  Otherwise the XLA path, with the T×S scores of the layer in memory: float32
+  compute, or W·D > 256 — GPT-2 small at full depth has W·D = 12·64 = 768.
+- TPU: the XLA path (T×S scores in memory). The Pallas TPU flash kernel takes a
+  causal flag and segment ids, not an arbitrary boolean mask.
+
+Cost: the score product is W× that of standard attention.
 """
 
 from __future__ import annotations
@@ -97,12 +108,36 @@ def _einsum_attention(q_stack, k_stack, v_BxSxNxD, mask):
   return jnp.einsum("bnts,bsnd->btnd", weights_BxNxTxS.astype(v_BxSxNxD.dtype), v_BxSxNxD)
 
 
-def _flash_attention(q_stack, k_stack, v_BxSxNxD, mask):
+CUDNN_DTYPES = ("bfloat16", "float16")
+
+
+def dot_product_implementation(backend, dtype, width, lengths, masked, capability=(0, 0)):
+  """The `implementation` of jax.nn.dot_product_attention for stacked features of
+  head dim `width` and `dtype` on `backend`: "cudnn" where its checks (module
+  docstring) hold, else "xla". `capability`: the GPU's compute capability."""
+  max_width = 256 if capability >= (9, 0) else 128
+  fits_cudnn = (jnp.dtype(dtype).name in CUDNN_DTYPES and width % 8 == 0
+                and width <= max_width and not (masked and any(n % 2 for n in lengths)))
+  return "cudnn" if backend == "gpu" and fits_cudnn else "xla"
+
+
+def _compute_capability():
+  """(major, minor) of the first device's CUDA compute capability, (0, 0) if none."""
+  version = getattr(jax.devices()[0], "compute_capability", "0.0")
+  return tuple(int(part) for part in version.split(".")[:2])
+
+
+def _library_attention(q_stack, k_stack, v_BxSxNxD, mask):
   b, t, n, slots, d = q_stack.shape
   flat = lambda x: x.reshape(x.shape[:3] + (slots * d,))
   v_padded = jnp.pad(v_BxSxNxD, ((0, 0), (0, 0), (0, 0), (0, (slots - 1) * d)))
+  backend = jax.default_backend()
+  implementation = dot_product_implementation(
+      backend, q_stack.dtype, slots * d, (t, k_stack.shape[1]), mask is not None,
+      _compute_capability() if backend == "gpu" else (0, 0))
   out = jax.nn.dot_product_attention(flat(q_stack), flat(k_stack).astype(q_stack.dtype),
-                                     v_padded.astype(q_stack.dtype), mask=mask, scale=1.0)
+                                     v_padded.astype(q_stack.dtype), mask=mask, scale=1.0,
+                                     implementation=implementation)
   return out[..., :d].astype(v_BxSxNxD.dtype)
 
 
@@ -121,7 +156,7 @@ def factorized_hopfield_attention(q_BxTxNxD, k_BxSxNxD, v_BxSxNxD, state, *, alp
   args = (state["query_stack"], state["key_stack"], v_BxSxNxD, mask)
   if mask is None:
     out = jax.lax.platform_dependent(*args[:3], cpu=lambda *a: _einsum_attention(*a, None),
-                                     default=lambda *a: _flash_attention(*a, None))
+                                     default=lambda *a: _library_attention(*a, None))
   else:
-    out = jax.lax.platform_dependent(*args, cpu=_einsum_attention, default=_flash_attention)
+    out = jax.lax.platform_dependent(*args, cpu=_einsum_attention, default=_library_attention)
   return out, state

@@ -1,11 +1,14 @@
 """attention.implementation / hidden_window / hidden_dtype: validation, the `auto`
-rule, and the model paths that need H (intermediates) on the factorised carry."""
+rule, the model paths that need H (intermediates) on the factorised carry, and
+which kernel each backend gets (fused refused on GPU; factorised: cuDNN or XLA)."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from mha_jax import kernels
+from mha_jax.kernels import factorized, fused
 from mha_jax.models import layers, stack_config
 
 
@@ -52,3 +55,61 @@ def test_factorized_stack_returns_the_hidden_state_on_request():
   np.testing.assert_allclose(out_fact, out_naive, atol=1e-5)
   carry = layers.initial_state(stack("factorized").cfg, 2, 8)
   assert set(carry) == {"query_stack", "key_stack"} and carry["key_stack"].shape == (2, 8, 2, 3, 8)
+
+
+def test_fused_on_gpu_is_one_clear_error(monkeypatch):
+  """The fused kernels are Mosaic-TPU calls: on a GPU backend the layer refuses,
+  naming the backend and what runs there (interpret mode stays allowed)."""
+  cfg = stack_config.StackConfig(num_layers=2, width=16, num_heads=2, mlp_dim=32,
+                                 attention=att(implementation="fused"))
+  x = jax.random.normal(jax.random.key(0), (1, 8, 16))
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  with pytest.raises(ValueError, match=r"backend 'gpu'.*\('naive', 'factorized', 'auto'\)"):
+    layers.LayerStack(cfg).init(jax.random.key(1), x)
+  q = x.reshape(1, 8, 2, 8)
+  out, _ = fused.fused_hopfield_attention(q, q, q, None, alpha_hidden=0.5, interpret=True)
+  assert out.shape == q.shape
+
+
+@pytest.mark.parametrize("backend,dtype,width,lengths,masked,capability,expected", [
+    ("gpu", "bfloat16", 64, (8, 8), True, (8, 0), "cudnn"),
+    ("gpu", "float16", 128, (7, 7), False, (8, 0), "cudnn"),
+    ("gpu", "bfloat16", 256, (8, 8), True, (9, 0), "cudnn"),
+    ("gpu", "bfloat16", 256, (8, 8), True, (8, 6), "xla"),      # > 128 before Hopper
+    ("gpu", "bfloat16", 768, (8, 8), True, (9, 0), "xla"),      # GPT-2 small, full depth
+    ("gpu", "bfloat16", 60, (8, 8), True, (9, 0), "xla"),       # not a multiple of 8
+    ("gpu", "bfloat16", 64, (7, 7), True, (9, 0), "xla"),       # mask → bias needs even T, S
+    ("gpu", "float32", 64, (8, 8), True, (9, 0), "xla"),
+    ("tpu", "bfloat16", 64, (8, 8), True, (0, 0), "xla"),
+])
+def test_factorized_attention_implementation_per_backend(backend, dtype, width, lengths, masked,
+                                                         capability, expected):
+  assert factorized.dot_product_implementation(backend, jnp.dtype(dtype), width, lengths, masked,
+                                               capability) == expected
+
+
+@pytest.mark.parametrize("backend,dtype,expected", [
+    ("cpu", jnp.float32, "xla"), ("gpu", jnp.bfloat16, "cudnn"), ("gpu", jnp.float32, "xla")])
+def test_factorized_library_path_names_its_implementation(monkeypatch, backend, dtype, expected):
+  """The GPU/TPU branch passes an explicit implementation (jax's default is XLA on
+  every backend) and computes the einsum path's numbers. cuDNN cannot run here: the
+  recorder runs XLA in its place, so only the choice is checked for it."""
+  calls, original = [], jax.nn.dot_product_attention
+
+  def recorder(*args, implementation=None, **kw):
+    calls.append(implementation)
+    return original(*args, implementation="xla", **kw)
+
+  monkeypatch.setattr(jax.nn, "dot_product_attention", recorder)
+  monkeypatch.setattr(jax, "default_backend", lambda: backend)
+  keys = jax.random.split(jax.random.key(0), 3)
+  q_stack, k_stack = (jax.random.normal(k, (2, 8, 2, 2, 8), dtype) for k in keys[:2])
+  v = jax.random.normal(keys[2], (2, 8, 2, 8), dtype)
+  mask = layers.attention.causal_mask(8)
+  out = factorized._library_attention(q_stack, k_stack, v, mask)
+  assert calls == [expected]
+  reference = factorized._einsum_attention(q_stack.astype(jnp.float32),
+                                           k_stack.astype(jnp.float32),
+                                           v.astype(jnp.float32), mask)
+  tolerance = 1e-5 if dtype == jnp.float32 else 5e-2   # bf16: 8 significand bits
+  np.testing.assert_allclose(np.asarray(out, np.float32), reference, atol=tolerance)
