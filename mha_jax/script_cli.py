@@ -10,6 +10,7 @@ restore) are hidden unless --debug or --verbosity is given.
 
 from __future__ import annotations
 
+import os
 import sys
 
 from absl import app, flags, logging
@@ -53,6 +54,17 @@ def guarded(main):
       print(f"error: {one_line(e)}", file=sys.stderr)
       sys.exit(1)
   return run_main
+
+
+def check_workdir(workdir, needs=("config.json",), flag="--workdirs"):
+  """A training workdir that exists and holds `needs` (file or folder names)."""
+  if not os.path.isdir(workdir):
+    raise ScriptError(f"{flag}: {workdir} is not a directory")
+  missing = [name for name in needs if not os.path.exists(os.path.join(workdir, name))]
+  if missing:
+    raise ScriptError(f"{flag}: {workdir} has no {' and no '.join(missing)}: not a training "
+                      "workdir, or one that has not saved anything yet")
+  return workdir
 
 
 def run(main):
