@@ -106,6 +106,9 @@ def load_pretrained_directory(directory):
 
 def pretrained_tokenizer(directory, config):
   """Its own tokenizer files, else GPT-2 BPE for a 50257-token GPT-2, else None."""
+  if os.path.exists(os.path.join(directory, "tokenizer.json")):
+    import transformers   # the tokenizer alone: no custom code runs (the model is JAX's)
+    return HFTokenizer(transformers.PreTrainedTokenizerFast.from_pretrained(directory))
   if any(os.path.exists(os.path.join(directory, f)) for f in TOKENIZER_FILES):
     import transformers
     return HFTokenizer(transformers.AutoTokenizer.from_pretrained(directory))
