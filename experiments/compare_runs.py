@@ -20,6 +20,7 @@ import os
 from absl import app, flags
 import ml_collections
 
+from mha_jax import script_cli
 from mha_jax.models import stack_config
 
 FLAGS = flags.FLAGS
@@ -38,6 +39,7 @@ def attention_label(model_config):
 def load_run(workdir):
   """{name, workdir, dataset, kind, label, steps, evals}: eval rows by step; where a resumed
   run evaluated a step again, its later row."""
+  script_cli.check_workdir(workdir, ("config.json", "metrics.jsonl"))
   with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
     config = ml_collections.ConfigDict(json.load(f))
   with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
@@ -143,7 +145,9 @@ def plot(runs, baseline, path):
   fig.savefig(path, dpi=120)
 
 
-def main(_):
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if not FLAGS.workdirs:
     raise app.UsageError("give --workdirs=runs/a,runs/b")
   runs = [load_run(workdir) for workdir in FLAGS.workdirs]
@@ -155,4 +159,4 @@ def main(_):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  script_cli.run(main)

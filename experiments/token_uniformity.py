@@ -31,7 +31,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from mha_jax import analysis
+from mha_jax import analysis, script_cli
 from mha_jax.train import checkpoint, config_util, tasks
 from mha_jax.train import train as train_lib
 
@@ -158,10 +158,14 @@ def runs_from_flags():
     specs = [s.strip() for s in FLAGS.configs.split(";") if s.strip()]
     return [(f"init:{spec.partition(':')[2] or os.path.basename(spec)}",
              config_util.load_config(spec), None) for spec in specs]
-  return [(os.path.basename(os.path.normpath(w)), read_config(w), w) for w in FLAGS.workdirs]
+  return [(os.path.basename(os.path.normpath(w)),
+           read_config(script_cli.check_workdir(w, ("config.json", "checkpoints"))), w)
+          for w in FLAGS.workdirs]
 
 
-def main(_):
+def main(argv):
+  if argv and len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   runs = runs_from_flags()
   if not runs:
     raise app.UsageError("give --workdirs, or --init_only with --configs")
@@ -175,5 +179,7 @@ def main(_):
     print("saved", FLAGS.plot)
 
 
+script_cli.define_debug_flag()
+
 if __name__ == "__main__":
-  app.run(main)
+  app.run(script_cli.guarded(main))

@@ -11,7 +11,6 @@ the traceback. A signal before the first step exits 130 (SIGINT) / 143 (SIGTERM)
 
 from __future__ import annotations
 
-import difflib
 import errno
 import glob
 import importlib.util
@@ -57,7 +56,7 @@ def define_flags(argv):
   return flag_values
 
 
-def _last_line(text):
+def last_line(text):
   """The informative line of an absl/ml_collections message that embeds a traceback,
   without the exception's class name."""
   lines = [line.strip() for line in str(text).splitlines() if line.strip()]
@@ -68,16 +67,19 @@ def parse_command_line(argv):
   """(config, workdir, debug, cluster); CommandLineError with one line for anything
   wrong. `cluster`: the distributed.Cluster of the multi-host flags, or None."""
   from absl import flags
-  flag_values = define_flags(argv)
+  from mha_jax.train import config_util
   try:
+    argv, model_options = config_util.split_model_overrides(argv)
+    flag_values = define_flags(argv)
     rest = flag_values(argv)
     config = flag_values.config
     if config is not None:
       config.keys()   # a config file that failed to load raises only when touched
+      config_util.add_model_options(config, model_options)
   except (KeyError, AttributeError) as e:   # an override names no field of the config
-    raise CommandLineError(_unknown_field(argv) or _last_line(e)) from e
+    raise CommandLineError(config_util.unknown_field_message(argv) or last_line(e)) from e
   except (flags.Error, OSError, ValueError, TypeError) as e:
-    raise CommandLineError(_last_line(e).replace("Error whilst parsing config file:", "")) from e
+    raise CommandLineError(last_line(e).replace("Error whilst parsing config file:", "")) from e
   if len(rest) > 1:
     raise CommandLineError(f"unexpected arguments: {rest[1:]}")
   if config is None or not flag_values.workdir:
@@ -86,26 +88,6 @@ def parse_command_line(argv):
   explicit = (flag_values.coordinator_address, flag_values.num_processes, flag_values.process_id)
   cluster = distributed.resolve(*explicit) if any(v is not None for v in explicit) else None
   return config, flag_values.workdir, flag_values.debug, cluster
-
-
-def _unknown_field(argv):
-  """'--config.optim.lr=1: no field optim.lr (did you mean learning_rate?) ...'."""
-  from mha_jax.train import config_util
-  spec = next(a.split("=", 1)[1] for a in argv if a.startswith("--config="))
-  config = config_util.load_config(spec)
-  for arg in argv:
-    if not arg.startswith("--config."):
-      continue
-    node, parts = config, arg[len("--config."):].split("=", 1)[0].split(".")
-    for depth, part in enumerate(parts):
-      if not hasattr(node, "keys") or part not in node:
-        siblings = list(node.keys()) if hasattr(node, "keys") else []
-        close = difflib.get_close_matches(part, siblings, n=1)
-        hint = f" (did you mean {'.'.join(parts[:depth] + close)}?)" if close else ""
-        return (f"{arg}: the config has no field {'.'.join(parts[:depth + 1])}{hint}; "
-                f"list the fields with --help --config={spec}")
-      node = node[part]
-  return None
 
 
 def _config_arguments(path):
@@ -119,7 +101,8 @@ def help_text(argv):
   """Usage, flags, and the config's fields (with --config) or every config's arguments."""
   lines = [USAGE, "", "flags:", "  --config=FILE[:key=value,...]  a config file and its arguments",
            "  --workdir=DIR   checkpoints, metrics.jsonl, config.json (a rerun resumes)",
-           "  --config.FIELD=VALUE  override any field below", "  --debug   tracebacks",
+           "  --config.FIELD=VALUE  override any field below (and any model option: "
+           "--config.model.OPTION=VALUE)", "  --debug   tracebacks",
            "  --coordinator_address=HOST:PORT --num_processes=N --process_id=I   multi-host "
            "where JAX does not detect the cluster"]
   given = [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
@@ -129,8 +112,12 @@ def help_text(argv):
     lines += ["", f"{path} arguments (:key=value): "
               + ", ".join(f"{k}={v}" for k, v in _config_arguments(path).items()),
               "", f"fields of --config={given[0]}:"]
-    flat = validation.flat_fields(config_util.load_config(given[0]))
+    config = config_util.load_config(given[0])
+    flat = validation.flat_fields(config)
     lines += [f"  --config.{name}={value}" for name, value in sorted(flat.items())]
+    unset = sorted(set(config_util.model_option_defaults()) - set(config.get("model", {})))
+    lines += ["", "model options this config leaves to the model's defaults (settable too): "
+              + ", ".join(f"--config.model.{name}" for name in unset)]
   else:
     lines += ["", "configs and their :arguments (add --config=FILE to --help for its fields):"]
     for path in sorted(glob.glob(os.path.join(CONFIGS_DIR, "*.py"))):

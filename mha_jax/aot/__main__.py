@@ -14,6 +14,8 @@ buffer assignment) compared with every chip of mha_jax.chips.
 
 `--remat=auto` tries none, dots, full and reports the first that fits.
 `--sweep` finds, for each remat policy, the largest global batch that fits.
+`--config.model.OPTION=VALUE` sets any model option, as in mha_jax.main. A bad
+flag or config is one `error:` line and exit 1; `--debug` shows the traceback.
 """
 
 from __future__ import annotations
@@ -24,8 +26,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/demo.py:smoke.",
-                                lock_config=False)
+from mha_jax.train import config_util
+
 flags.DEFINE_string("topology", None, "TPU topology, e.g. v5e:4x4, v4:2x2x4, v5p:2x2x1.")
 flags.DEFINE_integer("cpu_devices", None, "Compile for this many simulated CPU devices.")
 flags.DEFINE_string("chip", "H100", "Chip the CPU estimate's step time uses.")
@@ -41,7 +43,73 @@ flags.DEFINE_bool("xla_flops", True, "Also compile 1- and 2-layer unscanned copi
 flags.DEFINE_bool("quick", False, "TPU: stop each compile at XLA's memory check (HBM capped "
                   "at 1 MiB) and judge needs ≤ HBM; about a minute instead of ten.")
 flags.DEFINE_string("json", None, "Write the figures to this JSON file.")
-flags.mark_flags_as_required(["config"])
+flags.DEFINE_bool("debug", False, "Show tracebacks instead of one-line errors.")
+
+
+def _fail(message):
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(1)
+
+
+def parse_flags(argv):
+  """absl's parse, with `--config.model.OPTION` for every model option and one
+  `error:` line (exit 1) for a bad flag or config field; returns the rest of argv."""
+  from mha_jax.main import last_line
+  try:
+    argv, model_options = config_util.split_model_overrides(argv)
+    # Defined here, on the argv without the options ml_collections cannot add (it
+    # registers `--config.*` overrides from the argv it is given).
+    config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/demo.py:smoke.",
+                                    lock_config=False, sys_argv=argv)
+    rest = flags.FLAGS(argv)
+    if flags.FLAGS.config is None:
+      raise ValueError("--config is required, e.g. --config=configs/demo.py:smoke")
+    config_util.add_model_options(flags.FLAGS.config, model_options)
+    check_flags(flags.FLAGS)
+  except (KeyError, AttributeError) as e:   # an override names no field of the config
+    if "--debug" in argv:
+      raise
+    _fail(config_util.unknown_field_message(argv) or last_line(e))
+  except (flags.Error, OSError, ValueError, TypeError) as e:
+    if "--debug" in argv:
+      raise
+    _fail(last_line(e).replace("Error whilst parsing config file:", "").strip())
+  return rest
+
+
+def check_flags(values):
+  """One ValueError naming a bad flag value and what is allowed."""
+  from mha_jax import chips
+  from mha_jax.models import stack_config
+  policies = sorted(stack_config.REMAT_POLICIES)
+  if (values.topology is None) == (values.cpu_devices is None):
+    raise ValueError("give exactly one of --topology (e.g. v5e:2x2) and --cpu_devices (e.g. 8)")
+  if values.cpu_devices is not None and values.cpu_devices < 1:
+    raise ValueError(f"--cpu_devices={values.cpu_devices}: give a number of devices >= 1")
+  if values.topology is not None:
+    from mha_jax.aot import topology
+    topology.parse(values.topology)
+  if values.remat is not None and values.remat not in ["auto", *policies]:
+    raise ValueError(f"--remat={values.remat!r}: allowed: auto, {', '.join(policies)}")
+  for policy in values.remat_policies or [""]:
+    if policy not in policies:
+      raise ValueError(f"--remat_policies={','.join(values.remat_policies)}: {policy!r} is "
+                       f"not a remat policy; allowed: {', '.join(policies)}")
+  if not all(b.isdigit() and int(b) > 0 for b in values.per_device_batches):
+    raise ValueError(f"--per_device_batches={','.join(values.per_device_batches)}: give "
+                     "positive integers")
+  chips.chip(values.chip)
+  if not 0 < values.mfu <= 1:
+    raise ValueError(f"--mfu={values.mfu}: a fraction in (0, 1]")
+  check_attention_backend(values.config)
+
+
+def check_attention_backend(config):
+  """cuDNN attention compiles only for an NVIDIA GPU, which AOT here never targets."""
+  implementation = config.model.get("attention", {}).get("implementation", "naive")
+  if implementation == "cudnn":
+    raise ValueError("attention.implementation='cudnn' needs an NVIDIA GPU, and AOT "
+                     "compiles for TPU or CPU devices: use 'xla' (or 'naive')")
 
 
 def _with(config, **model_or_batch):
@@ -88,7 +156,7 @@ def _sweep(config, devices, label, chip):
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    _fail(f"unexpected arguments: {argv[1:]}")
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.ERROR)
   from mha_jax import chips
@@ -96,13 +164,11 @@ def main(argv):
   from mha_jax.train.sharding import ConfigError
   config, mfu = flags.FLAGS.config, flags.FLAGS.mfu
   from mha_jax.aot import fit
-  if (flags.FLAGS.topology is None) == (flags.FLAGS.cpu_devices is None):
-    raise app.UsageError("give exactly one of --topology and --cpu_devices")
   try:
     devices, label, chip = fit.target_devices(flags.FLAGS.topology, flags.FLAGS.cpu_devices,
                                               quick=flags.FLAGS.quick)
   except ValueError as e:
-    sys.exit(f"error: {e}")
+    _fail(e)
   time_chip = chip or chips.chip(flags.FLAGS.chip)
   try:
     if flags.FLAGS.sweep:
@@ -121,11 +187,13 @@ def main(argv):
       for result in results:
         print(report.format_fit(result, chip, time_chip, mfu))
   except (ConfigError, ValueError) as e:
-    sys.exit(f"error: {e}")
+    if flags.FLAGS.debug:
+      raise
+    _fail(str(e).strip().splitlines()[0])
   if flags.FLAGS.json:
     with open(flags.FLAGS.json, "w", encoding="utf-8") as f:
       json.dump([report.as_json(r, mfu, time_chip) for r in results], f, indent=2)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -19,6 +19,7 @@ import numpy as np
 from mha_jax import chips
 from mha_jax import data as data_lib
 from mha_jax import flops as flops_lib
+from mha_jax.aot import topology as topology_lib
 from mha_jax.models import layers
 from mha_jax.train import optim, sharding, state, tasks, train
 
@@ -62,7 +63,7 @@ def target_devices(topology=None, cpu_devices=None, quick=False):
     jax.config.update("jax_num_cpu_devices", cpu_devices)   # before the CPU backend starts
     devices = jax.devices("cpu")[:cpu_devices]
     return devices, f"{len(devices)} simulated CPU devices (estimate)", None
-  chip = chips.chip(topology.split(":")[0])
+  chip, dims = topology_lib.parse(topology)
   # Nothing runs on a TPU here: several compiling processes may share libtpu.
   os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
   if quick:
@@ -73,10 +74,11 @@ def target_devices(topology=None, cpu_devices=None, quick=False):
     desc = topologies.get_topology_desc(platform="tpu", topology_name=topology,
                                         chip_config_name="megacore" if chip.cores_in_name
                                         else "default",
-                                        chips_per_host_bounds=(2, 2, 1), num_slices=1)
+                                        chips_per_host_bounds=topology_lib.host_bounds(dims),
+                                        num_slices=1)
   except Exception as e:  # noqa: BLE001 — no libtpu, or a topology it does not know
-    raise ValueError(f"--topology={topology}: {str(e).strip().splitlines()[0]} (TPU "
-                     "compilation needs `pip install 'mha-jax[tpu]'`)") from e
+    raise ValueError(f"--topology={topology}: {str(e).strip().splitlines()[0]}"
+                     f"{topology_lib.libtpu_hint()}") from e
   return desc.devices, f"{topology} ({len(desc.devices)} TPU {chip.name} devices)", chip
 
 

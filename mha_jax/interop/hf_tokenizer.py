@@ -1,6 +1,7 @@
-"""mha_jax's character tokeniser as a Hugging Face fast tokenizer, saved beside an
-exported model so that HF tools (pipelines, lm-evaluation-harness) read text into
-the ids the model was trained on.
+"""mha_jax's tokenisers as Hugging Face fast tokenizers, saved beside an exported
+model so that HF tools (pipelines, lm-evaluation-harness) read text into the ids
+the model was trained on: characters, and GPT-2 BPE built from the same tiktoken
+ranks file mha_jax.data reads (no download).
 
 `mha_jax.data.text.CharTokenizer` gives character c the id 1 + its rank in the
 sorted alphabet and keeps id 0 for end-of-document, which has no character. Here
@@ -45,14 +46,34 @@ def ids_to_text(ids, tokenizer):
   return "".join(table[int(i)] for i in ids)
 
 
+GPT2_EOS_TEXT = "<|endoftext|>"
+
+
+def bpe_tokenizer(ranks_path, pattern):
+  """GPT-2 BPE as a `transformers.PreTrainedTokenizerFast` from a tiktoken ranks file
+  (`pattern`: the encoding's pre-tokenisation regex); <|endoftext|> is id 50256.
+  Building the merges takes ~10 s."""
+  import transformers
+  from transformers.convert_slow_tokenizer import TikTokenConverter
+  backend = TikTokenConverter(vocab_file=str(ranks_path), pattern=pattern,
+                              extra_special_tokens=[GPT2_EOS_TEXT]).converted()
+  return transformers.PreTrainedTokenizerFast(
+      tokenizer_object=backend, eos_token=GPT2_EOS_TEXT, bos_token=GPT2_EOS_TEXT,
+      unk_token=GPT2_EOS_TEXT, clean_up_tokenization_spaces=False)
+
+
 def save_char_tokenizer(tokenizer, directory):
   """Write the HF tokenizer files into an export directory and point config.json's
-  bos/eos/pad ids at our EOS (the exporters write GPT-2's 50256)."""
-  hf_tokenizer = char_tokenizer(tokenizer)
+  bos/eos/pad ids at our EOS."""
+  return save_tokenizer(char_tokenizer(tokenizer), tokenizer.eos_id, directory)
+
+
+def save_tokenizer(hf_tokenizer, eos_id, directory):
+  """`hf_tokenizer`'s files into an export directory; config.json's bos/eos/pad ids
+  become `eos_id`."""
   hf_tokenizer.save_pretrained(directory)
   config_path = pathlib.Path(directory) / "config.json"
   config = json.loads(config_path.read_text())
-  config.update(bos_token_id=tokenizer.eos_id, eos_token_id=tokenizer.eos_id,
-                pad_token_id=tokenizer.eos_id)
+  config.update(bos_token_id=eos_id, eos_token_id=eos_id, pad_token_id=eos_id)
   config_path.write_text(json.dumps(config, indent=2))
   return hf_tokenizer

@@ -133,17 +133,38 @@ def export_state_dict(params, model, *, timm=False):
   return CONVERTERS[family].export_config(model), state_dict
 
 
-def export_pretrained(params, model, directory, *, timm=False, weights_format="safetensors"):
+def needs_custom_code(attention):
+  """Whether the stock HF classes would compute something else: any kind but standard,
+  or a score scale other than their 1/√head_dim."""
+  return attention.kind != "standard" or attention.score_scale is not None
+
+
+def family_is_text(model):
+  return models.family_name(model) in ("gpt2", "llama")
+
+
+def export_pretrained(params, model, directory, *, timm=False, weights_format="safetensors",
+                      eos_id=None):
   """Params (either layout, boxed or not) → a PyTorch checkpoint directory. Standard
-  attention: plain HF (or, timm=True, timm). MHA and RealFormer: an HF custom-code model
-  (hf_code/*.py beside the weights, `auto_map` and "mha_jax_attention" in config.json)
-  that `AutoModelFor...from_pretrained(directory, trust_remote_code=True)` runs."""
+  attention: plain HF (or, timm=True, timm). MHA, RealFormer and a non-default score
+  scale: an HF custom-code model (hf_code/*.py beside the weights, `auto_map` and
+  "mha_jax_attention" in config.json) that `AutoModelFor...from_pretrained(directory,
+  trust_remote_code=True)` runs; timm refuses them. Text models: config.json's
+  bos/eos/pad_token_id are `eos_id` (the run's end-of-text id; None when unknown,
+  never an id outside the vocabulary)."""
   config, state_dict = export_state_dict(params, model, timm=timm)
   attention = model.stack.attention
-  if attention.kind != "standard" or attention.score_scale is not None:
+  if needs_custom_code(attention):
+    if timm:
+      raise ValueError(f"{model.stack.describe_attention()} with score_scale="
+                       f"{attention.score_scale} does not export to timm (no custom code): "
+                       "export with timm=False for the Hugging Face custom-code model")
     config["mha_jax_attention"] = dataclasses.asdict(attention)
-  if attention.kind != "standard" and not timm:
     _as_custom_code(config, model)
+  if eos_id is not None and not 0 <= eos_id < model.vocab_size:
+    raise ValueError(f"eos_id={eos_id} is outside the vocabulary [0, {model.vocab_size})")
+  if not timm and family_is_text(model):
+    config.update(bos_token_id=eos_id, eos_token_id=eos_id, pad_token_id=eos_id)
   checkpoint_io.write_checkpoint(directory, config, state_dict, weights_format)
   for name in CUSTOM_CODE_FILES if "auto_map" in config else ():
     shutil.copy(os.path.join(os.path.dirname(__file__), "hf_code", name), directory)
@@ -155,6 +176,8 @@ def _as_custom_code(config, model):
   att = model.stack.attention
   for bad, setting in ((not kinds.get(att.kind).hf_export, f"attention.kind={att.kind!r}"),
                        (att.h0 == "noise", "attention.h0='noise' (a JAX random draw)"),
+                       (att.energy_steps or att.separation != "softmax",
+                        "Hopfield retrieval (attention.energy_steps / separation)"),
                        (att.hidden_window, f"attention.hidden_window={att.hidden_window}"),
                        (not model.stack.skip_connections, "skip_connections=False")):
     if bad:

@@ -1,9 +1,11 @@
 """Helpers for `configs/*.py`: `:key=value` arguments, the loop's default fields,
-and loading a config file by path (tests, notebooks) as `--config` does."""
+loading a config file by path (tests, notebooks) as `--config` does, and the
+command line's `--config.model.FIELD=VALUE` for every model option."""
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import importlib.util
 import os
 
@@ -140,3 +142,83 @@ def shrink_to_smoke(config):
                 eval_every=10, eval_steps=2, checkpoint_every=10, init_from="")
   config.optim.update(learning_rate=learning_rate, warmup_steps=2, trainable="")
   return config
+
+
+# --- The command line's `--config.model.FIELD=VALUE` (mha_jax.main and mha_jax.aot) ---
+
+def model_option_defaults():
+  """{option: default} of every option `config.model` may set (StackConfig's fields
+  but `attention`, and each model family's own); a default of None takes a number,
+  a required field an integer."""
+  from mha_jax import models
+  defaults = {}
+  for field in dataclasses.fields(stack_config.StackConfig):
+    if field.name != "attention":
+      defaults[field.name] = 0 if field.default is dataclasses.MISSING else field.default
+  for family in models.FAMILIES.values():
+    for field in dataclasses.fields(family.model_class):
+      if field.name not in ("stack", "parent", "name"):
+        defaults[field.name] = field.default
+  return defaults
+
+
+def _model_override(arg):
+  """'--config.model.remat_policy=full' → ('remat_policy', 'full'), else None."""
+  if not arg.startswith("--config.model.") or "=" not in arg:
+    return None
+  name, _, text = arg[len("--config.model."):].partition("=")
+  return None if "." in name else (name, text)
+
+
+def split_model_overrides(argv):
+  """(argv without them, {name: typed value}) for the `--config.model.NAME=VALUE`
+  options that set a model option the config file leaves out, which ml_collections
+  would refuse (it only overrides existing fields): every model option is settable
+  from the command line. A config that fails to load leaves argv as it is (the
+  flag parser then reports it)."""
+  defaults = model_option_defaults()
+  candidates = [a for a in argv if (_model_override(a) or ("",))[0] in defaults]
+  spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+  if not candidates or spec is None:
+    return list(argv), {}
+  try:
+    present = load_config(spec).get("model") or {}
+  except Exception:  # noqa: BLE001 — reported by the flag parser, in its words
+    return list(argv), {}
+  absent = [a for a in candidates if _model_override(a)[0] not in present]
+  values = {}
+  for arg in absent:
+    name, text = _model_override(arg)
+    values[name] = _convert(f"--config.model.{name}", text, defaults[name])
+  return [a for a in argv if a not in absent], values
+
+
+def add_model_options(config, values):
+  """The options `split_model_overrides` took out, set on the parsed config."""
+  with config.unlocked():
+    for name, value in values.items():
+      config.model[name] = value
+  return config
+
+
+def unknown_field_message(argv):
+  """'--config.optim.lr=1: the config has no field optim.lr (did you mean
+  optim.learning_rate?); ...' for the first override naming no field, or None."""
+  spec = next(a.split("=", 1)[1] for a in argv if a.startswith("--config="))
+  config = load_config(spec)
+  for arg in argv:
+    if not arg.startswith("--config."):
+      continue
+    node, parts = config, arg[len("--config."):].split("=", 1)[0].split(".")
+    for depth, part in enumerate(parts):
+      if not hasattr(node, "keys") or part not in node:
+        siblings = list(node.keys()) if hasattr(node, "keys") else []
+        if parts[:depth] == ["model"]:
+          siblings = sorted(set(siblings) | set(model_option_defaults()))
+        close = difflib.get_close_matches(part, siblings, n=1)
+        hint = f" (did you mean {'.'.join(parts[:depth] + close)}?)" if close else ""
+        allowed = (f"allowed: {', '.join(sorted(siblings))}" if parts[:depth] == ["model"]
+                   else f"list the fields with --help --config={spec}")
+        return f"{arg}: the config has no field {'.'.join(parts[:depth + 1])}{hint}; {allowed}"
+      node = node[part]
+  return None

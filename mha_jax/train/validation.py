@@ -7,6 +7,7 @@ with one `ConfigError` line that names the bad value and what is allowed.
 from __future__ import annotations
 
 import json
+import sys
 
 import ml_collections
 
@@ -45,6 +46,22 @@ def validate(config):
     least = 1 if key in POSITIVE_FIELDS else 0
     if int(value) < least:
       raise ConfigError(f"config.{key}={value} must be >= {least}")
+  check_platform(config)
+
+
+def check_platform(config):
+  """An attention implementation these devices cannot run is a ConfigError; one
+  they run only emulated gets a warning line on stderr (once, from process 0)."""
+  import jax
+  implementation = config.model.get("attention", {}).get("implementation", "naive")
+  platform = jax.default_backend()
+  if implementation == "cudnn" and platform != "gpu":
+    raise ConfigError(f"attention.implementation='cudnn' needs an NVIDIA GPU (cuDNN), and "
+                      f"this run's devices are {platform}: use 'xla' or 'naive'")
+  if implementation == "fused" and platform == "cpu" and jax.process_index() == 0:
+    print("warning: attention.implementation='fused' on CPU runs its Pallas kernel in "
+          "interpret mode, many times slower than 'naive' (the kernel is for GPU and TPU)",
+          file=sys.stderr, flush=True)
 
 
 def flat_fields(config):

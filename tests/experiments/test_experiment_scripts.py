@@ -4,6 +4,7 @@ numbers equal the measures computed here directly, and the last eval rows."""
 
 import importlib.util
 import json
+import os
 import pathlib
 import re
 import subprocess
@@ -13,7 +14,7 @@ import jax
 import numpy as np
 import pytest
 
-from mha_jax import analysis
+from mha_jax import analysis, script_cli
 from mha_jax.train import checkpoint, config_util, steps, tasks, train_and_evaluate
 from mha_jax.train import train as train_lib
 
@@ -165,3 +166,37 @@ def test_compare_runs_prints_final_metrics_and_signed_difference(runs, tmp_path)
     fields = re.split(r"\s+", line.split("residual=")[1].strip())[1:]
     assert fields == expected[kind], line
   assert plot.stat().st_size > 10_000
+
+
+def missing_and_empty(tmp_path):
+  (tmp_path / "empty").mkdir()
+  return {"missing": (tmp_path / "missing", "is not a directory"),
+          "empty": (tmp_path / "empty", "has no config.json and no ")}
+
+
+@pytest.mark.parametrize("case", ["missing", "empty"])
+def test_uniformity_on_a_missing_or_empty_workdir_is_one_line(case, tmp_path, capsys):
+  # Issue 24 §3: a 30–55-line traceback.
+  workdir, message = missing_and_empty(tmp_path)[case]
+  uniformity.FLAGS.unparse_flags()
+  argv = uniformity.FLAGS(["token_uniformity", f"--workdirs={workdir}"])
+  with pytest.raises(SystemExit) as exit_info:
+    script_cli.guarded(uniformity.main)(argv)
+  err = capsys.readouterr().err.splitlines()
+  assert exit_info.value.code == 1 and len(err) == 1, err
+  assert err[0] == f"error: --workdirs: {workdir} {message}" + (
+      "checkpoints: not a training workdir, or one that has not saved anything yet"
+      if case == "empty" else "")
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]   # nothing created
+  assert list((tmp_path / "empty").iterdir()) == []
+
+
+def test_compare_runs_on_a_missing_or_empty_workdir_is_one_line(tmp_path):
+  for workdir, message in missing_and_empty(tmp_path).values():
+    run = subprocess.run([sys.executable, str(ROOT / "experiments" / "compare_runs.py"),
+                          f"--workdirs={workdir}"], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert run.returncode == 1 and run.stderr.splitlines() == [
+        f"error: --workdirs: {workdir} {message}" + (
+            "metrics.jsonl: not a training workdir, or one that has not saved anything yet"
+            if "empty" in str(workdir) else "")], run.stderr[-2000:]

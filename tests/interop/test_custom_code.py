@@ -25,7 +25,10 @@ ATTENTIONS = {"mha_zeros": dict(kind="hopfield", alpha=0.6, alpha_hidden=0.3, h0
                                 reset_every=2),
               "mha_first_scores": dict(kind="hopfield", alpha=0.6, alpha_hidden=0.3,
                                        h0="first_scores", reset_every=2),
-              "realformer": dict(kind="realformer")}
+              "realformer": dict(kind="realformer"),
+              # The stock classes scale by 1/√head_dim whatever config.json says (issue 24 §2:
+              # a plain export was off by 0.032 in the logits).
+              "standard_scaled": dict(kind="standard", score_scale=0.3)}
 PROMPT, NEW_TOKENS = 4, 8  # the test sequences are PROMPT + NEW_TOKENS long: one jit
 
 
@@ -97,9 +100,10 @@ def test_custom_code_round_trip(family, attention, tmp_path):
     np.testing.assert_array_equal(back[path], value, err_msg=path)
 
 
-def test_mha_changes_the_transformers_logits(tmp_path):
-  """The custom code is not standard attention under another name."""
-  _, _, x = export("gpt2", ATTENTIONS["mha_zeros"], str(tmp_path / "mha"))
+@pytest.mark.parametrize("attention", ["mha_zeros", "standard_scaled"])
+def test_custom_code_changes_the_transformers_logits(attention, tmp_path):
+  """The custom code is not the stock attention under another name."""
+  _, _, x = export("gpt2", ATTENTIONS[attention], str(tmp_path / "mha"))
   mha = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "mha"),
                                                           trust_remote_code=True).eval()
   plain = transformers.GPT2LMHeadModel(transformers.GPT2Config(**{
@@ -145,3 +149,14 @@ def test_unexportable_attention_fails_in_one_line(attention, tmp_path):
   with pytest.raises(ValueError, match="does not export to transformers"):
     interop.export_pretrained(params, model, str(tmp_path))
   assert not os.listdir(tmp_path)  # nothing half-written
+
+
+@pytest.mark.parametrize("attention", [dict(kind="standard", score_scale=0.3),
+                                       dict(kind="hopfield")])
+def test_timm_refuses_what_timm_cannot_compute(attention, tmp_path):
+  model = models.build_model("vit", **SIZE, **FAMILY_OPTIONS["vit"], attention=attention)
+  params = random_params(model, inputs("vit"))
+  with pytest.raises(ValueError, match="does not export to timm") as info:
+    interop.export_pretrained(params, model, str(tmp_path), timm=True)
+  assert "\n" not in str(info.value)
+  assert not os.listdir(tmp_path)

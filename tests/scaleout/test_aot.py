@@ -59,3 +59,56 @@ def test_tpu_v5e_2x2_compiles_with_libtpu(tmp_path):
   assert row["fits"] and row["num_devices"] == 4 and row["chip"] == "v5e"
   # XLA:TPU's own FLOP count (1- and 2-layer extrapolation) near the model count.
   assert 0.7 < row["xla_flops_per_device"] * 4 / row["model_flops"] < 1.5
+
+
+def run_aot(*args, timeout=300):
+  env = dict(os.environ, PYTHONPATH=str(ROOT), TPU_ACCELERATOR_TYPE="v5litepod-4")
+  return subprocess.run([sys.executable, "-m", "mha_jax.aot", f"--config={SMOKE}", *args],
+                        capture_output=True, text=True, env=env, cwd=ROOT, timeout=timeout)
+
+
+@pytest.mark.parametrize("args, message", [
+    # Issue 24 §2: accepted as 8 chips (v5e slices are 2-D).
+    (["--topology=v5e:2x2x2"], "--topology='v5e:2x2x2': v5e slices are 2-D (e.g. v5e:2x2"),
+    (["--topology=H100:8"], "--topology='H100:8': the chip must be one of ['v4', 'v5e', 'v5p', "
+                            "'v6e']"),
+    # Issue 24 §2: an empty --remat silently meant the config's policy.
+    (["--cpu_devices=1", "--remat="], "--remat='': allowed: auto, dots, dots_no_batch, full, "
+                                      "none, qkv_proj"),
+    # Issue 24 §3: tracebacks.
+    (["--cpu_devices=0"], "--cpu_devices=0: give a number of devices >= 1"),
+    (["--cpu_devices=1", "--config.model.attention.implementation=cudnn"],
+     "attention.implementation='cudnn' needs an NVIDIA GPU"),
+    # Issue 23 §4: a 30-line AttributeError traceback for a misspelt model option.
+    (["--cpu_devices=1", "--config.model.remat_polcy=full"],
+     "no field model.remat_polcy (did you mean model.remat_policy?); allowed: attention, "),
+])
+def test_bad_flags_are_one_line(args, message):
+  run = run_aot(*args)
+  err = run.stderr.splitlines()
+  assert run.returncode == 1 and len(err) == 1 and err[0].startswith("error: "), run.stderr[-2000:]
+  assert message in err[0], err[0]
+
+
+def test_model_option_from_the_command_line(tmp_path):
+  # Issue 23 §4: `--config.model.remat_policy=full` (not a field of the config file) was a
+  # 30-line AttributeError traceback.
+  out = tmp_path / "fit.json"
+  run = run_aot("--cpu_devices=2", "--xla_flops=false", "--config.model.remat_policy=full",
+                "--config.model.num_heads=2", f"--json={out}")
+  assert run.returncode == 0, run.stderr[-2000:]
+  (row,) = json.loads(out.read_text())
+  assert row["remat_policy"] == "full" and row["num_devices"] == 2
+
+
+@pytest.mark.slow
+def test_single_chip_v5e_compiles_and_libtpu_errors_carry_no_install_hint():
+  pytest.importorskip("libtpu", reason="TPU compilation needs the [tpu] extra")
+  # Issue 24 §2: v5e:1x1 could not be checked (host bounds 2x2x1 do not divide it).
+  run = run_aot("--topology=v5e:1x1", "--quick", "--xla_flops=false")
+  assert run.returncode == 0, run.stderr[-2000:]
+  assert "v5e:1x1 (1 TPU v5e devices)" in run.stdout
+  # A shape libtpu refuses: its own reason, and no "install libtpu" with libtpu installed.
+  run = run_aot("--topology=v5e:3x5", "--quick")
+  assert run.returncode == 1 and "error: --topology=v5e:3x5: " in run.stderr
+  assert "pip install" not in run.stderr

@@ -13,6 +13,8 @@ import time
 import pytest
 
 from mha_jax import main as cli
+from mha_jax.train import config_util, tasks, validation
+from mha_jax.train import train as train_lib
 from mha_jax.train import workdir as workdir_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -38,6 +40,14 @@ def run_cli(capsys, *args):
     ([SMOKE, "--config.total_steps=0"], "config.total_steps=0 must be >= 1"),
     ([SMOKE, "--config.init_from=/nonexistent/run"],
      "init_from='/nonexistent/run': no checkpoint in /nonexistent/run/checkpoints"),
+    # Issue 23 §4: a model option the config file leaves out is settable, a misspelt one
+    # is refused naming the allowed ones.
+    ([SMOKE, "--config.model.remat_policy=fulll"],
+     "model: remat_policy='fulll' is not allowed; choose one of ('none', 'full'"),
+    ([SMOKE, "--config.model.remat_polcy=full"],
+     "no field model.remat_polcy (did you mean model.remat_policy?); allowed: attention, "
+     "attention_dropout, dropout, dtype, "),
+    ([SMOKE, "--config.model.rope_theta=x"], "--config.model.rope_theta='x' is not a number"),
 ])
 def test_expected_failures_are_one_line(args, message, capsys, tmp_path):
   # Issue 9 case 8: these were 15- to 57-line tracebacks; case 5: `:alpha_hidden=-0.1` exited 0.
@@ -46,6 +56,44 @@ def test_expected_failures_are_one_line(args, message, capsys, tmp_path):
   assert status == 1 and len(err) == 1 and err[0].startswith("error: "), err
   assert message in err[0]
   assert not (workdir / "config.json").exists()   # a failed start leaves no identity behind
+
+
+def test_cudnn_without_a_gpu_is_one_line_and_creates_nothing(capsys, tmp_path):
+  # Issue 24 §3: a traceback, after the workdir and its checkpoints/ were made.
+  status, _, err = run_cli(capsys, f"--workdir={tmp_path}/run", SMOKE,
+                           "--config.model.attention.implementation=cudnn")
+  assert status == 1 and err == [
+      "error: attention.implementation='cudnn' needs an NVIDIA GPU (cuDNN), and this run's "
+      "devices are cpu: use 'xla' or 'naive'"]
+  assert not (tmp_path / "run").exists()
+
+
+def test_every_model_option_is_settable(tmp_path):
+  options = config_util.model_option_defaults()
+  assert {"remat_policy", "scan_layers", "norm_eps", "rope_theta", "vocab_size", "pool"} <= set(
+      options)
+  config, _, _, _ = cli.parse_command_line(
+      ["mha-train", SMOKE, f"--workdir={tmp_path}", "--config.model.remat_policy=full",
+       "--config.model.scan_layers=false", "--config.model.norm_eps=1e-3",
+       "--config.model.dropout=0.25"])
+  assert (config.model.remat_policy, config.model.scan_layers, config.model.norm_eps,
+          config.model.dropout) == ("full", False, 1e-3, 0.25)
+  model = train_lib.make_model(config.model, tasks.make_task(
+      config, train_lib.make_input(config, train=False).info))
+  assert (model.stack.remat_policy, model.stack.scan_layers, model.stack.norm_eps) == (
+      "full", False, 1e-3)
+
+
+def test_fused_on_cpu_says_so_once(capsys):
+  config = config_util.load_config(f"{ROOT}/configs/gpt2_wikitext103.py:smoke,attention=hopfield")
+  config.model.attention.implementation = "fused"
+  validation.validate(config)
+  err = capsys.readouterr().err.splitlines()
+  assert len(err) == 1 and err[0].startswith("warning: attention.implementation='fused' on CPU "
+                                             "runs its Pallas kernel in interpret mode")
+  config.model.attention.implementation = "naive"
+  validation.validate(config)
+  assert capsys.readouterr().err == ""
 
 
 def test_unwritable_workdir_is_one_line(capsys, tmp_path):
@@ -81,6 +129,7 @@ def test_help_exits_0_with_fields_and_arguments(capsys):
   assert status == 0 and "  --config.optim.learning_rate=0.003\n" in out
   assert "  --config.model.attention.alpha_hidden=0.5\n" in out
   assert "arguments (:key=value): size=small, attention=standard" in out
+  assert "--config.model.remat_policy" in out.split("leaves to the model's defaults")[1]
 
 
 def wait_for_signal_handlers(pid, timeout=60):

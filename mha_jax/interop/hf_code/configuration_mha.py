@@ -9,7 +9,7 @@ from transformers import GPT2Config, LlamaConfig, ViTConfig
 
 DEFAULTS = dict(kind="hopfield", alpha=0.5, alpha_hidden=0.5, residual="convex", h0="zeros",
                 reset_every=0, score_scale=None)
-CHOICES = dict(kind=("hopfield", "realformer"), residual=("convex", "scaled_branch", "standard"),
+CHOICES = dict(kind=("hopfield", "realformer", "standard"), residual=("convex", "scaled_branch", "standard"),
                h0=("zeros", "first_scores"))  # a random H_0 is a JAX draw: it does not export
 
 

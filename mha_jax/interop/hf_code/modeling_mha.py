@@ -8,6 +8,8 @@ Per layer n, per head, carried from layer to layer in `carry` (one dict per mode
     A_n = softmax(mask(H_n)),  u_n = W_O · A_n V_n
     x  ← α x + (1−α) u_n                  (or x + (1−α)u, or x + u)
 
+Standard attention with a score scale other than 1/√head_dim (which the stock
+classes cannot hold) is kind "standard": A_n = softmax(mask(s_n)), x ← x + u_n.
 A chain of H starts at layer 1 and every `reset_every` layers, from zeros or (h0 =
 "first_scores") from s_n. With a KV cache the queries are the new tokens only: their
 rows of H are rebuilt layer by layer from their queries and the cached keys, so the
@@ -43,6 +45,16 @@ def hopfield_attention(module, q_BxNxTxD, k_BxNxSxD, v_BxNxSxD, mask, dropout):
   att = module.config.mha_jax_attention
   scale = att["score_scale"] or q_BxNxTxD.shape[-1] ** -0.5
   s_BxNxTxS = torch.matmul(q_BxNxTxD.float(), k_BxNxSxD.float().transpose(-1, -2)) * scale
+  h_BxNxTxS = s_BxNxTxS if att["kind"] == "standard" else carried_scores(module, s_BxNxTxS)
+  weights = torch.softmax(mask_scores(h_BxNxTxS, mask, module.is_causal), dim=-1)
+  weights = nn.functional.dropout(weights.to(v_BxNxSxD.dtype), dropout, module.training)
+  out_BxTxND = torch.matmul(weights, v_BxNxSxD).transpose(1, 2).flatten(2)
+  return out_BxTxND, weights
+
+
+def carried_scores(module, s_BxNxTxS):
+  """H_n from H_{n−1} (in `module.carry`) and this layer's scores; stores H_n."""
+  att = module.config.mha_jax_attention
   n, every = module.layer_idx, att["reset_every"]
   if n == 0 or (every and n % every == 0):
     first = att["kind"] == "hopfield" and att["h0"] == "first_scores"
@@ -54,10 +66,7 @@ def hopfield_attention(module, q_BxNxTxD, k_BxNxSxD, v_BxNxSxD, mask, dropout):
   else:
     h_BxNxTxS = h_prev + s_BxNxTxS
   module.carry["hidden"] = h_BxNxTxS
-  weights = torch.softmax(mask_scores(h_BxNxTxS, mask, module.is_causal), dim=-1)
-  weights = nn.functional.dropout(weights.to(v_BxNxSxD.dtype), dropout, module.training)
-  out_BxTxND = torch.matmul(weights, v_BxNxSxD).transpose(1, 2).flatten(2)
-  return out_BxTxND, weights
+  return h_BxNxTxS
 
 
 def residual(module, x, u):
