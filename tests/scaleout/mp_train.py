@@ -68,7 +68,7 @@ def signal_sender(spec):
   def send(count):
     if count != int(at) or (only and int(only[0]) != this):
       return
-    print(f"sending {name} to {target} at batch {count}", flush=True)
+    print(f"sending {name} to {target} at batch {count}, time {time.time():.3f}", flush=True)
     if target == "self":
       os.kill(os.getpid(), signal.Signals[name])
     else:
