@@ -133,7 +133,7 @@ class LocalJob:
       if self.deadline is not None and time.monotonic() >= self.deadline:
         self.say(f"SIGKILL to the processes still running after {self.grace_s:g} s")
         self._kill_the_rest()
-        break
+        continue   # their status, once more
       time.sleep(0.1)
     for pump in self.pumps:
       pump.join(timeout=5)
