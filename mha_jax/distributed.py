@@ -11,9 +11,10 @@ process, with the coordinator, process count and id taken, first match wins, fro
    `config.distributed=True` to ask JAX to detect one it knows).
 
 On CPU the processes exchange collectives through gloo. `check_peers_agree` then
-stops a process whose config or process count differs from its peers' with one
-line, before any step is compiled (a mismatch would otherwise hang in a
-collective).
+stops a process whose config, process count or local device count differs from
+its peers' with one line, before any step is compiled (a mismatch would otherwise
+hang in a collective). `IntGather` is how the processes agree on a stop step
+after a signal (train/preemption.py).
 """
 
 from __future__ import annotations
