@@ -82,7 +82,7 @@ class LocalJob:
     self.grace_s, self.out = grace_s, out or sys.stdout
     self.deadline = None   # when stopping: the time of SIGKILL
     port = port or free_port()
-    self.lock = threading.Lock()
+    self.lock = threading.RLock()   # say() may run in a signal handler
     self.procs, self.pumps = [], []
     for i in range(processes):
       proc = subprocess.Popen(with_own_python(command), stdout=subprocess.PIPE,
