@@ -157,13 +157,12 @@ def check_peers_agree(config_json: str, declared_processes: int | None = None) -
   many local devices as the others; else each process stops with one line naming
   the processes that differ."""
   import jax
-  from jax.experimental import multihost_utils
   if jax.process_count() == 1:
     return
   declared = jax.process_count() if declared_processes is None else declared_processes
-  mine = np.concatenate([fingerprint(config_json),
-                         [declared, jax.local_device_count()]]).astype(np.int32)
-  every = np.asarray(multihost_utils.process_allgather(mine))   # [processes, 10]
+  mine = np.concatenate([fingerprint(config_json), [declared, jax.local_device_count()]])
+  gather = IntGather()   # not process_allgather: it fails on unequal device counts
+  every = gather.result(gather.start(mine))   # [processes, 10]
   counts = sorted(set(every[:, -2].tolist()))
   if counts != [jax.process_count()]:
     raise DistributedError(f"processes were started with process counts {counts}, but "
@@ -180,9 +179,10 @@ def check_peers_agree(config_json: str, declared_processes: int | None = None) -
 
 
 class IntGather:
-  """Every process's small integer, gathered by all processes: `start(value)`
-  dispatches the exchange (a collective over all devices, asynchronous) and
-  `result(handle)` waits for it and returns the values in process order."""
+  """Every process's few integers, gathered by all processes: `start(values)`
+  dispatches the exchange (a collective over all devices, one row per device, so
+  any local device counts; asynchronous) and `result(handle)` waits for it and
+  returns the values in process order, [processes, len(values)]."""
 
   def __init__(self):
     import jax
@@ -194,16 +194,16 @@ class IntGather:
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     self._gather = jax.jit(lambda rows: rows, out_shardings=replicated)
 
-  def start(self, value: int):
+  def start(self, values):
     import jax
-    rows = [jax.device_put(np.full((1,), value, np.int32), d)
-            for d in self._spread.addressable_devices]
+    row = np.asarray(values, np.int32).reshape(1, -1)
+    rows = [jax.device_put(row, d) for d in self._spread.addressable_devices]
     return self._gather(jax.make_array_from_single_device_arrays(
-        (len(self._owners),), self._spread, rows))
+        (len(self._owners), row.shape[1]), self._spread, rows))
 
   def result(self, handle) -> np.ndarray:
     rows = np.asarray(handle.addressable_data(0))
-    values = np.zeros(self.count, np.int64)
+    values = np.zeros((self.count, rows.shape[1]), np.int64)
     for owner, row in zip(self._owners, rows):
       values[owner] = row
     return values

@@ -80,7 +80,7 @@ class Preemption:
     return signal.Signals[self.requested].value if self.requested else 0
 
   def _gathered(self, handle):
-    codes = self._peers.result(handle)
+    codes = self._peers.result(handle)[:, 0]
     return {i: signal.Signals(int(c)).name for i, c in enumerate(codes) if c}
 
   def check(self, phase):
@@ -90,7 +90,7 @@ class Preemption:
       if self.requested is not None:
         raise Interrupted(self.requested, phase)
       return
-    signals = self._gathered(self._peers.start(self._signal_number()))
+    signals = self._gathered(self._peers.start([self._signal_number()]))
     if signals:
       raise Interrupted(self.requested or next(iter(signals.values())), phase,
                         describe(signals, self._peers.count))
@@ -100,7 +100,7 @@ class Preemption:
     this step, else {}. Every process of a job gets the same answer."""
     if self._peers is None:
       return {0: self.requested} if self.requested else {}
-    previous, self._pending = self._pending, self._peers.start(self._signal_number())
+    previous, self._pending = self._pending, self._peers.start([self._signal_number()])
     return self._gathered(previous) if previous is not None else {}
 
   def stop_message(self, signals, step):

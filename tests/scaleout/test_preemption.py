@@ -63,12 +63,12 @@ class ScriptedPeers:
   def __init__(self, peer):
     self.peer, self.sent = peer, []
 
-  def start(self, value):
-    self.sent.append(value)
+  def start(self, values):
+    self.sent.append(values[0])
     return len(self.sent) - 1
 
   def result(self, handle):
-    return np.array([self.sent[handle], self.peer.get(handle, 0)])
+    return np.array([[self.sent[handle]], [self.peer.get(handle, 0)]])
 
 
 def test_every_process_stops_on_the_gather_started_one_step_earlier():
