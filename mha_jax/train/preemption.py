@@ -26,7 +26,8 @@ SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 def describe(signals, process_count):
-  """'SIGTERM reached process 1 (of 2)', 'SIGTERM reached processes 0, 1, SIGINT process 2 (of 3)'."""
+  """'SIGTERM reached process 1 (of 2)'; 'SIGTERM reached processes 0, 1, SIGINT
+  process 2 (of 3)'."""
   by_name = {}
   for process, name in sorted(signals.items()):
     by_name.setdefault(name, []).append(str(process))
