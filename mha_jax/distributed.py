@@ -11,9 +11,10 @@ process, with the coordinator, process count and id taken, first match wins, fro
    `config.distributed=True` to ask JAX to detect one it knows).
 
 On CPU the processes exchange collectives through gloo. `check_peers_agree` then
-stops a process whose config or process count differs from its peers' with one
-line, before any step is compiled (a mismatch would otherwise hang in a
-collective).
+stops a process whose config, process count or local device count differs from
+its peers' with one line, before any step is compiled (a mismatch would otherwise
+hang in a collective). `IntGather` is how the processes agree on a stop step
+after a signal (train/preemption.py).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import dataclasses
 import hashlib
 import os
 import sys
+import threading
 
 import numpy as np
 
@@ -100,18 +102,37 @@ def initialize(cluster: Cluster | None, timeout_s: int = DEFAULT_TIMEOUT_S) -> N
     return
   # Collectives between CPU devices of different processes (tests, `launch local`).
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  # JAX aborts the process (DEADLINE_EXCEEDED, RegisterTask) when a peer is missing at
-  # the deadline; this line says beforehand what it waits for and how long.
+  # JAX's preemption service takes SIGTERM over from Python (a C++ handler), so the
+  # training loop would never see it; preemption.py agrees on a stop step itself.
+  jax.config.update("jax_enable_preemption_service", False)
   who = (f"process {cluster.process_id} of {cluster.num_processes} at "
          f"{cluster.coordinator_address}" if cluster.num_processes else "a detected cluster")
   print(f"joining a multi-process job as {who} ({cluster.source}); waiting up to "
         f"{timeout_s} s for every process", file=sys.stderr, flush=True)
+  # At its own deadline JAX aborts the process with a C++ stack; this one line comes
+  # first (JAX is given a few seconds more, and the watchdog ends the process).
+  watchdog = threading.Timer(timeout_s, _not_joined, args=(who, timeout_s, cluster.num_processes))
+  watchdog.daemon = True
+  watchdog.start()
   try:
     jax.distributed.initialize(cluster.coordinator_address, cluster.num_processes,
-                               cluster.process_id, initialization_timeout=int(timeout_s))
+                               cluster.process_id, initialization_timeout=int(timeout_s) + 30)
   except (RuntimeError, ValueError) as e:
     raise DistributedError(f"jax.distributed.initialize ({cluster.source}) failed after "
                            f"at most {timeout_s} s: {str(e).splitlines()[0]}") from e
+  finally:
+    watchdog.cancel()
+
+
+def _not_joined(who, timeout_s, num_processes):
+  """The peer-never-joins failure as one line; runs on the watchdog thread while
+  the main thread is blocked inside JAX, so it ends the process itself."""
+  many = f"all {num_processes}" if num_processes else "all the"
+  sys.stderr.write(f"error: not every process joined within {timeout_s} s ({who}): start "
+                   f"{many} processes with the same coordinator address, or raise "
+                   "--config.distributed_timeout_s\n")
+  sys.stderr.flush()
+  os._exit(1)
 
 
 def describe(mesh=None) -> str:
@@ -132,20 +153,57 @@ def fingerprint(*parts: str) -> np.ndarray:
 
 
 def check_peers_agree(config_json: str, declared_processes: int | None = None) -> None:
-  """Every process must run the same config with the same process count; else
-  each process stops with one line naming the processes that differ."""
+  """Every process must run the same config with the same process count and as
+  many local devices as the others; else each process stops with one line naming
+  the processes that differ."""
   import jax
-  from jax.experimental import multihost_utils
   if jax.process_count() == 1:
     return
   declared = jax.process_count() if declared_processes is None else declared_processes
-  mine = np.concatenate([fingerprint(config_json), [declared]]).astype(np.int32)
-  every = np.asarray(multihost_utils.process_allgather(mine))   # [processes, 9]
-  counts = sorted(set(every[:, -1].tolist()))
+  mine = np.concatenate([fingerprint(config_json), [declared, jax.local_device_count()]])
+  gather = IntGather()   # not process_allgather: it fails on unequal device counts
+  every = gather.result(gather.start(mine))   # [processes, 10]
+  counts = sorted(set(every[:, -2].tolist()))
   if counts != [jax.process_count()]:
     raise DistributedError(f"processes were started with process counts {counts}, but "
                            f"{jax.process_count()} joined: start every process alike")
+  devices = every[:, -1].tolist()
+  if len(set(devices)) > 1:
+    raise DistributedError(f"processes 0..{len(devices) - 1} have {devices} local devices: "
+                           "every process must have the same number (a batch is split "
+                           "evenly across processes)")
   differ = [i for i in range(len(every)) if not np.array_equal(every[i], every[0])]
   if differ:
     raise DistributedError(f"processes {differ} run a different config than process 0: "
                            "start every process with the same --config and overrides")
+
+
+class IntGather:
+  """Every process's few integers, gathered by all processes: `start(values)`
+  dispatches the exchange (a collective over all devices, one row per device, so
+  any local device counts; asynchronous) and `result(handle)` waits for it and
+  returns the values in process order, [processes, len(values)]."""
+
+  def __init__(self):
+    import jax
+    devices = jax.devices()
+    self.count = jax.process_count()
+    self._owners = [d.process_index for d in devices]
+    mesh = jax.sharding.Mesh(np.array(devices), ("all",))
+    self._spread = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("all"))
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    self._gather = jax.jit(lambda rows: rows, out_shardings=replicated)
+
+  def start(self, values):
+    import jax
+    row = np.asarray(values, np.int32).reshape(1, -1)
+    rows = [jax.device_put(row, d) for d in self._spread.addressable_devices]
+    return self._gather(jax.make_array_from_single_device_arrays(
+        (len(self._owners), row.shape[1]), self._spread, rows))
+
+  def result(self, handle) -> np.ndarray:
+    rows = np.asarray(handle.addressable_data(0))
+    values = np.zeros((self.count, rows.shape[1]), np.int64)
+    for owner, row in zip(self._owners, rows):
+      values[owner] = row
+    return values

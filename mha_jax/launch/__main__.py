@@ -28,7 +28,8 @@ def _parser():
   p.add_argument("--devices_per_process", type=int, default=1)
   p.add_argument("--port", type=int, default=0, help="coordinator port (0: a free one)")
   p.add_argument("--grace_s", type=float, default=10.0,
-                 help="seconds between SIGTERM and SIGKILL when stopping the others")
+                 help="seconds from SIGTERM (one process failed) or a forwarded SIGTERM/"
+                      "SIGINT (sent to the launcher) to SIGKILL: time to save a checkpoint")
   p = sub.add_parser("tpu", help="a TPU VM pod slice via gcloud ... --worker=all")
   p.add_argument("--tpu", required=True, help="TPU VM (slice) name")
   p.add_argument("--zone", required=True)

@@ -99,10 +99,10 @@ class TrainLoop:
       if self.step_profiler:
         self.step_profiler.after_step(step, step_metrics)
       pending.append((step, step_metrics))
-      preempted = preemption.requested   # read once: a signal may land mid-iteration
-      save = step == cfg.total_steps or preempted or (
+      stop = preemption.poll()   # {process: signal}: the same at every process, this step
+      save = step == cfg.total_steps or bool(stop) or (
           cfg.checkpoint_every and step % cfg.checkpoint_every == 0)
-      evaluate_now = eval_input is not None and not preempted and (
+      evaluate_now = eval_input is not None and not stop and (
           step % cfg.eval_every == 0 or step == cfg.total_steps)
       if save or evaluate_now or step % cfg.log_every == 0:
         self.log_train(step, pending)
@@ -115,8 +115,8 @@ class TrainLoop:
             f"{k}={v:.4g}" for k, v in last_eval.items()))
       if save:
         checkpoint.save(self.manager, step, state, train_input.get_state(), cfg)
-      if preempted:
-        self.writer.message(f"{preempted} at step {step}: checkpoint saved, exiting")
+      if stop:
+        self.writer.message(preemption.stop_message(stop, step))
         return last_eval, step
       if save or evaluate_now:
         self.throughput.restart()   # steps/s counts training only

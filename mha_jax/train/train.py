@@ -137,6 +137,8 @@ def train_and_evaluate(config, workdir, preemption=None, cluster=None):
   lock = workdir_lib.WorkdirLock(workdir)
   try:
     join_job(config, cluster)
+    if jax.process_count() > 1:   # a signal to any process now stops every process
+      preemption.join(distributed.IntGather())
     validation.validate(config)
     mesh = sharding.make_mesh(config.mesh)
     if jax.process_count() > 1:   # one line per process: its devices and the mesh
@@ -152,6 +154,7 @@ def train_and_evaluate(config, workdir, preemption=None, cluster=None):
     return _train(config, workdir, mesh, preemption)
   finally:
     lock.release()
+    preemption.join(None)
     if own_preemption:
       preemption.uninstall()
 

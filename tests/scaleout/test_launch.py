@@ -2,7 +2,9 @@
 reading of flags and environment (no JAX processes are started here)."""
 
 import importlib
+import os
 import pathlib
+import signal
 import subprocess
 import sys
 import time
@@ -58,6 +60,43 @@ def test_local_failure_stops_the_others_and_exits_nonzero(launch):
   assert run.returncode == 7
   assert time.monotonic() - start < 20
   assert "[1] up 1" in run.stdout and "process 1 exited with status 7" in run.stdout
+
+
+def test_local_runs_python_with_its_own_interpreter(launch, tmp_path, monkeypatch):
+  # Issue 24: a venv's python started the launcher, but PATH's `python` lacked the
+  # packages; `python` in the command now means the launcher's interpreter.
+  fake = tmp_path / "python"
+  fake.write_text("#!/bin/sh\necho PATH python\n")
+  fake.chmod(0o755)
+  monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+  run = launch("local", "--processes=2", "--", "python", "-c",
+               "import sys; print(sys.executable)")
+  assert run.returncode == 0, run.stdout + run.stderr
+  assert sorted(run.stdout.splitlines()) == [f"[0] {sys.executable}", f"[1] {sys.executable}"]
+
+
+def test_local_forwards_a_signal_once_then_kills_after_the_grace_period():
+  # Process 0 counts the SIGTERMs it gets for 1 s and exits; process 1 ignores them.
+  # SIGTERM goes to the launcher's process group (a scheduler, a terminal's Ctrl-C).
+  child = ("import os, signal, sys, time\n"
+           "got = []\n"
+           "i = int(os.environ['JAX_PROCESS_ID'])\n"
+           "signal.signal(signal.SIGTERM, signal.SIG_IGN if i else lambda *a: got.append(1))\n"
+           "print('ready', flush=True)\n"
+           "while not got or i: time.sleep(0.05)\n"
+           "time.sleep(1); print('SIGTERMs', len(got), flush=True)\n")
+  launcher = subprocess.Popen([sys.executable, "-m", "mha_jax.launch", "local", "--processes=2",
+                               "--grace_s=3", "--", sys.executable, "-c", child],
+                              cwd=ROOT, stdout=subprocess.PIPE, text=True, start_new_session=True)
+  ready = [launcher.stdout.readline() for _ in range(2)]
+  assert sorted(line.split()[1] for line in ready) == ["ready", "ready"], ready
+  start = time.monotonic()
+  os.killpg(launcher.pid, signal.SIGTERM)
+  output = launcher.communicate(timeout=60)[0]
+  assert "[0] SIGTERMs 1" in output, output   # once: not from the group and the launcher
+  assert "[launch] SIGKILL to the processes still running after 3 s" in output, output
+  assert launcher.returncode == 128 + signal.SIGKILL
+  assert 3 <= time.monotonic() - start < 20
 
 
 def test_local_needs_a_command(launch):

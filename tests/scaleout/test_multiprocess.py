@@ -8,12 +8,14 @@ One chain (one test, so that pytest-xdist keeps it in one worker):
   C  the same 2-process run, kill -9 of every process after the step-4 checkpoint,
      relaunched: ends with B's parameters (bitwise)
   E  B's 2-process checkpoint resumed by 1 process to step 8: equals A (≤ 1e-5)
-Then peers that disagree (config, process count) or never arrive stop with one line.
+Then peers that disagree (config, process count, local device count) or never
+arrive stop with one line.
 """
 
 import json
 import os
 import pathlib
+import re
 import shutil
 import signal
 import subprocess
@@ -128,6 +130,16 @@ def train_here(workdir, record, monkeypatch, **changes):
   record.extend(seen)
 
 
+def kill_job(launcher):
+  """kill -9 of every process of the job: the launcher's children run in process
+  groups of their own (see launch/local.py), so each is killed by its pid."""
+  children = pathlib.Path(f"/proc/{launcher.pid}/task/{launcher.pid}/children").read_text()
+  for pid in children.split():
+    os.kill(int(pid), signal.SIGKILL)
+  os.killpg(launcher.pid, signal.SIGKILL)
+  launcher.wait()
+
+
 def test_two_processes_equal_one_resume_after_kill_and_change_process_count(
     tmp_path, monkeypatch, capsys):
   one, two, killed = tmp_path / "one", tmp_path / "two", tmp_path / "killed"
@@ -156,8 +168,7 @@ def test_two_processes_equal_one_resume_after_kill_and_change_process_count(
   while not (killed / "checkpoints" / "4").is_dir() and time.monotonic() < deadline:
     assert stalled.poll() is None, "the run ended before it could be killed"
     time.sleep(0.5)
-  os.killpg(stalled.pid, signal.SIGKILL)
-  stalled.wait()
+  kill_job(stalled)
   assert (killed / "checkpoints" / "4").is_dir()
   assert not (killed / "checkpoints" / "6").exists()
   run(job(killed))
@@ -182,36 +193,46 @@ def test_two_processes_equal_one_resume_after_kill_and_change_process_count(
   assert continued_gap <= 1e-5 and continued_param_gap <= 1e-5
 
 
-def start_process(index, declared, port, workdir, **changes):
-  env = local.process_env(index, declared, 4, port)
+def start_process(index, declared, port, workdir, devices=4, **changes):
+  env = local.process_env(index, declared, devices, port)
   env["PYTHONPATH"] = str(ROOT)
   return subprocess.Popen([sys.executable, HELPER, "--", *flags(**changes),
                            f"--workdir={workdir}"], cwd=ROOT, env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def test_peers_with_another_config_or_process_count_stop_with_one_line(tmp_path):
-  port_a, port_b = local.free_port(), local.free_port()
+def test_peers_with_another_config_process_or_device_count_stop_with_one_line(tmp_path):
+  port_a, port_b, port_c = local.free_port(), local.free_port(), local.free_port()
   procs = [start_process(0, 2, port_a, tmp_path / "a"),
            start_process(1, 2, port_a, tmp_path / "a", seed=1),   # another config
            start_process(0, 2, port_b, tmp_path / "b"),
-           start_process(1, 3, port_b, tmp_path / "b")]           # another process count
+           start_process(1, 3, port_b, tmp_path / "b"),           # another process count
+           start_process(0, 2, port_c, tmp_path / "c", devices=2),
+           start_process(1, 2, port_c, tmp_path / "c", devices=1)]
   outputs = [p.communicate(timeout=600)[0] for p in procs]
   assert all(p.returncode == 1 for p in procs), outputs
   for text in outputs[:2]:
     assert "error: processes [1] run a different config than process 0" in text, text
-  for text in outputs[2:]:
+  for text in outputs[2:4]:
     assert "error: processes were started with process counts [2, 3]" in text, text
+  for text in outputs[4:]:   # issue 24: was a traceback
+    assert text.splitlines()[-1] == ("error: processes 0..1 have [2, 1] local devices: every "
+                                     "process must have the same number (a batch is split "
+                                     "evenly across processes)"), text
 
 
-def test_a_peer_that_never_starts_times_out(tmp_path):
-  """JAX itself ends the process at the deadline (SIGABRT after DEADLINE_EXCEEDED on
-  RegisterTask); the line before it says what was awaited and for how long."""
+def test_a_peer_that_never_starts_times_out_with_one_line(tmp_path):
+  """At its deadline JAX aborts the process with a C++ stack (DEADLINE_EXCEEDED on
+  RegisterTask, issue 24); one line comes first and ends the process."""
   start = time.monotonic()
   alone = start_process(0, 2, local.free_port(), tmp_path, distributed_timeout_s=5)
   text = alone.communicate(timeout=180)[0]
-  assert alone.returncode != 0
+  assert alone.returncode == 1, text
   assert ("joining a multi-process job as process 0 of 2 at 127.0.0.1:" in text
           and "waiting up to 5 s for every process" in text), text
-  assert "DEADLINE_EXCEEDED" in text, text
+  assert re.fullmatch(r"error: not every process joined within 5 s \(process 0 of 2 at "
+                      r"127\.0\.0\.1:\d+\): start all 2 processes with the same coordinator "
+                      r"address, or raise --config\.distributed_timeout_s",
+                      text.splitlines()[-1]), text
+  assert "DEADLINE_EXCEEDED" not in text and "Traceback" not in text, text
   assert time.monotonic() - start < 150
