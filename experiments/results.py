@@ -168,7 +168,8 @@ def sweep_section(rows, text, preset):
     return text
   text += aggregate.markdown(rows)
   if os.path.exists(png):
-    text += f"\n![α × α′ grid of `{preset}`, the mean {rows[0]['metric']} over seeds]({png})\n"
+    text += (f"\n![`{preset}`: mean {rows[0]['metric']} over seeds on the α × α′ values "
+             f"it trains, one panel per residual form, h0 and depth]({png})\n")
   return text
 
 
