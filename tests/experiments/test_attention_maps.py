@@ -64,7 +64,7 @@ def test_maps_are_the_trained_models_hidden_state_with_a_noise_h0(tmp_path):
   np.testing.assert_allclose(drawn["weights"].sum(-1), 1.0, atol=1e-5)
   assert (drawn["weights"][..., ~causal] == 0).all()
   label = json.loads((tmp_path / "maps" / "attention_maps.json").read_text())[0]["label"]
-  assert "noise" in label or "H₀" in label or "h0" in label, label
+  assert label.startswith("hopfield α=0.5 α′=0.5"), label
 
 
 def first_layer_qk(model, params, x, kwargs):
