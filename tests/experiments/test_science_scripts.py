@@ -21,8 +21,9 @@ def run_script(*args):
 @pytest.mark.slow
 def test_sweep_smoke_writes_reports_that_match_its_cells(tmp_path):
   run_script("experiments/sweep.py", "--config=configs/sweep.py:preset=alpha_grid,smoke",
-             f"--outdir={tmp_path}")
-  cells = [json.loads(p.read_text()) for p in (tmp_path / "cells").glob("*.json")]
+             f"--outdir={tmp_path}", f"--cells={tmp_path}/cells")
+  cells = [json.loads(p.read_text()) for p in (tmp_path / "cells").glob("*/*.json")
+           if p.name != "setup.json"]
   assert len(cells) == 2 + 2 * 2 * 2   # standard × 2 seeds, α × α′ × 2 seeds
   with open(tmp_path / "results.csv", encoding="utf-8") as f:
     rows = list(csv.DictReader(f))
