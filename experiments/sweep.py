@@ -13,7 +13,8 @@ seed, α, α′) in one vmapped step; `--mode=separate` runs `train_and_evaluate
 cell (checkpoints under <outdir>/runs/). Writes, from every result present:
 results.csv (one row per cell), summary.csv and summary.md (mean ± std over
 seeds, Δ vs standard attention at the same depth with a 95 % paired t interval,
-and a verdict), and heatmap.png (α × α′ grid) when the grid has one.
+a Holm-corrected p-value over this preset's settings, and a verdict from it;
+RESULTS.md corrects over a whole row, which may hold several presets), and heatmap.png (α × α′ grid) when the grid has one.
 """
 
 import csv
