@@ -268,20 +268,26 @@ longer.
 
 
 def rounding_note():
-  """What rounding alone does to one setting (experiments/group_rounding.py)."""
+  """What rounding alone does to one setting (experiments/group_rounding.py): its
+  final accuracy per vmapped group size K (equal K gave equal bits)."""
   path = os.path.join(FLAGS.outdir, "group_rounding", "rounding.json")
   if not os.path.exists(path):
     return ""
   with open(path, encoding="utf-8") as f:
     data = json.load(f)
-  spans = "; ".join(f"seed {seed}: {s['min']:.4f} to {s['max']:.4f}"
-                    for seed, s in data["spread"].items())
-  sizes = sorted({g["K"] for g in data["groups"]})
-  return (f"\nRounding alone: one setting ({data['residual']}, α = α′ = {data['alpha']}, "
-          f"depth {data['depth']}, {data['steps']} steps) trained in vmapped groups of "
-          f"{', '.join(map(str, sizes))} runs ends at accuracy {spans} — the same seed, "
-          "data and init, only the group differs (`python experiments/group_rounding.py`, "
-          f"{path}). This spread is part of the seed-to-seed noise above.\n")
+  parts = []
+  for seed in sorted({g["seed"] for g in data["groups"]}):
+    by_k = {}
+    for g in (g for g in data["groups"] if g["seed"] == seed):
+      by_k.setdefault(g["K"], set()).add(round(g["accuracy"], 4))
+    parts.append(f"seed {seed}: " + ", ".join(
+        f"K = {k}: " + " / ".join(f"{a:.4f}" for a in sorted(v)) for k, v in sorted(by_k.items())))
+  return (f"\nRounding alone: one setting ({data['residual']}, α = α′ = {data['alpha']}, depth "
+          f"{data['depth']}, {data['steps']} steps) trained in vmapped groups of K runs, with "
+          f"the same seed, data and init, ends at accuracy {'; '.join(parts)} — groups of "
+          "equal K, whatever the mates, gave equal bits (`python experiments/group_rounding.py`,"
+          f" {path}). This spread is part of the seed-to-seed noise above; a cell keeps the "
+          "result of the group that trained it (its `mode`).\n")
 
 
 def cost_note(presets):

@@ -83,6 +83,11 @@ def test_results_report_reads_only_the_cells_present(tmp_path):
     store.write(cell, {"eval": {"accuracy": accuracy}, "seconds": 1.0, "profile": {
         m: [0.5 + 0.01 * cell["seed"]] * layers for m in ("rank_residual", "cosine",
                                                            "centred_cosine")}})
+  (tmp_path / "group_rounding").mkdir()
+  (tmp_path / "group_rounding" / "rounding.json").write_text(json.dumps(dict(
+      residual="convex", alpha=0.5, depth=6, steps=400, groups=[
+          dict(seed=2, K=1, accuracy=0.91362), dict(seed=2, K=2, accuracy=0.93871),
+          dict(seed=2, K=2, accuracy=0.93871), dict(seed=2, K=4, accuracy=0.88858)])))
   run_script("experiments/results.py", "--report_only", f"--outdir={tmp_path}",
              f"--results={tmp_path}/R.md")
   text = (tmp_path / "R.md").read_text()
@@ -94,4 +99,6 @@ def test_results_report_reads_only_the_cells_present(tmp_path):
   assert f"`{grid.cell_id(failed)}`: RuntimeError: out of memory" in text
   assert "29 of 30 cells finished" in text
   assert text.count("not yet run") >= 6 and (tmp_path / "rivals_noskip" / "profiles.png").exists()
-  assert sorted(p.name for p in tmp_path.iterdir()) == ["R.md", "cells", "rivals_noskip"]
+  assert "ends at accuracy seed 2: K = 1: 0.9136, K = 2: 0.9387, K = 4: 0.8886 —" in text
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["R.md", "cells", "group_rounding",
+                                                        "rivals_noskip"]
