@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mha_jax.launch import local, recipes
+from mha_jax.launch import clusters, local
 
 
 def _parser():
@@ -69,13 +69,13 @@ def main(argv=None):
       return local.run(command, args.processes, args.devices_per_process,
                        port=args.port or None, grace_s=args.grace_s)
     if args.target == "tpu":
-      return recipes.tpu(command, accelerator_type=args.accelerator_type, tpu_name=args.tpu,
+      return clusters.tpu(command, accelerator_type=args.accelerator_type, tpu_name=args.tpu,
                          zone=args.zone, project=args.project, create=args.create,
                          data_bucket=args.data_bucket, dry_run=args.dry_run)
     if args.target == "slurm":
-      return recipes.slurm(command, nodes=args.nodes, gpus_per_node=args.gpus_per_node,
+      return clusters.slurm(command, nodes=args.nodes, gpus_per_node=args.gpus_per_node,
                            per=args.per, dry_run=args.dry_run)
-    return recipes.gke(command, name=args.name, image=args.image, accelerator=args.accelerator,
+    return clusters.gke(command, name=args.name, image=args.image, accelerator=args.accelerator,
                        num_nodes=args.nodes, topology=args.topology, dry_run=args.dry_run)
   except ValueError as e:
     sys.exit(f"error: {e}")

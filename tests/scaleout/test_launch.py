@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from mha_jax import distributed
-from mha_jax.launch import recipes
+from mha_jax.launch import clusters
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -106,7 +106,7 @@ def test_local_needs_a_command(launch):
 
 @pytest.mark.parametrize("script", ["tpu_vm.sh", "slurm.sbatch"])
 def test_shell_recipes_parse(script):
-  subprocess.run(["bash", "-n", str(recipes.RECIPES / script)], check=True)
+  subprocess.run(["bash", "-n", str(clusters.RECIPES / script)], check=True)
 
 
 def test_tpu_dry_run_runs_the_command_on_every_worker(launch):
@@ -145,7 +145,7 @@ def test_slurm_dry_run(launch, per, processes, tasks):
     ("v4-32", 1, 4, "google.com/tpu", 4), ("v5litepod-16", 1, 4, "google.com/tpu", 4),
     ("H100-8", 3, 3, "nvidia.com/gpu", 8)])
 def test_gke_jobset_renders_valid_yaml(launch, accelerator, nodes, pods, resource, per_pod):
-  manifest, count = recipes.jobset_manifest(["python", "-m", "mha_jax.main", "--workdir=gs://w"],
+  manifest, count = clusters.jobset_manifest(["python", "-m", "mha_jax.main", "--workdir=gs://w"],
                                             name="mha", image="img:1", accelerator=accelerator,
                                             num_nodes=nodes)
   job = yaml.safe_load(manifest)

@@ -1,4 +1,4 @@
-"""Cluster recipes: each a file under recipes/ with the exact commands and
+"""Cluster launches: each fills a recipe file under recipes/ (the exact commands and
 environment; these functions fill in the sizes, say how many JAX processes the
 job will have, and either run it or (dry_run) print what they would run.
 
