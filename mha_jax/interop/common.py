@@ -187,3 +187,34 @@ def flat_shapes(param_structs):
 
 def unflatten(flat):
   return traverse_util.unflatten_dict(flat, sep="/")
+
+
+@dataclasses.dataclass(frozen=True)
+class ConfigField:
+  """One config.json field: its HF name, the mha_jax option it is (a StackConfig field
+  or the model's own, e.g. vocab_size), and the default HF assumes when it is absent
+  (REQUIRED: the config must have it)."""
+  theirs: str
+  ours: str
+  default: object = None
+
+
+REQUIRED = object()
+
+
+def import_config_fields(fields, config):
+  """mha_jax options from an HF config.json, by the family's field table."""
+  options = {}
+  for field in fields:
+    if field.theirs not in config and field.default is REQUIRED:
+      raise CheckpointError(f"config.json has no {field.theirs!r}")
+    options[field.ours] = config.get(field.theirs, None if field.default is REQUIRED
+                                     else field.default)
+  return options
+
+
+def export_config_fields(fields, model):
+  """config.json fields of `model` by the same table (the stack first, then the model)."""
+  def value(name):
+    return getattr(model.stack if hasattr(model.stack, name) else model, name)
+  return {field.theirs: value(field.ours) for field in fields}

@@ -7,6 +7,7 @@ The LM head is tied to `wte`, as in mha_jax's GPT (`embed.attend`).
 
 from __future__ import annotations
 
+from mha_jax.interop import common
 from mha_jax.interop.common import GELU, HEADS_BIAS, HEADS_IN, HEADS_OUT, Row, Table, dense, norm
 
 OURS, THEIRS = "decoder/layers_{i}/", "transformer.h.{i}."
@@ -35,6 +36,18 @@ TABLE = Table(
     prepare=_add_prefix)
 
 
+# config.json ↔ mha_jax options, both directions (n_inner None means 4·width).
+CONFIG_FIELDS = (
+    common.ConfigField("n_layer", "num_layers", common.REQUIRED),
+    common.ConfigField("n_embd", "width", common.REQUIRED),
+    common.ConfigField("n_head", "num_heads", common.REQUIRED),
+    common.ConfigField("n_inner", "mlp_dim", None),
+    common.ConfigField("layer_norm_epsilon", "norm_eps", 1e-5),
+    common.ConfigField("vocab_size", "vocab_size", common.REQUIRED),
+    common.ConfigField("n_positions", "max_len", common.REQUIRED),
+)
+
+
 def model_options(config):
   """mha_jax GPT options (num_layers, width, ...) from an HF GPT-2 config.json."""
   if config.get("scale_attn_by_inverse_layer_idx") or not config.get("scale_attn_weights", True):
@@ -43,11 +56,9 @@ def model_options(config):
   act = config.get("activation_function", "gelu_new")
   if act not in GELU:
     raise ValueError(f"GPT-2 activation_function={act!r}; supported: {sorted(GELU)}")
-  width = config["n_embd"]
-  return dict(num_layers=config["n_layer"], width=width, num_heads=config["n_head"],
-              mlp_dim=config.get("n_inner") or 4 * width, mlp=GELU[act],
-              norm_eps=config.get("layer_norm_epsilon", 1e-5),
-              vocab_size=config["vocab_size"], max_len=config["n_positions"])
+  options = common.import_config_fields(CONFIG_FIELDS, config)
+  options["mlp_dim"] = options["mlp_dim"] or 4 * options["width"]
+  return dict(options, mlp=GELU[act])
 
 
 def export_config(model):
@@ -55,8 +66,7 @@ def export_config(model):
   cfg = model.stack
   if cfg.mlp not in ("gelu_tanh", "gelu") or cfg.norm != "layernorm" or not cfg.use_bias:
     raise ValueError("only a GPT-2-shaped stack (layernorm, GELU MLP, biases) exports to HF GPT-2")
-  return dict(model_type="gpt2", architectures=["GPT2LMHeadModel"], n_layer=cfg.num_layers,
-              n_embd=cfg.width, n_head=cfg.num_heads, n_inner=cfg.mlp_dim,
+  return dict(model_type="gpt2", architectures=["GPT2LMHeadModel"],
+              **common.export_config_fields(CONFIG_FIELDS, model),
               activation_function="gelu_new" if cfg.mlp == "gelu_tanh" else "gelu",
-              layer_norm_epsilon=cfg.norm_eps, vocab_size=model.vocab_size,
-              n_positions=model.max_len, tie_word_embeddings=True)
+              tie_word_embeddings=True)

@@ -9,6 +9,7 @@ with transformers' `convert_llama_weights_to_hf` first.
 
 from __future__ import annotations
 
+from mha_jax.interop import common
 from mha_jax.interop.common import LINEAR, Row, Table, linear_block
 
 BLOCK_NAMES = {"attention_norm": "input_layernorm", "query": "self_attn.q_proj",
@@ -42,6 +43,18 @@ def rope_theta(config):
   return float(rope.get("rope_theta", config.get("rope_theta", 10000.0)))
 
 
+# config.json ↔ mha_jax options, both directions (rope_theta has its own reader).
+CONFIG_FIELDS = (
+    common.ConfigField("num_hidden_layers", "num_layers", common.REQUIRED),
+    common.ConfigField("hidden_size", "width", common.REQUIRED),
+    common.ConfigField("num_attention_heads", "num_heads", common.REQUIRED),
+    common.ConfigField("intermediate_size", "mlp_dim", common.REQUIRED),
+    common.ConfigField("rms_norm_eps", "norm_eps", 1e-6),
+    common.ConfigField("vocab_size", "vocab_size", common.REQUIRED),
+    common.ConfigField("max_position_embeddings", "max_len", 2048),
+)
+
+
 def model_options(config):
   """mha_jax LLaMA options from an HF LLaMA config.json."""
   heads, width = config["num_attention_heads"], config["hidden_size"]
@@ -54,10 +67,8 @@ def model_options(config):
     raise ValueError("LLaMA configs with attention_bias / mlp_bias are not supported")
   if config.get("hidden_act", "silu") != "silu":
     raise ValueError(f"LLaMA hidden_act={config['hidden_act']!r}; only 'silu' is supported")
-  return dict(num_layers=config["num_hidden_layers"], width=width, num_heads=heads,
-              mlp_dim=config["intermediate_size"], norm_eps=config.get("rms_norm_eps", 1e-6),
-              rope_theta=rope_theta(config), vocab_size=config["vocab_size"],
-              max_len=config.get("max_position_embeddings", 2048))
+  return dict(common.import_config_fields(CONFIG_FIELDS, config),
+              rope_theta=rope_theta(config))
 
 
 def export_config(model):
@@ -67,10 +78,8 @@ def export_config(model):
     raise ValueError("only a LLaMA-shaped stack (rmsnorm, SwiGLU, rope, no bias) "
                      "exports to HF LLaMA")
   return dict(model_type="llama", architectures=["LlamaForCausalLM"],
-              num_hidden_layers=cfg.num_layers, hidden_size=cfg.width,
-              num_attention_heads=cfg.num_heads, num_key_value_heads=cfg.num_heads,
-              intermediate_size=cfg.mlp_dim, rms_norm_eps=cfg.norm_eps, hidden_act="silu",
-              vocab_size=model.vocab_size, max_position_embeddings=model.max_len,
+              **common.export_config_fields(CONFIG_FIELDS, model),
+              num_key_value_heads=cfg.num_heads, hidden_act="silu",
               rope_theta=cfg.rope_theta,
               rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta},
               tie_word_embeddings=False, attention_bias=False, mlp_bias=False)

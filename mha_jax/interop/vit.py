@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 
+from mha_jax.interop import common
 from mha_jax.interop.common import (CONV, GELU, HEADS_BIAS, LINEAR, LINEAR_HEADS_IN,
                                     LINEAR_HEADS_OUT, Row, Table, dense, linear_block, norm)
 
@@ -68,6 +69,18 @@ def is_timm(state_dict):
   return "cls_token" in state_dict or "blocks.0.attn.qkv.weight" in state_dict
 
 
+# HF config.json ↔ mha_jax options, both directions (labels and activation apart).
+CONFIG_FIELDS = (
+    common.ConfigField("num_hidden_layers", "num_layers", common.REQUIRED),
+    common.ConfigField("hidden_size", "width", common.REQUIRED),
+    common.ConfigField("num_attention_heads", "num_heads", common.REQUIRED),
+    common.ConfigField("intermediate_size", "mlp_dim", common.REQUIRED),
+    common.ConfigField("layer_norm_eps", "norm_eps", 1e-12),
+    common.ConfigField("image_size", "image_size", 224),
+    common.ConfigField("patch_size", "patch_size", 16),
+)
+
+
 def model_options(config):
   """mha_jax ViT options from an HF ViT config.json or a timm one."""
   if "architecture" in config:
@@ -78,11 +91,8 @@ def model_options(config):
   if not config.get("qkv_bias", True):
     raise ValueError("ViT configs with qkv_bias=False are not supported")
   labels = config.get("id2label") or {str(i): i for i in range(config.get("num_labels", 2))}
-  return dict(num_layers=config["num_hidden_layers"], width=config["hidden_size"],
-              num_heads=config["num_attention_heads"], mlp_dim=config["intermediate_size"],
-              mlp=GELU[act], norm_eps=config.get("layer_norm_eps", 1e-12),
-              num_classes=len(labels), image_size=config.get("image_size", 224),
-              patch_size=config.get("patch_size", 16), pool="token")
+  return dict(common.import_config_fields(CONFIG_FIELDS, config), mlp=GELU[act],
+              num_classes=len(labels), pool="token")
 
 
 def timm_model_options(config):
@@ -121,10 +131,8 @@ def export_config(model, num_channels=3, timm=False):
                 num_classes=model.num_classes, num_features=cfg.width, global_pool="token",
                 model_args=args)
   return dict(model_type="vit", architectures=["ViTForImageClassification"],
-              num_hidden_layers=cfg.num_layers, hidden_size=cfg.width,
-              num_attention_heads=cfg.num_heads, intermediate_size=cfg.mlp_dim,
+              **common.export_config_fields(CONFIG_FIELDS, model),
               hidden_act="gelu" if cfg.mlp == "gelu" else "gelu_pytorch_tanh",
-              layer_norm_eps=cfg.norm_eps, image_size=model.image_size,
-              patch_size=model.patch_size, num_channels=num_channels, qkv_bias=True,
+              num_channels=num_channels, qkv_bias=True,
               id2label={str(i): f"LABEL_{i}" for i in range(model.num_classes)},
               label2id={f"LABEL_{i}": i for i in range(model.num_classes)})

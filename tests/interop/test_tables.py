@@ -60,3 +60,22 @@ def test_torch_reference_table_round_trips(family):
 def test_one_registry():
   assert set(pretrained.CONVERTERS) == set(models.FAMILIES)
   assert models.family_name(models.build_model("gpt2", **SHAPES)) == "gpt2"
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama", "vit"])
+def test_config_field_tables_round_trip(family):
+  """export_config then model_options gives back every option the table names."""
+  from mha_jax.interop import gpt2, llama, vit
+  from mha_jax.models import build_model
+  module = {"gpt2": gpt2, "llama": llama, "vit": vit}[family]
+  options = dict(num_layers=3, width=24, num_heads=4, mlp_dim=40)
+  extra = {"gpt2": dict(vocab_size=37, max_len=19), "llama": dict(vocab_size=37, max_len=19),
+           "vit": dict(num_classes=5, image_size=12, patch_size=4)}[family]
+  model = build_model(family, **options, **extra)
+  config = module.export_config(model)
+  back = module.model_options(config)
+  for field in module.CONFIG_FIELDS:
+    expected = getattr(model.stack, field.ours, None) if hasattr(model.stack, field.ours) \
+        else getattr(model, field.ours)
+    assert back[field.ours] == expected, field
+    assert config[field.theirs] == expected, field
