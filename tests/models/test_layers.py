@@ -179,9 +179,11 @@ def test_stack_unstack_round_trip_and_loop_init_layout():
   jax.tree.map(np.testing.assert_array_equal, restacked, looped)
 
 
-@pytest.mark.parametrize("kind", ["standard", "hopfield"])
+@pytest.mark.parametrize("kind", ["standard", "hopfield", "hopfield_energy"])
 def test_causality_gradient_after_t_is_exactly_zero(kind):
-  cfg = stack_config(kind=kind, h0="first_scores")
+  settings = {"hopfield": dict(h0="first_scores"),
+              "hopfield_energy": dict(energy_steps=2, separation="entmax")}.get(kind, {})
+  cfg = stack_config(kind=kind, **settings)
   x = jax.random.normal(jax.random.key(3), (1, LENGTH, WIDTH))
   mask = attention.causal_mask(LENGTH)
   params = init_stack(cfg, x, mask)
