@@ -160,7 +160,7 @@ def _dq_kernel(w_ref, q_ref, k_ref, v_ref, *refs, opts):
   @pl.when(k_tile == pl.num_programs(3) - 1)
   def _finish():
     for slot in range(gq_ref.shape[0]):
-      gq_ref[slot, 0, 0] = gq_scr[slot]
+      gq_ref[slot, 0, 0] = gq_scr[slot].astype(gq_ref.dtype)
 
 
 def _dkv_kernel(w_ref, q_ref, k_ref, v_ref, *refs, opts):
@@ -184,7 +184,7 @@ def _dkv_kernel(w_ref, q_ref, k_ref, v_ref, *refs, opts):
   @pl.when(q_tile == pl.num_programs(3) - 1)
   def _finish():
     for slot in range(gk_ref.shape[0]):
-      gk_ref[slot, 0, 0] = gk_scr[slot]
+      gk_ref[slot, 0, 0] = gk_scr[slot].astype(gk_ref.dtype)
     dv_ref[0, 0] = dv_scr[...].astype(dv_ref.dtype)
 
 
@@ -272,7 +272,9 @@ def forward(w, q, k, v, mask, opts):
 
 
 def backward(w, q, k, v, mask, o, lse, do, opts):
-  """(dq, dk, dv, dw) of `forward`'s O for the cotangent dO."""
+  """(G, Gᵏ, dV, dw) of `forward`'s O for the cotangent dO: G and Gᵏ are dq and dk
+  before the weights (dq_l = w_l G_l), in the inputs' dtype, so a caller can fold
+  the weighting into whatever consumes them."""
   slots, b, n, t, d = q.shape
   s_len = k.shape[3]
   delta = jnp.sum(do.astype(jnp.float32) * o.astype(jnp.float32), axis=-1, keepdims=True)
@@ -280,7 +282,7 @@ def backward(w, q, k, v, mask, o, lse, do, opts):
   gq = _call(
       _dq_kernel, (b, n, t // opts.block_q, s_len // opts.block_k),
       row_specs.inputs() + [row_specs.rows(), row_specs.rows(1), row_specs.rows(1)],
-      row_specs.query_slots(), jax.ShapeDtypeStruct(q.shape, jnp.float32),
+      row_specs.query_slots(), jax.ShapeDtypeStruct(q.shape, q.dtype),
       [(slots, opts.block_q, d)], opts,
       _cost(q, k, 2, 1, opts))(*_operands(w, q, k, v, mask, opts), do, lse, delta)
   col_specs = _Specs(slots, d, mask.shape, opts, rows_first=False)
@@ -288,12 +290,16 @@ def backward(w, q, k, v, mask, o, lse, do, opts):
       _dkv_kernel, (b, n, s_len // opts.block_k, t // opts.block_q),
       col_specs.inputs() + [col_specs.rows(), col_specs.rows(1), col_specs.rows(1)],
       [col_specs.key_slots(), col_specs.keys()],
-      [jax.ShapeDtypeStruct(k.shape, jnp.float32), jax.ShapeDtypeStruct(v.shape, v.dtype)],
+      [jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],
       [(slots, opts.block_k, d), (opts.block_k, d)], opts,
       _cost(q, k, 2, 2, opts))(*_operands(w, q, k, v, mask, opts), do, lse, delta)
-  w_col = w[:, None, None, None, None]
-  dw = jnp.sum(q.astype(jnp.float32) * gq, axis=(1, 2, 3, 4))
-  return (w_col * gq).astype(q.dtype), (w_col * gk).astype(k.dtype), dv, dw
+  dw = jnp.sum(q.astype(jnp.float32) * gq.astype(jnp.float32), axis=(1, 2, 3, 4))
+  return gq, gk, dv, dw
+
+
+def weighted(w, g):
+  """w_l · g_l over the slot axis, in g's dtype."""
+  return (w[:, None, None, None, None] * g.astype(jnp.float32)).astype(g.dtype)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
@@ -308,8 +314,8 @@ def _attend_fwd(w, q, k, v, mask, opts):
 
 def _attend_bwd(opts, residuals, do):
   w, q, k, v, mask, o, lse = residuals
-  dq, dk, dv, dw = backward(w, q, k, v, mask, o, lse, do, opts)
-  return dw, dq, dk, dv, None
+  gq, gk, dv, dw = backward(w, q, k, v, mask, o, lse, do, opts)
+  return dw, weighted(w, gq), weighted(w, gk), dv, None
 
 
 _attend.defvjp(_attend_fwd, _attend_bwd)
