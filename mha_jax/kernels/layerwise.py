@@ -21,8 +21,11 @@ so the residuals are the inputs, O and lse: O(W·T·D), nothing T×T. `causal`
 builds the causal mask in the kernel and skips the key tiles above the diagonal
 (their blocks are not even copied in); a dense `mask` may come on top.
 
-Rows with no allowed key get uniform weights over the visited key tiles (over all
-keys without `causal`, as attention.masked_softmax does).
+Key tiles with no allowed pair (above the diagonal under `causal`, or a dense
+mask block of zeros) are skipped, which halves the work of a causal mask. So a
+row with no allowed key at all gets uniform weights over the keys of the tiles
+its row block visits, or 0 when it visits none, where attention.masked_softmax
+spreads it over every key: the two agree wherever a row allows some key.
 
 Backends: Pallas interpret mode on CPU (tests), Mosaic on TPU (per shard inside
 `jax.shard_map`, see `per_shard`). GPU: layerwise_triton.py.
@@ -48,6 +51,7 @@ class Options(typing.NamedTuple):
   causal: bool
   has_mask: bool
   interpret: bool
+  backend: str = "mosaic"   # or "triton" (layerwise_triton.py); both interpret on CPU
 
 
 def tile(length, preferred):
@@ -67,11 +71,17 @@ def _visible(q_tile, k_tile, opts):
   return k_tile * opts.block_k <= q_tile * opts.block_q + opts.block_q - 1
 
 
-def _when_visible(q_tile, k_tile, opts):
-  """Decorator: run the tile's body only where it can hold an allowed pair."""
-  if not opts.causal:
+def _when_visible(q_tile, k_tile, mask_ref, opts):
+  """Decorator: run the tile's body only where it can hold an allowed pair (below
+  the diagonal under `causal`; a dense mask block with some nonzero entry)."""
+  conditions = []
+  if opts.causal:
+    conditions.append(_visible(q_tile, k_tile, opts))
+  if mask_ref is not None:
+    conditions.append(jnp.max(mask_ref[0, 0].astype(jnp.float32)) > 0)
+  if not conditions:
     return lambda body: body()
-  return pl.when(_visible(q_tile, k_tile, opts))
+  return pl.when(functools.reduce(jnp.logical_and, conditions))
 
 
 def _logits(w_ref, q_ref, k_ref):
@@ -113,7 +123,7 @@ def _forward_kernel(w_ref, q_ref, k_ref, v_ref, *refs, opts):
     l_scr[...] = jnp.zeros(l_scr.shape, jnp.float32)
     acc_scr[...] = jnp.zeros(acc_scr.shape, jnp.float32)
 
-  @_when_visible(q_tile, k_tile, opts)
+  @_when_visible(q_tile, k_tile, mask_ref, opts)
   def _accumulate():
     logits = _masked(_logits(w_ref, q_ref, k_ref), _allowed(mask_ref, q_tile, k_tile, opts))
     m_prev = m_scr[...]
@@ -127,8 +137,10 @@ def _forward_kernel(w_ref, q_ref, k_ref, v_ref, *refs, opts):
 
   @pl.when(k_tile == pl.num_programs(3) - 1)
   def _finish():
-    o_ref[0, 0] = (acc_scr[...] / l_scr[...]).astype(o_ref.dtype)
-    lse_ref[0, 0] = m_scr[...] + jnp.log(l_scr[...])
+    # l = 0: every tile of the row was skipped (no allowed key at all): output 0.
+    total = jnp.where(l_scr[...] > 0, l_scr[...], 1.0)
+    o_ref[0, 0] = (acc_scr[...] / total).astype(o_ref.dtype)
+    lse_ref[0, 0] = jnp.where(l_scr[...] > 0, m_scr[...] + jnp.log(total), jnp.inf)
 
 
 def _score_cotangent(w_ref, q_ref, k_ref, v_ref, mask_ref, do_ref, lse_ref, delta_ref,
@@ -150,7 +162,7 @@ def _dq_kernel(w_ref, q_ref, k_ref, v_ref, *refs, opts):
   def _init():
     gq_scr[...] = jnp.zeros(gq_scr.shape, jnp.float32)
 
-  @_when_visible(q_tile, k_tile, opts)
+  @_when_visible(q_tile, k_tile, mask_ref, opts)
   def _accumulate():
     _, ds = _score_cotangent(w_ref, q_ref, k_ref, v_ref, mask_ref, do_ref, lse_ref, delta_ref,
                              q_tile, k_tile, opts)
@@ -173,7 +185,7 @@ def _dkv_kernel(w_ref, q_ref, k_ref, v_ref, *refs, opts):
     gk_scr[...] = jnp.zeros(gk_scr.shape, jnp.float32)
     dv_scr[...] = jnp.zeros(dv_scr.shape, jnp.float32)
 
-  @_when_visible(q_tile, k_tile, opts)
+  @_when_visible(q_tile, k_tile, mask_ref, opts)
   def _accumulate():
     p, ds = _score_cotangent(w_ref, q_ref, k_ref, v_ref, mask_ref, do_ref, lse_ref, delta_ref,
                              q_tile, k_tile, opts)
@@ -258,8 +270,11 @@ def _operands(w, q, k, v, mask, opts):
 
 
 def forward(w, q, k, v, mask, opts):
-  """(O [B, N, T, D], lse [B, N, T, 1] float32) from slots q [W, B, N, T, D] and
-  k [W, B, N, S, D], weights w [W] float32, v [B, N, S, D]."""
+  """(O [B, N, T, D], lse float32 [B, N, T, 1] (Triton: [B, N, T])) from slots
+  q [W, B, N, T, D] and k [W, B, N, S, D], weights w [W] float32, v [B, N, S, D]."""
+  if opts.backend == "triton":
+    from mha_jax.kernels import layerwise_triton
+    return layerwise_triton.forward(w, q, k, v, mask, opts)
   slots, b, n, t, d = q.shape
   sp = _Specs(slots, d, mask.shape, opts, rows_first=True)
   return _call(
@@ -275,6 +290,9 @@ def backward(w, q, k, v, mask, o, lse, do, opts):
   """(G, Gᵏ, dV, dw) of `forward`'s O for the cotangent dO: G and Gᵏ are dq and dk
   before the weights (dq_l = w_l G_l), in the inputs' dtype, so a caller can fold
   the weighting into whatever consumes them."""
+  if opts.backend == "triton":
+    from mha_jax.kernels import layerwise_triton
+    return layerwise_triton.backward(w, q, k, v, mask, o, lse, do, opts)
   slots, b, n, t, d = q.shape
   s_len = k.shape[3]
   delta = jnp.sum(do.astype(jnp.float32) * o.astype(jnp.float32), axis=-1, keepdims=True)
@@ -344,27 +362,39 @@ def dense_mask(mask, length, s_len):
   return jnp.broadcast_to(mask, mask.shape[:2] + (length, s_len)).astype(jnp.int8)
 
 
-def options(length, s_len, *, has_mask, causal, block, interpret):
+def options(length, s_len, *, has_mask, causal, block, interpret, backend="mosaic"):
   if causal and length != s_len:
     raise ValueError(f"causal=True needs as many queries as keys, got {length} and {s_len}")
-  return Options(tile(length, block), tile(s_len, block), causal, has_mask, interpret)
+  if backend not in BACKENDS:
+    raise ValueError(f"backend={backend!r}; allowed: {BACKENDS}")
+  opts = Options(tile(length, block), tile(s_len, block), causal, has_mask, interpret, backend)
+  if backend == "triton":
+    from mha_jax.kernels import layerwise_triton
+    layerwise_triton.check_options(opts)
+  return opts
+
+
+BACKENDS = ("mosaic", "triton")
 
 
 def on_platform(fn, *args):
-  """fn(*args, interpret) with Pallas interpret mode on CPU and Mosaic on TPU,
-  chosen when lowered (so an AOT TPU compile on a CPU host gets Mosaic)."""
-  return jax.lax.platform_dependent(*args, cpu=lambda *a: fn(*a, True),
-                                    tpu=lambda *a: fn(*a, False))
+  """fn(*args, interpret, backend): Pallas interpret mode on CPU, Mosaic on TPU,
+  Triton on CUDA GPUs, chosen when lowered (so an AOT TPU compile on a CPU host
+  gets Mosaic)."""
+  return jax.lax.platform_dependent(*args, cpu=lambda *a: fn(*a, True, "mosaic"),
+                                    tpu=lambda *a: fn(*a, False, "mosaic"),
+                                    cuda=lambda *a: fn(*a, False, "triton"))
 
 
 def layerwise_attention(q_WxBxTxNxD, k_WxBxSxNxD, v_BxSxNxD, weights_W, *, mask=None,
-                        causal=False, block=128, interpret=None):
+                        causal=False, block=128, interpret=None, backend=None):
   """softmax(mask(Σ_l w_l q_l k_lᵀ)) V per head: out [B, T, N, D].
 
   q, k: the slots (e.g. every layer's queries and keys); weights [W] include the
   score scale. mask: True = may attend, broadcastable to [B, N, T, S]; `causal`
   adds the causal mask and skips the blocks above the diagonal. `block`:
-  preferred tile edge. `interpret` None: interpret on CPU, Mosaic on TPU.
+  preferred tile edge. `interpret`/`backend` None: by platform (`on_platform`);
+  interpret=True with backend "triton" runs the GPU kernels' logic on CPU.
   """
   length, s_len = q_WxBxTxNxD.shape[2], k_WxBxSxNxD.shape[2]
   weights_W = jnp.asarray(weights_W, jnp.float32)
@@ -373,9 +403,9 @@ def layerwise_attention(q_WxBxTxNxD, k_WxBxSxNxD, v_BxSxNxD, weights_W, *, mask=
                      f"{q_WxBxTxNxD.shape[0]} slots")
   mask_i8 = dense_mask(mask, length, s_len)
 
-  def run(w, q, k, v, m, interpret):
+  def run(w, q, k, v, m, interpret, backend):
     opts = options(length, s_len, has_mask=mask is not None, causal=causal, block=block,
-                   interpret=interpret)
+                   interpret=interpret, backend=backend)
     slot_spec = lambda b, h: jax.sharding.PartitionSpec(None, b, h, None, None)
     row_spec = lambda b, h: jax.sharding.PartitionSpec(b, h, None, None)
 
@@ -389,5 +419,8 @@ def layerwise_attention(q_WxBxTxNxD, k_WxBxSxNxD, v_BxSxNxD, weights_W, *, mask=
 
   args = (weights_W, jnp.swapaxes(q_WxBxTxNxD, 2, 3), jnp.swapaxes(k_WxBxSxNxD, 2, 3),
           jnp.swapaxes(v_BxSxNxD, 1, 2), mask_i8)
-  out = on_platform(run, *args) if interpret is None else run(*args, interpret)
+  if interpret is None:
+    out = on_platform(run, *args)
+  else:
+    out = run(*args, interpret, backend or "mosaic")
   return jnp.swapaxes(out, 1, 2)

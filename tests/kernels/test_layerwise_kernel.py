@@ -65,6 +65,18 @@ def test_kernel_equals_materialised_attention(causal, dense):
                value_and_grads(lambda *a: reference(*a, ref_mask), args))
 
 
+@pytest.mark.parametrize("causal", [False, True])
+def test_triton_schedule_equals_materialised_attention_in_interpret_mode(causal):
+  """The GPU kernels' program logic (layerwise_triton.py), run on CPU; the Triton
+  lowering itself needs a CUDA machine."""
+  args, mask = inputs(), padded_causal_mask()
+  ref_mask = mask
+  kernel = lambda q, k, v, w: layerwise.layerwise_attention(
+      q, k, v, w, mask=mask, causal=causal, block=8, interpret=True, backend="triton")
+  assert_close(value_and_grads(kernel, args),
+               value_and_grads(lambda *a: reference(*a, ref_mask), args))
+
+
 def test_zero_weight_slots_contribute_nothing_and_get_zero_gradients():
   """A layer that has not run yet sits in the buffer with weight 0: its values
   must not leak into the output, its q/k gradients must be 0."""
@@ -96,3 +108,26 @@ def test_bad_weights_and_causal_shapes_name_the_value():
     layerwise.layerwise_attention(q, k, v, w[:2])
   with pytest.raises(ValueError, match="causal=True needs"):
     layerwise.layerwise_attention(q, k[:, :, :8], v[:, :8], w, causal=True, block=8)
+  with pytest.raises(ValueError, match="block_q=12 is not a power of two"):
+    layerwise.layerwise_attention(q[:, :, :12], k[:, :, :12], v[:, :12], w, block=12,
+                                  interpret=True, backend="triton")
+
+
+def test_triton_kernels_lower_for_cuda_without_a_gpu():
+  """jax.export lowers the Pallas-Triton kernels to Triton IR for CUDA on this
+  CPU host (PTX is made by XLA on a GPU, which these machines lack): the GPU
+  branch of `on_platform` is traced, checked for Triton's power-of-two rules and
+  lowered, forward and both backward kernels."""
+  from jax import export
+  q = jax.ShapeDtypeStruct((3, 2, 256, 2, 64), jnp.bfloat16)
+  v = jax.ShapeDtypeStruct((2, 256, 2, 64), jnp.bfloat16)
+  w = jax.ShapeDtypeStruct((3,), jnp.float32)
+  loss = lambda q, k, v, w: jnp.sum(layerwise.layerwise_attention(
+      q, k, v, w, causal=True, block=64).astype(jnp.float32))
+  exported = export.export(
+      jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3))), platforms=["cuda"],
+      disabled_checks=[export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")])(
+          q, q, v, w)
+  module = exported.mlir_module()
+  for kernel in ("_forward_kernel", "_dq_kernel", "_dkv_kernel"):
+    assert f'name = "{kernel}"' in module
