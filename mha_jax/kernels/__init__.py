@@ -22,6 +22,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from mha_jax.kernels import factorized, fused, layerwise_stack
+from mha_jax.kernels.flash import flash_attention
 
 IMPLEMENTATIONS = ("naive", "factorized", "fused", "layerwise", "auto")
 

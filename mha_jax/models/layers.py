@@ -165,6 +165,9 @@ class SelfAttention(nn.Module):
       out_BxTxNxD, h_BxNxTxT = attention.hopfield_attention(
           q_BxTxNxD, k_BxTxNxD, v_BxTxNxD, h_prev, alpha_hidden=1.0, score_weight=1.0,
           restart=restart, **common)
+    elif att.implementation == "flash":
+      out_BxTxNxD, h_BxNxTxT = kernels.flash_attention(
+          q_BxTxNxD, k_BxTxNxD, v_BxTxNxD, mask=mask, scale=att.score_scale), None
     elif att.implementation != "naive":
       out_BxTxNxD, h_BxNxTxT = jax.nn.dot_product_attention(
           q_BxTxNxD, k_BxTxNxD, v_BxTxNxD, mask=mask, scale=att.score_scale,

@@ -26,11 +26,11 @@ H0_POLICIES = ("zeros", "first_scores", "noise")
 # How attention is computed, per kind. Standard: our einsum path, or
 # jax.nn.dot_product_attention (XLA, or cuDNN's fused flash kernel on GPU). MHA: see
 # mha_jax/kernels (materialised H, stacked features, fused Pallas kernel, or by shape).
-IMPLEMENTATIONS = {"standard": ("naive", "xla", "cudnn"),
+IMPLEMENTATIONS = {"standard": ("naive", "xla", "cudnn", "flash"),
                    "hopfield": ("naive", "factorized", "fused", "layerwise", "auto"),
                    "realformer": ("naive",),
                    "value_residual": ("naive",),
-                   "rezero": ("naive", "xla", "cudnn")}
+                   "rezero": ("naive", "xla", "cudnn", "flash")}
 HIDDEN_DTYPES = ("float32", "bfloat16")
 NORMS = ("layernorm", "rmsnorm")
 MLPS = ("gelu", "gelu_tanh", "swiglu")  # exact GELU (ViT), tanh GELU (GPT-2)
