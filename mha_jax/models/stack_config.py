@@ -89,8 +89,8 @@ class AttentionConfig:
       raise ValueError(f"attention.hidden_dtype={self.hidden_dtype!r} needs implementation "
                        f"'fused', got {self.implementation!r}")
     if self.implementation in ("factorized", "layerwise") and self.h0 == "noise":
-      raise ValueError(f"attention.implementation={self.implementation!r} cannot carry a random H_0 "
-                       "(h0='noise'); use 'naive', 'fused' or 'auto'")
+      raise ValueError(f"attention.implementation={self.implementation!r} cannot carry a "
+                       "random H_0 (h0='noise'); use 'naive', 'fused' or 'auto'")
     check_unit_interval("attention.alpha", self.alpha)
     check_unit_interval("attention.alpha_hidden", self.alpha_hidden)
     check_unit_interval("attention.value_residual_lambda", self.value_residual_lambda)
