@@ -7,8 +7,9 @@ split over the 4 chips, bf16 compute, full remat. Per row: XLA's memory analysis
 (arguments + outputs − aliased + temp, per device), FLOPs and bytes accessed
 (cost analysis; Pallas kernels count their own FLOPs) and the roofline time
 max(FLOPs / 197 TFLOP/s, bytes / 819 GB/s); ratios against standard flash at
-the same length. A configuration over v5e's 16 GiB HBM is a row with the bytes
-XLA says it needs ("does not fit"); any other compile error stops the script.
+the same length. A configuration over v5e's 16 GiB HBM is a row with the
+temporaries XLA says it needs ("does not fit"); any other compile error stops
+the script. The JSON is rewritten after every row.
 
     python benchmarks/layerwise_memory.py --json_out=benchmarks/results/layerwise_memory.json
     python benchmarks/layerwise_memory.py --quick      # CI: 2 layers, width 128, T = 256
@@ -92,11 +93,12 @@ def measure(mesh, row, length):
   try:
     compiled = compile_step(mesh, model, length)
   except Exception as e:  # noqa: BLE001 — only "does not fit" is a result; others re-raise
-    needed = re.search(r"Used ([\d.]+)([GM]) of", str(e))
+    needed = re.search(r"HLO temporaries \(([\d.]+)([GM])\)", str(e))
     if "RESOURCE_EXHAUSTED" not in str(e) or needed is None:
       raise
     scale = 1024 if needed.group(2) == "G" else 1
-    result.update(fits=False, per_device_mib=float(needed.group(1)) * scale)
+    result.update(fits=False, temp_mib=float(needed.group(1)) * scale)
+    print(result, flush=True)
     return result
   stats = compiled.memory_analysis()
   flops, bytes_accessed = _common.flops(compiled)
@@ -118,13 +120,16 @@ def add_ratios(rows):
                  and r["row"] == "standard_flash"), None)
     if base is None:
       continue
-    row["memory_x"] = row["per_device_mib"] / base["per_device_mib"]
+    row["temp_x"] = row["temp_mib"] / base["temp_mib"]
+    if "per_device_mib" in row:
+      row["memory_x"] = row["per_device_mib"] / base["per_device_mib"]
     if "roofline_ms" in row:
       row["roofline_x"] = row["roofline_ms"] / base["roofline_ms"]
 
 
 COLUMNS = [("length", "T", "{}"), ("row", "attention", "{}"), ("resolved", "runs", "{}"),
            ("per_device_mib", "MiB/device", "{:.0f}"), ("memory_x", "mem ×", "{:.2f}"),
+           ("temp_mib", "temp MiB", "{:.0f}"), ("temp_x", "temp ×", "{:.2f}"),
            ("fits", "fits", "{}"), ("roofline_ms", "roofline ms", "{:.1f}"),
            ("roofline_x", "time ×", "{:.2f}")]
 
@@ -134,11 +139,17 @@ def main(argv):
   if FLAGS.quick:
     FLAGS.lengths, FLAGS.batch = ["256"], 4
   mesh = tpu_mesh()
-  rows = [measure(mesh, row, length) for length in map(int, FLAGS.lengths)
-          for row in FLAGS.rows]
-  add_ratios(rows)
+  rows = []
+  for length in map(int, FLAGS.lengths):
+    for row in FLAGS.rows:
+      rows.append(measure(mesh, row, length))
+      add_ratios(rows)
+      write_results(rows)   # after every row: a long run keeps what it measured
   print("\nGPT-2 small train step (loss gradient), v5e:2x2, bf16, full remat, per device")
   _common.print_table(rows, COLUMNS)
+
+
+def write_results(rows):
   _common.write_json({
       "rows": rows, "topology": "v5e:2x2", "global_batch": FLAGS.batch,
       "model": "gpt2 " + ("quick " + str(QUICK_SIZE) if FLAGS.quick else "small"),
