@@ -13,6 +13,8 @@
                 naive for a random H_0 (h0="noise"), which has no factorised form,
                 and for cached decoding.
 
+Standard attention's `implementation="flash"` is `flash_attention` (flash.py).
+
 The models call `initial_state`, `hopfield_attention` and `hidden_state` with
 their AttentionConfig; this package knows only mha_jax.attention.
 """
@@ -22,7 +24,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from mha_jax.kernels import factorized, fused, layerwise_stack
-from mha_jax.kernels.flash import flash_attention
+from mha_jax.kernels.flash import flash_attention  # noqa: F401 — standard "flash"
 
 IMPLEMENTATIONS = ("naive", "factorized", "fused", "layerwise", "auto")
 
