@@ -63,13 +63,14 @@ class AttentionKind:
 KINDS = {kind.name: kind for kind in (
     AttentionKind(
         name="standard", label="standard", carries="nothing", reads=(),
-        implementations=("naive", "xla", "cudnn"), residual="x+u", score_update_flops=0,
-        rival=False, decode=True, torch_reference=True, hf_export=True),
+        implementations=("naive", "xla", "cudnn", "flash"), residual="x+u",
+        score_update_flops=0, rival=False, decode=True, torch_reference=True, hf_export=True),
     AttentionKind(
         name="hopfield", label="MHA",
-        carries="H [B, N, T, S] (naive, fused), or stacked Q̃, K̃ [B, T, N, W, D] (factorized)",
+        carries="H [B, N, T, S] (naive, fused), stacked Q̃, K̃ [B, T, N, W, D] (factorized), "
+                "or every layer's q, k [L, B, N, T, D] once (layerwise)",
         reads=("alpha", "residual") + _HIDDEN_CHAIN + _MHA_KERNEL_FIELDS + _RETRIEVAL,
-        implementations=("naive", "factorized", "fused", "auto"), residual="form",
+        implementations=("naive", "factorized", "fused", "layerwise", "auto"), residual="form",
         score_update_flops=3,   # α′·H + (1−α′)·s
         rival=False, decode=True, torch_reference=True, hf_export=True,
         citation="Masumura & Taki, NeurIPS 2025"),
@@ -86,7 +87,8 @@ KINDS = {kind.name: kind for kind in (
         hf_export=False, citation="Zhou et al., 2024, ResFormer"),
     AttentionKind(
         name="rezero", label="ReZero", carries="nothing", reads=(),
-        implementations=("naive", "xla", "cudnn"), residual="x+g·u", score_update_flops=0,
+        implementations=("naive", "xla", "cudnn", "flash"), residual="x+g·u",
+        score_update_flops=0,
         rival=True, decode=True, torch_reference=False, hf_export=False,
         citation="Bachlechner et al., 2021"),
     AttentionKind(

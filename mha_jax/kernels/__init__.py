@@ -5,9 +5,15 @@
                 dot-product attention per layer; `hidden_window` W keeps W layers.
     fused       fused.py: one Pallas kernel per layer that reads H_{n−1}, writes
                 H_n, and never stores the attention probabilities.
-    auto        `resolve`: factorized when the carried features are smaller than
-                H, i.e. T > W·D (W = window or depth, D = head dim), else naive;
-                naive for a random H_0 (h0="noise"), which has no factorised form.
+    layerwise   layerwise.py + layerwise_stack.py: each layer's q, k stored once
+                ([L, B, N, T, D]) and a flash kernel over Σ_l w_l q_l k_lᵀ; the
+                stack runs a collect pass, then the differentiated replay pass.
+    auto        `resolve`: layerwise when the stored features are wider than H,
+                i.e. T > W·D (W = window or depth, D = head dim), else naive;
+                naive for a random H_0 (h0="noise"), which has no factorised form,
+                and for cached decoding.
+
+Standard attention's `implementation="flash"` is `flash_attention` (flash.py).
 
 The models call `initial_state`, `hopfield_attention` and `hidden_state` with
 their AttentionConfig; this package knows only mha_jax.attention.
@@ -17,7 +23,9 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from mha_jax.kernels import factorized, fused
+from mha_jax.kernels import factorized, fused, layerwise_stack
+from mha_jax.kernels.flash import flash_attention  # noqa: F401 — standard "flash"
+
 
 def window_slots(att, num_layers):
   """How many layers' features the factorised carry keeps."""
@@ -25,29 +33,42 @@ def window_slots(att, num_layers):
   return num_layers if not window or window >= num_layers else window
 
 
-def resolve(att, num_layers, length, head_dim):
-  """The implementation `auto` stands for at this shape (others map to themselves)."""
+def resolve(att, num_layers, length, head_dim, decode=False):
+  """The implementation `auto` stands for at this shape (others map to themselves;
+  layerwise, a two-pass stack, decodes one token at a time as naive)."""
   if att.kind != "hopfield":
+    return "naive"
+  if att.implementation == "layerwise" and decode:
     return "naive"
   if att.implementation != "auto":
     return att.implementation
-  if att.h0 == "noise" or length <= window_slots(att, num_layers) * head_dim:
+  if att.h0 == "noise" or decode or length <= window_slots(att, num_layers) * head_dim:
     return "naive"
-  return "factorized"
+  return "layerwise"
 
 
-def initial_state(att, num_layers, batch, length, num_heads, head_dim, dtype):
-  """The factorised carry before layer 1, or None where the layers carry H."""
-  if resolve(att, num_layers, length, head_dim) != "factorized":
+def initial_state(att, num_layers, batch, length, num_heads, head_dim, dtype, decode=False,
+                  replay=False):
+  """The factorised carry or the layer-wise buffers (sinks with `replay`) before
+  layer 1, or None where the layers carry H."""
+  impl = resolve(att, num_layers, length, head_dim, decode)
+  if impl == "layerwise":
+    return layerwise_stack.initial_state(batch, length, num_heads, head_dim, num_layers, dtype,
+                                         replay=replay)
+  if impl != "factorized":
     return None
   return factorized.initial_state(batch, length, num_heads, head_dim,
                                   window_slots(att, num_layers), dtype)
 
 
 def hopfield_attention(att, num_layers, q_BxTxNxD, k_BxSxNxD, v_BxSxNxD, state, *, restart,
-                       mask):
-  """One MHA layer by the configured implementation: (out [B, T, N, D], next state)."""
+                       mask, final_layers=None):
+  """One MHA layer by the configured implementation: (out [B, T, N, D], next state).
+  layerwise: the collect pass, or with `final_layers` (its buffers) the replay."""
   impl = resolve(att, num_layers, q_BxTxNxD.shape[1], q_BxTxNxD.shape[-1])
+  if impl == "layerwise":
+    return _layerwise(att, num_layers, q_BxTxNxD, k_BxSxNxD, v_BxSxNxD, state, att.chain_start,
+                      mask, final_layers)
   common = dict(alpha_hidden=state.get("alpha_hidden", att.alpha_hidden), restart=restart,
                 h0=att.chain_start, mask=mask, scale=att.score_scale)
   if impl == "factorized":
@@ -58,11 +79,26 @@ def hopfield_attention(att, num_layers, q_BxTxNxD, k_BxSxNxD, v_BxSxNxD, state, 
   return out, {"hidden": h}
 
 
+def _layerwise(att, num_layers, q_BxTxNxD, k_BxTxNxD, v_BxTxNxD, state, h0, mask,
+               final_layers):
+  scale = q_BxTxNxD.shape[-1] ** -0.5 if att.score_scale is None else att.score_scale
+  weights_LxL = layerwise_stack.weight_matrix(
+      state.get("alpha_hidden", att.alpha_hidden), num_layers, h0=h0,
+      reset_every=att.reset_every, window=window_slots(att, num_layers), scale=scale)
+  if final_layers is None:
+    return layerwise_stack.collect_attention(q_BxTxNxD, k_BxTxNxD, v_BxTxNxD, state,
+                                             weights_LxL, mask=mask)
+  return layerwise_stack.replay_attention(q_BxTxNxD, k_BxTxNxD, v_BxTxNxD, state, final_layers,
+                                          weights_LxL, mask=mask)
+
+
 def hidden_state(state):
-  """H_n of a layer's state, built from the factorised features if need be; None
-  for attention without a hidden state."""
+  """H_n of a layer's state, built from the factorised features or the layer-wise
+  buffers if need be; None for attention without a hidden state."""
   if "hidden" in state:
     return state["hidden"]
+  if "hidden_weights" in state:
+    return layerwise_stack.hidden_state(state)
   if all(key in state for key in factorized.STATE_KEYS):
     return factorized.hidden_state(state)
   return None

@@ -130,10 +130,11 @@ class SelfAttention(nn.Module):
   decode: bool = False
 
   @nn.compact
-  def __call__(self, x_BxTxD, state, restart, mask, deterministic, positions_BxT=None):
+  def __call__(self, x_BxTxD, state, restart, mask, deterministic, positions_BxT=None,
+               final_layers=None):
     """state: what this attention kind carries between layers (see `initial_state`);
     returns (y [B, T, D], the next layer's state). Under `decode` the state's H
-    holds only the new rows, [B, N, T, S]."""
+    holds only the new rows, [B, N, T, S]. final_layers: layerwise MHA's replay."""
     cfg, att = self.cfg, self.cfg.attention
     h_prev = state.get("hidden")
     new_state = dict(state)   # keys this kind does not update ride along unchanged
@@ -157,10 +158,11 @@ class SelfAttention(nn.Module):
     use_dropout = not deterministic and cfg.attention_dropout > 0
     common = dict(mask=mask, scale=att.score_scale, dropout_rate=cfg.attention_dropout,
                   dropout_rng=self.make_rng("dropout") if use_dropout else None)
-    if kernels.resolve(att, cfg.num_layers, x_BxTxD.shape[1], cfg.head_dim) != "naive":
+    if kernels.resolve(att, cfg.num_layers, x_BxTxD.shape[1], cfg.head_dim,
+                       self.decode) != "naive":
       out_BxTxNxD, kernel_state = kernels.hopfield_attention(
           att, cfg.num_layers, q_BxTxNxD, k_BxTxNxD, v_BxTxNxD, state, restart=restart,
-          mask=mask)
+          mask=mask, final_layers=final_layers)
       new_state.update(kernel_state)
       h_BxNxTxT = new_state.pop("hidden", None)
     elif att.kind == "hopfield":
@@ -179,6 +181,9 @@ class SelfAttention(nn.Module):
       out_BxTxNxD, h_BxNxTxT = attention.hopfield_attention(
           q_BxTxNxD, k_BxTxNxD, v_BxTxNxD, h_prev, alpha_hidden=1.0, score_weight=1.0,
           restart=restart, **common)
+    elif att.implementation == "flash":
+      out_BxTxNxD, h_BxNxTxT = kernels.flash_attention(
+          q_BxTxNxD, k_BxTxNxD, v_BxTxNxD, mask=mask, scale=att.score_scale), None
     elif att.implementation != "naive":
       out_BxTxNxD, h_BxNxTxT = jax.nn.dot_product_attention(
           q_BxTxNxD, k_BxTxNxD, v_BxTxNxD, mask=mask, scale=att.score_scale,
@@ -230,14 +235,23 @@ class Block(nn.Module):
   decode: bool = False
 
   @nn.compact
-  def __call__(self, carry, restart, mask, deterministic, positions_BxT=None):
+  def __call__(self, carry, restart, mask, deterministic, positions_BxT=None,
+               layerwise_inputs=None):
+    """layerwise_inputs: layerwise MHA's {"final_layers": buffers} (replay pass)
+    and {"dropout_key": key}, which both passes use so their masks agree."""
     cfg, att = self.cfg, self.cfg.attention
     x_BxTxD, state = carry
+    layerwise_inputs = layerwise_inputs or {}
     dropout = nn.Dropout(cfg.dropout, deterministic=deterministic)
+    if "dropout_key" in layerwise_inputs:
+      layer_key = jax.random.fold_in(layerwise_inputs["dropout_key"], state["layer"])
+      drop = lambda y, stream: dropout(y, rng=jax.random.fold_in(layer_key, stream))
+    else:
+      drop = lambda y, stream: dropout(y)
     u_BxTxD, state = SelfAttention(cfg, self.decode, name="attention")(
         make_norm(cfg, "attention_norm")(x_BxTxD), state, restart, mask, deterministic,
-        positions_BxT)
-    u_BxTxD = dropout(u_BxTxD)
+        positions_BxT, layerwise_inputs.get("final_layers"))
+    u_BxTxD = drop(u_BxTxD, 0)
     if not cfg.skip_connections:
       x_BxTxD = u_BxTxD
     elif att.kind == "hopfield":
@@ -249,7 +263,7 @@ class Block(nn.Module):
       x_BxTxD = attention.gated_residual(x_BxTxD, u_BxTxD, gate)
     else:
       x_BxTxD = x_BxTxD + u_BxTxD
-    mlp_BxTxD = dropout(Mlp(cfg, name="mlp")(make_norm(cfg, "mlp_norm")(x_BxTxD)))
+    mlp_BxTxD = drop(Mlp(cfg, name="mlp")(make_norm(cfg, "mlp_norm")(x_BxTxD)), 1)
     x_BxTxD = x_BxTxD + mlp_BxTxD if cfg.skip_connections else mlp_BxTxD
     x_BxTxD = nn.with_logical_constraint(x_BxTxD, ("batch", "length", "embed"))
     outputs = None
@@ -265,17 +279,19 @@ OVERRIDES = "attention_overrides"     # variable collection read by LayerStack
 OVERRIDABLE = ("alpha", "alpha_hidden")
 
 
-def initial_state(cfg: StackConfig, batch, length, positions_BxT=None, key_positions_BxS=None):
+def initial_state(cfg: StackConfig, batch, length, positions_BxT=None, key_positions_BxS=None,
+                  decode=False, replay=False):
   """The attention state before layer 1: {} for standard attention and ReZero,
-  {"value_first": placeholder V_1} for the value residual, else {"hidden": H_0}
-  ([B, N, T, S]; see `attention.initial_hidden_state` for the positions)."""
+  {"value_first": placeholder V_1} for the value residual, a kernel's carry (see
+  `kernels.initial_state`), else {"hidden": H_0} ([B, N, T, S]; see
+  `attention.initial_hidden_state` for the positions)."""
   att = cfg.attention
   if kinds.get(att.kind).carries == "nothing":
     return {}
   if att.kind == "value_residual":   # replaced by layer 1's values (restart flag)
     return {"value_first": jnp.zeros((batch, length, cfg.num_heads, cfg.head_dim), cfg.dtype)}
   stacked = kernels.initial_state(att, cfg.num_layers, batch, length, cfg.num_heads,
-                                  cfg.head_dim, cfg.dtype)
+                                  cfg.head_dim, cfg.dtype, decode, replay)
   if stacked is not None:
     return stacked
   h0 = attention.initial_hidden_state(
@@ -325,22 +341,42 @@ class LayerStack(nn.Module):
       # 0 = self, 1 = carry, 2 = restart, 3 = mask, 4 = deterministic (static), 5 = positions.
       block = nn.remat(Block, prevent_cse=not cfg.scan_layers, static_argnums=(4,),
                        policy=REMAT_POLICIES[cfg.remat_policy])
-    carry = (x_BxTxD, {**initial_state(cfg, batch, length, positions, key_positions),
-                       **self.overrides()})
     if cfg.scan_layers:
       stack = nn.scan(block,
                       variable_axes={"params": 0, "cache": 0},
                       split_rngs={"params": True, "dropout": True},
-                      in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast),  # restart per layer
+                      in_axes=(0,) + (nn.broadcast,) * 4,  # restart per layer
                       length=cfg.num_layers,
                       metadata_params={nn.PARTITION_NAME: "layers"})
-      carry, outputs = stack(cfg, return_intermediates, decode, name="layers")(
-          carry, restarts_L, mask, deterministic, positions)
+      stack = stack(cfg, return_intermediates, decode, name="layers")
     else:
-      per_layer = []
-      for i in range(cfg.num_layers):
-        carry, out = block(cfg, return_intermediates, decode, name=f"layers_{i}")(
-            carry, restarts_L[i], mask, deterministic, positions)
-        per_layer.append(out)
-      outputs = jax.tree.map(lambda *xs: jnp.stack(xs), *per_layer) if return_intermediates else None
+      blocks = [block(cfg, return_intermediates, decode, name=f"layers_{i}")
+                for i in range(cfg.num_layers)]
+
+      def stack(carry, restarts, *args):
+        per_layer = []
+        for i, layer in enumerate(blocks):
+          carry, out = layer(carry, restarts[i], *args)
+          per_layer.append(out)
+        return carry, (jax.tree.map(lambda *xs: jnp.stack(xs), *per_layer)
+                       if return_intermediates else None)
+
+    def run(replay=False, layerwise_inputs=None):
+      state = initial_state(cfg, batch, length, positions, key_positions, decode, replay)
+      return stack((x_BxTxD, {**state, **self.overrides()}), restarts_L, mask, deterministic,
+                   positions, layerwise_inputs)
+
+    if kernels.resolve(cfg.attention, cfg.num_layers, length, cfg.head_dim,
+                       decode) != "layerwise":
+      carry, outputs = run()
+      return carry[0], outputs
+    # Layerwise MHA (kernels/layerwise_stack.py): a collect pass fills every layer's
+    # q, k buffers; the differentiated replay reads them; intermediates from the first.
+    shared = {}
+    if not deterministic and cfg.dropout:
+      shared["dropout_key"] = self.make_rng("dropout")
+    carry, outputs = run(layerwise_inputs=shared)
+    final_layers = {key: jax.lax.stop_gradient(carry[1][key])
+                    for key in ("query_layers", "key_layers")}
+    carry, _ = run(replay=True, layerwise_inputs={**shared, "final_layers": final_layers})
     return carry[0], outputs

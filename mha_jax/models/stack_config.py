@@ -86,15 +86,15 @@ class AttentionConfig:
     check_choice("attention.hidden_dtype", self.hidden_dtype, HIDDEN_DTYPES)
     if self.hidden_window < 0:
       raise ValueError(f"attention.hidden_window={self.hidden_window} must be >= 0")
-    if self.hidden_window and self.implementation not in ("factorized", "auto"):
+    if self.hidden_window and self.implementation not in ("factorized", "layerwise", "auto"):
       raise ValueError(f"attention.hidden_window={self.hidden_window} needs implementation "
-                       f"'factorized' or 'auto', got {self.implementation!r}")
+                       f"'factorized', 'layerwise' or 'auto', got {self.implementation!r}")
     if self.hidden_dtype != "float32" and self.implementation != "fused":
       raise ValueError(f"attention.hidden_dtype={self.hidden_dtype!r} needs implementation "
                        f"'fused', got {self.implementation!r}")
-    if self.implementation == "factorized" and self.h0 == "noise":
-      raise ValueError("attention.implementation='factorized' cannot carry a random H_0 "
-                       "(h0='noise'); use 'naive', 'fused' or 'auto'")
+    if self.implementation in ("factorized", "layerwise") and self.h0 == "noise":
+      raise ValueError(f"attention.implementation={self.implementation!r} cannot carry a "
+                       "random H_0 (h0='noise'); use 'naive', 'fused' or 'auto'")
     check_unit_interval("attention.alpha", self.alpha)
     check_unit_interval("attention.alpha_hidden", self.alpha_hidden)
     check_unit_interval("attention.value_residual_lambda", self.value_residual_lambda)

@@ -24,17 +24,19 @@ def att(**kw):
     (dict(kind="hopfield", implementation="naive", hidden_dtype="bfloat16"), "hidden_dtype"),
     (dict(kind="hopfield", implementation="fused", hidden_dtype="float16"), "float16"),
     (dict(kind="hopfield", implementation="factorized", h0="noise"), "noise"),
+    (dict(kind="hopfield", implementation="layerwise", h0="noise"), "noise"),
+    (dict(kind="hopfield", implementation="naive", hidden_window=3), "'layerwise'"),
 ])
 def test_bad_implementation_options_name_the_value(kw, message):
   with pytest.raises(ValueError, match=message):
     stack_config.AttentionConfig(**kw)
 
 
-def test_auto_picks_factorized_when_the_features_are_smaller_than_h():
+def test_auto_picks_layerwise_when_the_features_are_smaller_than_h():
   # depth 4, head dim 16: the stacked features are 64 wide.
   assert kernels.resolve(att(implementation="auto"), 4, 64, 16) == "naive"
-  assert kernels.resolve(att(implementation="auto"), 4, 65, 16) == "factorized"
-  assert kernels.resolve(att(implementation="auto", hidden_window=2), 4, 33, 16) == "factorized"
+  assert kernels.resolve(att(implementation="auto"), 4, 65, 16) == "layerwise"
+  assert kernels.resolve(att(implementation="auto", hidden_window=2), 4, 33, 16) == "layerwise"
   assert kernels.resolve(att(implementation="auto", h0="noise"), 4, 4096, 16) == "naive"
   assert kernels.resolve(att(implementation="fused"), 4, 8, 16) == "fused"
 

@@ -30,7 +30,7 @@ def train_losses(implementation, workdir):
   return [row["loss"] for row in rows if row["split"] == "train"]
 
 
-@pytest.mark.parametrize("implementation", ["factorized", "fused"])
+@pytest.mark.parametrize("implementation", ["factorized", "fused", "layerwise"])
 def test_implementation_trains_sharded_like_naive(implementation, tmp_path_factory):
   reference = train_losses("naive", str(tmp_path_factory.getbasetemp() / "naive"))
   losses = train_losses(implementation, str(tmp_path_factory.mktemp(implementation)))
