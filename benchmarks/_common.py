@@ -125,3 +125,27 @@ def compiled_steps(model, inputs, labels):
   step = jax.jit(train_step, donate_argnums=(0, 1)).lower(params, opt_state).compile()
   forward = jax.jit(lambda p: model.apply({"params": p}, inputs)[0]).lower(params).compile()
   return step, forward, params, opt_state
+
+
+def compiled_lm_gradient(mesh, model, length, batch):
+  """The loss gradient of a language model on a batch-sharded global batch of
+  [batch, length] tokens, parameters replicated, lowered for `mesh` and compiled
+  (for TPU topologies: libtpu on this host)."""
+  import flax.linen as nn
+  import jax
+  import jax.numpy as jnp
+  from jax.sharding import NamedSharding, PartitionSpec as P
+  from mha_jax.train import sharding
+  tokens = jax.ShapeDtypeStruct((batch, length), jnp.int32,
+                                sharding=NamedSharding(mesh, P(sharding.BATCH_AXES)))
+  params = jax.eval_shape(lambda: nn.unbox(model.init(jax.random.key(0), jnp.zeros(
+      (1, length), jnp.int32))["params"]))
+  params = jax.tree.map(lambda p: jax.ShapeDtypeStruct(p.shape, p.dtype,
+                                                       sharding=NamedSharding(mesh, P())), params)
+
+  def loss(params, tokens):
+    logits = model.apply({"params": params}, tokens)[0]
+    return -jnp.mean(jax.nn.log_softmax(logits)[..., 0])
+
+  with sharding.step_context(mesh, sharding.DEFAULT_RULES):
+    return jax.jit(jax.value_and_grad(loss)).lower(params, tokens).compile()

@@ -29,11 +29,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from absl import app, flags  # noqa: E402
 import flax  # noqa: E402
-import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 from jax.experimental import topologies  # noqa: E402
-from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 
 import _common  # noqa: E402
 from mha_jax import kernels  # noqa: E402
@@ -66,23 +63,6 @@ def model_for(row, length):
                     attention=att, **size)
 
 
-def compile_step(mesh, model, length):
-  """The loss gradient of `model` on a global batch, compiled for the mesh."""
-  tokens = jax.ShapeDtypeStruct((FLAGS.batch, length), jnp.int32,
-                                sharding=NamedSharding(mesh, P(sharding.BATCH_AXES)))
-  params = jax.eval_shape(lambda: nn.unbox(model.init(jax.random.key(0), jnp.zeros(
-      (1, length), jnp.int32))["params"]))
-  params = jax.tree.map(lambda p: jax.ShapeDtypeStruct(p.shape, p.dtype,
-                                                       sharding=NamedSharding(mesh, P())), params)
-
-  def loss(params, tokens):
-    logits = model.apply({"params": params}, tokens)[0]
-    return -jnp.mean(jax.nn.log_softmax(logits)[..., 0])
-
-  with sharding.step_context(mesh, sharding.DEFAULT_RULES):
-    return jax.jit(jax.value_and_grad(loss)).lower(params, tokens).compile()
-
-
 def measure(mesh, row, length):
   model = model_for(row, length)
   cfg = model.stack
@@ -91,7 +71,7 @@ def measure(mesh, row, length):
       if cfg.attention.kind == "hopfield" else cfg.attention.implementation)}
   start = time.time()
   try:
-    compiled = compile_step(mesh, model, length)
+    compiled = _common.compiled_lm_gradient(mesh, model, length, FLAGS.batch)
   except Exception as e:  # noqa: BLE001 — only "does not fit" is a result; others re-raise
     needed = re.search(r"HLO temporaries \(([\d.]+)([GM])\)", str(e))
     if "RESOURCE_EXHAUSTED" not in str(e) or needed is None:

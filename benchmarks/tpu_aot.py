@@ -33,7 +33,6 @@ os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")        # other processe
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from absl import app, flags  # noqa: E402
-import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from jax.experimental import topologies  # noqa: E402
@@ -80,19 +79,7 @@ def model_step(mesh, length, implementation):
   size = dict(num_layers=2, width=128, num_heads=2, vocab_size=512) if FLAGS.quick else {}
   model = gpt.create("small", max_len=length, dtype="bfloat16", remat_policy="full",
                      attention=att, **size)
-  tokens = jax.ShapeDtypeStruct((FLAGS.batch, length), jnp.int32,
-                                sharding=NamedSharding(mesh, P(sharding.BATCH_AXES)))
-  params = jax.eval_shape(lambda: nn.unbox(model.init(jax.random.key(0), jnp.zeros(
-      (1, length), jnp.int32))["params"]))
-  params = jax.tree.map(lambda p: jax.ShapeDtypeStruct(p.shape, p.dtype,
-                                                       sharding=NamedSharding(mesh, P())), params)
-
-  def loss(params, tokens):
-    logits = model.apply({"params": params}, tokens)[0]
-    return -jnp.mean(jax.nn.log_softmax(logits)[..., 0])
-
-  with sharding.step_context(mesh, sharding.DEFAULT_RULES):
-    return jax.jit(jax.value_and_grad(loss)).lower(params, tokens).compile()
+  return _common.compiled_lm_gradient(mesh, model, length, FLAGS.batch)
 
 
 def attention_layer(mesh, length, kind, slots=1):

@@ -16,7 +16,6 @@ import re
 import jax
 import numpy as np
 
-from mha_jax import chips
 from mha_jax import data as data_lib
 from mha_jax import flops as flops_lib
 from mha_jax.aot import topology as topology_lib
