@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from flax.core import meta
 
 from mha_jax import nnx as mha_nnx
 from mha_jax.models import param_layout
@@ -56,8 +57,9 @@ def test_loads_the_other_layer_layout(tiny, module_scanned):
   tokens = tiny.model_input("llama")
   params = tiny.linen_params(linen, tokens)
   mha_nnx.load_linen_params(module, params)
+  # Scan and loop are compiled apart: equal to rounding, not bit for bit.
   np.testing.assert_allclose(module(tokens)[0], linen.apply({"params": params}, tokens)[0],
-                             atol=1e-6, rtol=0)
+                             atol=1e-5, rtol=0)
   convert = (param_layout.stack_layer_params if module_scanned
              else param_layout.unstack_layer_params)
   loaded = nnx.to_pure_dict(nnx.state(module, nnx.Param))
@@ -69,9 +71,9 @@ def test_a_boxed_variables_dict_loads(tiny):
   images = tiny.model_input("vit")
   boxed = jax.eval_shape(linen.init, jax.random.key(0), images)
   params = tiny.linen_params(linen, images)
-  variables = {"params": jax.tree.map(lambda box, value: box.replace_boxed(value),
-                                      boxed["params"], params,
-                                      is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))}
+  variables = {"params": meta.replace_boxed(boxed["params"], params)}
+  assert any(isinstance(leaf, nn.LogicallyPartitioned) for leaf in jax.tree.leaves(
+      variables, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned)))
   mha_nnx.load_linen_params(module, variables)
   np.testing.assert_allclose(module(images)[0], linen.apply({"params": params}, images)[0],
                              atol=1e-6, rtol=0)
