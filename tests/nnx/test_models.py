@@ -11,6 +11,7 @@ from flax.core import meta
 
 from mha_jax import nnx as mha_nnx
 from mha_jax.models import param_layout
+from mha_jax.train import sharding
 
 HOPFIELD = {"kind": "hopfield", "alpha": 0.3, "alpha_hidden": 0.7}
 CASES = [("gpt2", {"kind": kind}) for kind in ("standard", "realformer", "value_residual",
@@ -130,3 +131,33 @@ def test_bad_params_and_arguments_are_one_value_error(tiny):
     mha_nnx.build_model("bert", rngs=nnx.Rngs(0))
   with pytest.raises(ValueError, match="kind is 'standard', which reads no α"):
     mha_nnx.set_attention_overrides(build(tiny, "gpt2"), alpha=0.1)
+
+
+def test_sharded_module_keeps_its_shardings_when_loading(tiny):
+  # The Params' logical names, mapped by the train package's rules onto 8 CPU devices.
+  module = build(tiny, "gpt2", attention=HOPFIELD)
+  linen = tiny.linen_model("gpt2", attention=HOPFIELD)
+  tokens = tiny.model_input("gpt2", batch=8)
+  params = tiny.linen_params(linen, tokens)
+  mesh = sharding.make_mesh({"data": 2, "fsdp": 4, "tensor": 1})
+  is_spec = lambda x: isinstance(x, jax.sharding.PartitionSpec)  # noqa: E731
+  logical = nnx.to_pure_dict(nnx.get_partition_spec(nnx.state(module, nnx.Param)))
+  shardings = jax.tree.map(lambda spec: jax.sharding.NamedSharding(mesh, spec),
+                           nn.logical_to_mesh(logical, sharding.DEFAULT_RULES), is_leaf=is_spec)
+  state = nnx.state(module, nnx.Param)
+  nnx.replace_by_pure_dict(state, jax.tree.map(jax.device_put, nnx.to_pure_dict(state),
+                                               shardings))
+  nnx.update(module, state)
+  mha_nnx.load_linen_params(module, jax.tree.map(np.asarray, params))
+  loaded = nnx.to_pure_dict(nnx.state(module, nnx.Param))
+  jax.tree.map(lambda leaf, want: assert_sharded(leaf, want), loaded, shardings)
+  query = loaded["decoder"]["layers"]["attention"]["query"]["kernel"]
+  assert query.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor", None)
+  with sharding.step_context(mesh, sharding.DEFAULT_RULES):
+    logits = nnx.jit(lambda m, x: m(x)[0])(module, tokens)
+  np.testing.assert_allclose(logits, linen.apply({"params": params}, tokens)[0],
+                             atol=1e-5, rtol=0)
+
+
+def assert_sharded(leaf, want):
+  assert leaf.sharding.is_equivalent_to(want, leaf.ndim), (leaf.sharding, want)
