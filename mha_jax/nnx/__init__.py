@@ -31,6 +31,12 @@ What the bridge does here (checked with flax 0.12.8, tests/nnx):
 in the module as `AttentionOverride` variables, which the bridge passes to the
 Linen stack as its `layers.OVERRIDES` collection; vmap over them with
 `nnx.StateAxes({AttentionOverride: 0, ...: None})`.
+
+The price of the bridge: submodules are nested dicts of Params, not NNX modules,
+and each call re-enters Linen's `apply` (trace it once, under `nnx.jit`). Cached
+decoding (`decode=True`, a "cache" collection) is not wired here: use
+`mha_jax.decode` on the Linen model, with `nnx.to_pure_dict(nnx.state(model, nnx.Param))`
+as its params.
 """
 
 from __future__ import annotations
