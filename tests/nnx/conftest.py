@@ -6,7 +6,6 @@ import types
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import pytest
 
 from mha_jax import models

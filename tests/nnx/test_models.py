@@ -35,7 +35,8 @@ def call_options(name):
 
 @pytest.mark.parametrize("name, attention", CASES)
 def test_same_outputs_as_linen_from_the_same_weights(tiny, name, attention):
-  module, linen = build(tiny, name, attention=attention), tiny.linen_model(name, attention=attention)
+  module = build(tiny, name, attention=attention)
+  linen = tiny.linen_model(name, attention=attention)
   x, kwargs = tiny.model_input(name), call_options(name)
   params = tiny.linen_params(linen, x)
   expected, expected_layers = linen.apply({"params": params}, x, return_intermediates=True,
@@ -68,7 +69,8 @@ def test_loads_the_other_layer_layout(tiny, module_scanned):
 
 
 def test_a_boxed_variables_dict_loads(tiny):
-  module, linen = build(tiny, "vit", attention=HOPFIELD), tiny.linen_model("vit", attention=HOPFIELD)
+  module = build(tiny, "vit", attention=HOPFIELD)
+  linen = tiny.linen_model("vit", attention=HOPFIELD)
   images = tiny.model_input("vit")
   boxed = jax.eval_shape(linen.init, jax.random.key(0), images)
   params = tiny.linen_params(linen, images)
@@ -81,7 +83,8 @@ def test_a_boxed_variables_dict_loads(tiny):
 
 
 def test_partitioning_names_are_kept(tiny):
-  module, linen = build(tiny, "gpt2", attention=HOPFIELD), tiny.linen_model("gpt2", attention=HOPFIELD)
+  module = build(tiny, "gpt2", attention=HOPFIELD)
+  linen = tiny.linen_model("gpt2", attention=HOPFIELD)
   boxed = jax.eval_shape(linen.init, jax.random.key(0), tiny.model_input("gpt2"))["params"]
   is_spec = lambda x: isinstance(x, jax.sharding.PartitionSpec)  # noqa: E731
   expected = dict(jax.tree_util.tree_leaves_with_path(nn.get_partition_spec(boxed),
