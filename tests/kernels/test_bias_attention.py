@@ -79,10 +79,11 @@ def test_vmapped_alpha_matches_one_naive_chain_per_value():
   qkv = chain_inputs()
   alphas = jnp.array([0.0, 0.3, 0.9], jnp.float32)
   restarts, h0 = (True, False, False), "zeros"
-  swept = jax.vmap(jax.grad(chain), in_axes=(0, None, None, None, None))(
-      alphas, qkv, restarts, h0, "xla")
+  swept = jax.jit(jax.vmap(jax.grad(chain), in_axes=(0, None, None, None, None)),
+                  static_argnums=(2, 3, 4))(alphas, qkv, restarts, h0, "xla")
+  naive_grad = jax.jit(jax.grad(chain), static_argnums=(2, 3, 4))
   for alpha, got in zip(alphas, swept):
-    want = jax.grad(chain)(alpha, qkv, restarts, h0, "naive")
+    want = naive_grad(alpha, qkv, restarts, h0, "naive")
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
