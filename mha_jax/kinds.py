@@ -67,10 +67,11 @@ KINDS = {kind.name: kind for kind in (
         score_update_flops=0, rival=False, decode=True, torch_reference=True, hf_export=True),
     AttentionKind(
         name="hopfield", label="MHA",
-        carries="H [B, N, T, S] (naive, fused), stacked Q̃, K̃ [B, T, N, W, D] (factorized), "
-                "or every layer's q, k [L, B, N, T, D] once (layerwise)",
+        carries="H [B, N, T, S] (naive, fused, cudnn), stacked Q̃, K̃ [B, T, N, W, D] "
+                "(factorized), or every layer's q, k [L, B, N, T, D] once (layerwise)",
         reads=("alpha", "residual") + _HIDDEN_CHAIN + _MHA_KERNEL_FIELDS + _RETRIEVAL,
-        implementations=("naive", "factorized", "fused", "layerwise", "auto"), residual="form",
+        implementations=("naive", "factorized", "fused", "layerwise", "cudnn", "auto"),
+        residual="form",
         score_update_flops=3,   # α′·H + (1−α′)·s
         rival=False, decode=True, torch_reference=True, hf_export=True,
         citation="Masumura & Taki, NeurIPS 2025"),

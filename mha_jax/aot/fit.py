@@ -18,6 +18,7 @@ import numpy as np
 
 from mha_jax import data as data_lib
 from mha_jax import flops as flops_lib
+from mha_jax import kernels
 from mha_jax.aot import topology as topology_lib
 from mha_jax.models import layers
 from mha_jax.train import optim, sharding, state, tasks, train
@@ -48,6 +49,7 @@ class Fit:
   items_per_step: int
   item_name: str
   error: str = ""
+  attention_choice: str = ""   # what implementation "auto" chose at this shape, and why
 
 
 def target_devices(topology=None, cpu_devices=None, quick=False):
@@ -132,6 +134,18 @@ def carry_bytes(model, info, per_device_batch):
   return model.stack.num_layers * layers.carry_bytes(model.stack, per_device_batch, length)
 
 
+def attention_choice(model, info):
+  """The line "attention: auto → CHOICE (why)", by `kernels.choose` at the compiled
+  length, for MHA with implementation "auto"; "" otherwise."""
+  stack = model.stack
+  att = stack.attention
+  if att.kind != "hopfield" or att.implementation != "auto":
+    return ""
+  choice, why = kernels.choose(att, stack.num_layers, sequence_length(model, info),
+                               stack.head_dim)
+  return f"attention: auto → {choice} ({why})"
+
+
 def compile_step(config, devices, info):
   """(compiled or the compile error, model, abstract state, state shardings, mesh)."""
   task = tasks.make_task(config, info)
@@ -202,7 +216,7 @@ def measure(config, devices, device_label, hbm_bytes=None, with_xla_flops=True) 
       total_bytes=None, carry_bytes=carry_bytes(model, info, per_device_batch),
       model_flops=step_flops.model, mha_extra_flops=step_flops.mha_extra,
       xla_flops_per_device=None, items_per_step=step_flops.items,
-      item_name=step_flops.item_name)
+      item_name=step_flops.item_name, attention_choice=attention_choice(model, info))
   if isinstance(compiled, Exception):
     fit.error = str(compiled).strip().splitlines()[0][:300]
     fit.temp_bytes = _oom_temp_bytes(str(compiled))

@@ -37,6 +37,7 @@ def format_fit(fit, chip, time_chip, mfu):
       f"{fit.label} on {fit.devices}",
       f"global batch {fit.global_batch} ({fit.per_device_batch} per batch shard), "
       f"remat {fit.remat_policy}, mesh {fit.mesh}",
+      *([fit.attention_choice] if fit.attention_choice else []),
       f"  {'per device':<26}",
       f"  {'parameters':<26}{human_bytes(fit.params_bytes)}",
       f"  {'optimizer state':<26}{human_bytes(fit.opt_bytes)}",

@@ -8,10 +8,12 @@
     layerwise   layerwise.py + layerwise_stack.py: each layer's q, k stored once
                 ([L, B, N, T, D]) and a flash kernel over Σ_l w_l q_l k_lᵀ; the
                 stack runs a collect pass, then the differentiated replay pass.
+    cudnn       bias_attention.py: H_n materialised, attention by cuDNN's flash
+                kernel with bias α′H_{n−1} (GPU; the probabilities are never stored).
     auto        `resolve`: layerwise when the stored features are wider than H,
                 i.e. T > W·D (W = window or depth, D = head dim), else naive;
                 naive for a random H_0 (h0="noise"), which has no factorised form,
-                and for cached decoding.
+                and for cached decoding (`choose` says which and why).
 
 Standard attention's `implementation="flash"` is `flash_attention` (flash.py).
 
@@ -23,7 +25,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from mha_jax.kernels import factorized, fused, layerwise_stack
+from mha_jax.kernels import bias_attention, factorized, fused, layerwise_stack
 from mha_jax.kernels.flash import flash_attention  # noqa: F401 — standard "flash"
 
 
@@ -33,18 +35,28 @@ def window_slots(att, num_layers):
   return num_layers if not window or window >= num_layers else window
 
 
+def choose(att, num_layers, length, head_dim, decode=False):
+  """(implementation, why): the rule `resolve` applies, with its reason in words."""
+  if att.kind != "hopfield":
+    return "naive", f"kind {att.kind!r} has one implementation here"
+  if att.implementation in ("layerwise", "cudnn") and decode:
+    return "naive", f"{att.implementation} does not decode one token at a time"
+  if att.implementation != "auto":
+    return att.implementation, "configured"
+  if att.h0 == "noise":
+    return "naive", "a random H_0 (h0='noise') has no factorised form"
+  if decode:
+    return "naive", "cached decoding carries H's new rows"
+  width = window_slots(att, num_layers) * head_dim
+  if length <= width:
+    return "naive", f"T={length} <= W·D={width}: H is no larger than the carried q, k"
+  return "layerwise", f"T={length} > W·D={width}: the carried q, k are smaller than H"
+
+
 def resolve(att, num_layers, length, head_dim, decode=False):
   """The implementation `auto` stands for at this shape (others map to themselves;
-  layerwise, a two-pass stack, decodes one token at a time as naive)."""
-  if att.kind != "hopfield":
-    return "naive"
-  if att.implementation == "layerwise" and decode:
-    return "naive"
-  if att.implementation != "auto":
-    return att.implementation
-  if att.h0 == "noise" or decode or length <= window_slots(att, num_layers) * head_dim:
-    return "naive"
-  return "layerwise"
+  layerwise, a two-pass stack, and cudnn decode one token at a time as naive)."""
+  return choose(att, num_layers, length, head_dim, decode)[0]
 
 
 def initial_state(att, num_layers, batch, length, num_heads, head_dim, dtype, decode=False,
@@ -74,6 +86,10 @@ def hopfield_attention(att, num_layers, q_BxTxNxD, k_BxSxNxD, v_BxSxNxD, state, 
   if impl == "factorized":
     return factorized.factorized_hopfield_attention(q_BxTxNxD, k_BxSxNxD, v_BxSxNxD, state,
                                                     **common)
+  if impl == "cudnn":
+    out, h = bias_attention.bias_hopfield_attention(q_BxTxNxD, k_BxSxNxD, v_BxSxNxD,
+                                                    state["hidden"], **common)
+    return out, {"hidden": h}
   out, h = fused.fused_hopfield_attention(q_BxTxNxD, k_BxSxNxD, v_BxSxNxD, state["hidden"],
                                           hidden_dtype=jnp.dtype(att.hidden_dtype), **common)
   return out, {"hidden": h}

@@ -112,3 +112,39 @@ def test_single_chip_v5e_compiles_and_libtpu_errors_carry_no_install_hint():
   run = run_aot("--topology=v5e:3x5", "--quick")
   assert run.returncode == 1 and "error: --topology=v5e:3x5: " in run.stderr
   assert "pip install" not in run.stderr
+
+
+def auto_config(**model):
+  config = config_util.load_config(SMOKE)
+  config.model.attention.implementation = "auto"
+  config.model.update(model)
+  return config
+
+
+@pytest.mark.parametrize("num_heads, window", [(4, 0), (1, 0), (4, 1)])
+def test_attention_line_says_what_auto_chose_and_why(num_heads, window):
+  # Issue 21 §2: the AOT tool prints which implementation `auto` chose and why.
+  config = auto_config(num_heads=num_heads)
+  config.model.attention.hidden_window = window
+  info = fit_lib.dataset_info(config)
+  model = fit_lib.train.make_model(config.model, fit_lib.tasks.make_task(config, info))
+  length, layers = config.data.seq_len, config.model.num_layers
+  width = (window or layers) * config.model.width // num_heads   # W·D
+  line = fit_lib.attention_choice(model, info)
+  if length > width:
+    assert line == (f"attention: auto → layerwise (T={length} > W·D={width}: the carried q, k "
+                    "are smaller than H)")
+  else:
+    assert line == f"attention: auto → naive (T={length} <= W·D={width}: H is no larger than " \
+                   "the carried q, k)"
+  config.model.attention.implementation = "layerwise"   # configured, not chosen: no line
+  model = fit_lib.train.make_model(config.model, fit_lib.tasks.make_task(config, info))
+  assert fit_lib.attention_choice(model, info) == ""
+
+
+def test_aot_tool_prints_the_auto_choice():
+  run = run_aot("--cpu_devices=1", "--xla_flops=false",
+                "--config.model.attention.implementation=auto", "--config.model.num_heads=1")
+  assert run.returncode == 0, run.stderr[-2000:]
+  width = 2 * 32   # smoke: 2 layers, width 32, one head
+  assert f"attention: auto → naive (T=64 <= W·D={width}: " in run.stdout, run.stdout
