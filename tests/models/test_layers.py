@@ -165,8 +165,10 @@ def test_scan_and_loop_agree_in_values_and_gradients(kind, remat_policy):
   params = init_stack(stack_config(kind=kind), x, mask)
   loss_s, grad_s = jax.value_and_grad(loss_fn(scanned, x, mask))(params)
   loss_l, grad_l = jax.value_and_grad(loss_fn(looped, x, mask))(param_layout.unstack_layer_params(params))
-  np.testing.assert_allclose(loss_s, loss_l, rtol=1e-6)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6),
+  # float32 rounding: XLA (jax 0.12) orders the scan body's sums unlike the loop's (the loss
+  # 1.1e-6 rel., a gradient 6e-6 rel. apart).
+  np.testing.assert_allclose(loss_s, loss_l, rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6),
                grad_s, param_layout.stack_layer_params(grad_l))
 
 
