@@ -115,12 +115,12 @@ def analyse(name, config, workdir):
   x, kwargs = task.model_inputs(batch)
   h = softmax_inputs(model, params, x, kwargs)
   valid_T, mask = None, None
-  if eval_input.info.kind == "text":
+  if eval_input.info.modality == "text":
     mask = gpt.decoder_mask(x.shape[1], kwargs.get("padding_mask"))[0]   # [1, T, T]
     valid_T = np.asarray(kwargs["padding_mask"][0]) if "padding_mask" in kwargs else None
   weights = np.asarray(attention.masked_softmax(jnp.asarray(h), mask))
   return dict(name=name, label=model.stack.describe_attention(), h=h, weights=weights,
-              entropy=entropy(weights, valid_T), image=eval_input.info.kind == "image")
+              entropy=entropy(weights, valid_T), image=eval_input.info.modality == "image")
 
 
 def plot_maps(result, path):

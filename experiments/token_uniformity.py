@@ -68,10 +68,10 @@ def residual_stream(params, batch, *, model, task):
   return intermediates["residual"]
 
 
-def valid_tokens(batch, kind, length):
+def valid_tokens(batch, modality, length):
   """[B, T] bools: padded examples (images) and padded tokens (text) are False."""
   mask = np.asarray(batch["mask"]) > 0
-  if kind == "image":
+  if modality == "image":
     return np.broadcast_to(mask[:, None], (mask.shape[0], length))
   return mask
 
@@ -107,7 +107,7 @@ def measure(name, config, workdir, layers, num_batches, batch_size):
   residuals = {layer: [] for layer in layers}
   for batch in itertools.islice(eval_input, num_batches):
     x_LxBxTxD = np.asarray(forward(params, batch), np.float32)
-    valid_BxT = valid_tokens(batch, info.kind, x_LxBxTxD.shape[2])
+    valid_BxT = valid_tokens(batch, info.modality, x_LxBxTxD.shape[2])
     for layer in layers:
       cosines[layer].append(analysis.pairwise_token_cosine(x_LxBxTxD[layer - 1], valid_BxT))
       centred[layer].append(analysis.pairwise_token_cosine(x_LxBxTxD[layer - 1], valid_BxT,

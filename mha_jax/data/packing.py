@@ -114,7 +114,7 @@ class PackedSequences:
 def make_split(name, stream, original_tokens, tokenizer, seq_len):
   sequences = PackedSequences(stream, seq_len)
   ratio = None if original_tokens is None else original_tokens / (len(stream) - 1)
-  info = DatasetInfo(name=name, kind="text", num_examples=len(sequences),
+  info = DatasetInfo(name=name, modality="text", num_examples=len(sequences),
                      vocab_size=tokenizer.vocab_size, seq_len=seq_len,
                      original_tokens_per_token=ratio, eos_id=tokenizer.eos_id)
   return Split(info=info, source=sequences, preprocess=lambda example, rng: example)

@@ -26,7 +26,7 @@ import numpy as np
 class DatasetInfo:
   """What a model and a train loop need to know about a dataset split."""
   name: str
-  kind: str  # "image" | "text"
+  modality: str  # "image" | "text"
   num_examples: int  # examples in the whole split (all processes), before padding
   num_classes: int | None = None  # images
   image_shape: tuple[int, int, int] | None = None  # images: (H, W, C) after preprocessing

@@ -59,7 +59,7 @@ def _seeded(num_examples, seed, split, draw):
 def build_split(cfg, split) -> Split:
   """The `split` of dataset cfg.name, read and preprocessed as its row and cfg say."""
   row = datasets.lookup(cfg.name)
-  if row.kind == "image":
+  if row.modality == "image":
     return _image_split(row, cfg, split)
   if row.source == "synthetic":
     return _synthetic_text_split(cfg, split)
@@ -77,7 +77,7 @@ def _synthetic_text_split(cfg, split):
     def draw(rng):
       tokens = rng.integers(0, vocab_size, seq_len + 1, dtype=np.int32)
       return {"inputs": tokens[:-1], "targets": tokens[1:], "mask": np.ones([seq_len], np.float32)}
-  info = DatasetInfo(name=cfg.name, kind="text", num_examples=cfg.num_examples,
+  info = DatasetInfo(name=cfg.name, modality="text", num_examples=cfg.num_examples,
                      vocab_size=vocab_size, seq_len=cfg.seq_len)
   return Split(info=info, source=_seeded(cfg.num_examples, cfg.seed, split, draw),
                preprocess=lambda example, rng: example)
@@ -97,7 +97,7 @@ def _image_split(row, cfg, split):
     source = grain.MapDataset.range(len(labels_N)).map(
         lambda i: {"image": images_NxHxW[i], "label": labels_N[i]})
     num_classes, channels = offline.DIGIT_CLASSES, 1
-  info = DatasetInfo(name=cfg.name, kind="image", num_examples=len(source),
+  info = DatasetInfo(name=cfg.name, modality="image", num_examples=len(source),
                      num_classes=num_classes, image_shape=(cfg.image_size, cfg.image_size, channels))
   return images.make_split(info, source, cfg)
 

@@ -43,8 +43,8 @@ def load_run(workdir):
   info = train_lib.make_input(config, train=False).info
   model = train_lib.make_model(config.model, tasks.make_task(config, info))
   params = checkpoint.load_init_params(workdir, model)
-  tokenizer = data.dataset_tokenizer(config.data) if info.kind == "text" else None
-  return config.data, model, params, tokenizer, info.eos_id if info.kind == "text" else None
+  tokenizer = data.dataset_tokenizer(config.data) if info.modality == "text" else None
+  return config.data, model, params, tokenizer, info.eos_id if info.modality == "text" else None
 
 
 def hf_tokenizer_for(tokenizer, cache_dir=""):

@@ -1,4 +1,4 @@
-"""What is being learnt, chosen once from the dataset's kind: the model's inputs,
+"""What is being learnt, chosen once from the dataset's modality: the model's inputs,
 its per-item loss, the eval summary, a dummy input for init, and the model
 options the data fixes (classes and image size, or vocabulary and length).
 The steps, the loop and state setup call a Task and never ask "image or text?".
@@ -100,9 +100,9 @@ class LanguageModelling:
 
 
 def make_task(config, info):
-  """The task of `info.kind` ('image' | 'text'); options from the config."""
-  if info.kind == "image":
+  """The task of `info.modality` ('image' | 'text'); options from the config."""
+  if info.modality == "image":
     return ImageClassification(info, label_smoothing=config.get("label_smoothing", 0.0))
-  if info.kind == "text":
+  if info.modality == "text":
     return LanguageModelling(info)
-  raise ValueError(f"dataset kind {info.kind!r} has no task; allowed: 'image', 'text'")
+  raise ValueError(f"dataset modality {info.modality!r} has no task; allowed: 'image', 'text'")

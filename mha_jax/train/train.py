@@ -191,7 +191,7 @@ def _train(config, workdir, mesh, preemption):
                                   initial_step=initial_step,
                                   progress_bar=config.get("progress_bar", True))
     info = train_input.info
-    step_flops = flops.training_flops(model, config.batch_size, info.kind, seq_len=info.seq_len,
+    step_flops = flops.training_flops(model, config.batch_size, info.modality, seq_len=info.seq_len,
                                       channels=(info.image_shape or (0, 0, 3))[2])
     runner = loop.TrainLoop(config, task, writer, schedule, manager, mesh, initial_step,
                             utilization=profiler.Utilization(step_flops),

@@ -12,7 +12,7 @@ from mha_jax.data import pipeline
 
 def index_split(num_examples):
   """Example i is {"index": i} plus a random draw, so tests see which examples came out."""
-  info = pipeline.DatasetInfo(name="index", kind="image", num_examples=num_examples)
+  info = pipeline.DatasetInfo(name="index", modality="image", num_examples=num_examples)
   def preprocess(i, rng):
     draw = rng.random() if rng is not None else 0.0
     return {"index": np.int64(i), "draw": np.float64(draw), "mask": np.float32(1)}

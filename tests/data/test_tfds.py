@@ -11,7 +11,7 @@ from mha_jax.data import sources, tokenizers
 # Published class counts, to check the ones read from TFDS's dataset_info.
 NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "imagenet2012": 1000, "oxford_flowers102": 102,
                "food101": 101, "stanford_dogs": 120, "cars196": 196}
-TFDS_TEXT = sorted(n for n, row in data.DATASETS.items() if row.source == "tfds" and row.kind == "text")
+TFDS_TEXT = sorted(n for n, row in data.DATASETS.items() if row.source == "tfds" and row.modality == "text")
 
 
 def build(config, train, batch=4):
@@ -21,7 +21,7 @@ def build(config, train, batch=4):
 
 
 def test_every_tfds_image_dataset_is_tested():
-  tfds_images = {n for n, row in data.DATASETS.items() if row.source == "tfds" and row.kind == "image"}
+  tfds_images = {n for n, row in data.DATASETS.items() if row.source == "tfds" and row.modality == "image"}
   assert tfds_images == set(NUM_CLASSES)
 
 

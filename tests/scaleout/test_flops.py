@@ -23,7 +23,7 @@ def compiled_step_flops(model, info, batch_size):
   tx, _ = optim.make_optimizer(config_util.base_config().optim, 100)
   task = tasks.make_task(config_util.base_config(), info)
   abstract = nn.unbox(jax.eval_shape(state.init_fn(model, tx, task, 0), jax.random.key(0)))
-  if info.kind == "image":
+  if info.modality == "image":
     batch = {"image": jax.ShapeDtypeStruct((batch_size,) + info.image_shape, "float32"),
              "label": jax.ShapeDtypeStruct((batch_size,), "int32"),
              "mask": jax.ShapeDtypeStruct((batch_size,), "float32")}

@@ -14,7 +14,7 @@ import pytest
 from mha_jax.train import ConfigError, checkpoint, config_util, optim, sharding, state, tasks
 from mha_jax.train import train
 
-INFO = types.SimpleNamespace(kind="text", vocab_size=64, seq_len=8)
+INFO = types.SimpleNamespace(modality="text", vocab_size=64, seq_len=8)
 TASK = tasks.LanguageModelling(INFO)
 
 

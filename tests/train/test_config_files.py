@@ -23,7 +23,7 @@ PAPER_ROWS = [
     "noskip_depth.py:depth=8,dataset=cifar100,attention=hopfield",
     "demo.py:attention=hopfield",
 ]
-TEXT_INFO = types.SimpleNamespace(kind="text", vocab_size=50257, seq_len=1024)
+TEXT_INFO = types.SimpleNamespace(modality="text", vocab_size=50257, seq_len=1024)
 
 
 @pytest.mark.parametrize("spec", PAPER_ROWS + [f"{n}.py:smoke" for n in (
@@ -33,7 +33,7 @@ def test_config_loads_and_builds_its_model(spec, helpers):
   info = TEXT_INFO
   if config.model.name == "vit":
     size = config.data.image_size
-    info = types.SimpleNamespace(kind="image", num_classes=10, image_shape=(size, size, 3))
+    info = types.SimpleNamespace(modality="image", num_classes=10, image_shape=(size, size, 3))
   model = train.make_model(config.model, tasks.make_task(config, info))
   validation.validate(config)
   assert model.stack.skip_connections == ("noskip" not in spec)

@@ -12,7 +12,7 @@ import pytest
 from mha_jax.train import config_util, loop, metrics, sharding, tasks
 from mha_jax.train.preemption import Preemption
 
-INFO = types.SimpleNamespace(kind="text", vocab_size=5, seq_len=4, original_tokens_per_token=None)
+INFO = types.SimpleNamespace(modality="text", vocab_size=5, seq_len=4, original_tokens_per_token=None)
 
 
 class Input:

@@ -18,7 +18,7 @@ from mha_jax.train import config_util, optim, sharding, state, tasks, train
 TOL = 2e-5
 pytestmark = pytest.mark.slow   # ~10 s of compilation per mesh on 2 cores
 MESHES = [dict(data=8), dict(fsdp=8), dict(data=2, tensor=4)]
-INFO = types.SimpleNamespace(kind="text", vocab_size=64, seq_len=16)
+INFO = types.SimpleNamespace(modality="text", vocab_size=64, seq_len=16)
 TASK = tasks.LanguageModelling(INFO)
 
 

@@ -23,7 +23,7 @@ def np_cross_entropy(logits, targets):
 
 
 def image_task(label_smoothing=0.0, classes=3):
-  info = types.SimpleNamespace(kind="image", num_classes=classes, image_shape=(4,))
+  info = types.SimpleNamespace(modality="image", num_classes=classes, image_shape=(4,))
   return tasks.ImageClassification(info, label_smoothing=label_smoothing)
 
 
@@ -53,7 +53,7 @@ def test_language_model_loss_and_summary():
   targets = RNG.integers(0, 7, (2, 5))
   mask = np.ones((2, 5), np.float32)
   mask[1, 3:] = 0
-  info = types.SimpleNamespace(kind="text", vocab_size=7, seq_len=5,
+  info = types.SimpleNamespace(modality="text", vocab_size=7, seq_len=5,
                                original_tokens_per_token=None)
   task = tasks.LanguageModelling(info)
   loss, correct, weight = task.weighted_losses(jnp.asarray(logits),
