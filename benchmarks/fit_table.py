@@ -70,7 +70,7 @@ def compile_entry(out, row, spec, per_chip, attention, topology):
   process (one JAX start-up for the whole table)."""
   import time
   from mha_jax.aot import fit, report
-  from mha_jax.train import config_util
+  from mha_jax import config_util
   path = out / entry_name(row, attention, topology)
   if path.exists():
     return

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 
 import _common
 from mha_jax.sweep import vmapped
-from mha_jax.train import config_util
+from mha_jax import config_util
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("runs", 8, "K: runs in the sweep")

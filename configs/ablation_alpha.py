@@ -12,7 +12,7 @@ at α′=0.5 to draw both curves. `smoke` as in vit_cifar.
 
 import os
 
-from mha_jax.train import config_util
+from mha_jax import config_util
 
 
 # `:key=value` arguments of this config and their defaults (typed by them).

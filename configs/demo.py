@@ -12,7 +12,7 @@ seeded comparisons at CPU scale are in RESULTS.md, read from their cell files.
 `smoke`: 20 steps, seconds.
 """
 
-from mha_jax.train import config_util
+from mha_jax import config_util
 
 
 # `:key=value` arguments of this config and their defaults (typed by them).

@@ -12,7 +12,7 @@ Medium 20.85 → 19.61. Compare `eval/perplexity_original` (per word) on
 `smoke`: a 2-layer GPT on offline Shakespeare characters, seconds on CPU.
 """
 
-from mha_jax.train import config_util
+from mha_jax import config_util
 
 
 # `:key=value` arguments of this config and their defaults (typed by them).

@@ -12,7 +12,7 @@ tenths. `size=1b` with `--config.mesh.fsdp=-1 --config.mesh.data=1` is the
 scale question of spec §6. `smoke`: a 2-layer LLaMA on offline Shakespeare characters.
 """
 
-from mha_jax.train import config_util
+from mha_jax import config_util
 
 DATASETS = ("wikitext103", "cnn_dailymail", "bookcorpus")
 

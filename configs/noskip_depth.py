@@ -13,7 +13,7 @@ Paper (CIFAR-10 / CIFAR-100 top-1 % at depth 1, 2, 4, 8, 12):
 
 import os
 
-from mha_jax.train import config_util
+from mha_jax import config_util
 
 
 # `:key=value` arguments of this config and their defaults (typed by them).

@@ -14,8 +14,7 @@ baseline by construction.
 
 import ml_collections
 
-from mha_jax import kinds
-from mha_jax.train import config_util
+from mha_jax import config_util, kinds
 
 MHA = ("standard", "hopfield")
 WITH_RIVALS = MHA + kinds.names(rival=True)   # the published cross-layer remedies

@@ -10,7 +10,7 @@ datasets (numbers not recovered). `smoke` trains a 2-layer ViT on the offline di
 (all parameters: a fresh backbone has nothing to probe).
 """
 
-from mha_jax.train import config_util
+from mha_jax import config_util
 
 
 # `:key=value` arguments of this config and their defaults (typed by them).

@@ -14,7 +14,7 @@ the same numbers (different recipe). ~300 epochs of ViT-S is a few GPU-hours.
 `smoke`: a 2-layer ViT on the offline digits for a few seconds on CPU.
 """
 
-from mha_jax.train import config_util
+from mha_jax import config_util
 
 TRAIN_EXAMPLES = 50_000
 

@@ -11,7 +11,7 @@ order of a thousand accelerator-hours; `mesh.fsdp` / `remat_policy` are the
 knobs for memory (H adds B·heads·T²·4 bytes per layer). `smoke` as in vit_cifar.
 """
 
-from mha_jax.train import config_util
+from mha_jax import config_util
 
 TRAIN_EXAMPLES = 1_281_167
 

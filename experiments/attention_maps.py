@@ -32,9 +32,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from mha_jax import attention
+from mha_jax import attention, config_util
 from mha_jax.models import gpt, param_layout
-from mha_jax.train import checkpoint, config_util, tasks, workdir as workdir_lib
+from mha_jax.train import checkpoint, tasks, workdir as workdir_lib
 from mha_jax.train import train as train_lib
 
 FLAGS = flags.FLAGS

@@ -22,7 +22,7 @@ import jax
 import numpy as np
 
 from mha_jax.sweep import grid, vmapped
-from mha_jax.train import config_util
+from mha_jax import config_util
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("preset", "vit_depth", "the sweep preset whose base training config is used")

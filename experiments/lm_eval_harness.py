@@ -43,10 +43,10 @@ import jax
 import ml_collections
 import numpy as np
 
-from mha_jax import data, interop
+from mha_jax import config_util, data, interop
 from mha_jax.data import packing
 from mha_jax.interop import hf_tokenizer
-from mha_jax.train import checkpoint, config_util, steps, tasks, train_and_evaluate
+from mha_jax.train import checkpoint, steps, tasks, train_and_evaluate
 from mha_jax.train import train as train_lib
 
 TASK = "mha_jax_eval"

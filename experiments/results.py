@@ -24,9 +24,8 @@ import time
 
 from absl import app, flags
 
-from mha_jax import kinds
+from mha_jax import config_util, kinds
 from mha_jax.sweep import aggregate, grid, profiles
-from mha_jax.train import config_util
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("outdir", "sweeps", "where every sweep keeps its cells and reports")

@@ -31,8 +31,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from mha_jax import analysis, script_cli
-from mha_jax.train import checkpoint, config_util, tasks
+from mha_jax import analysis, config_util, script_cli
+from mha_jax.train import checkpoint, tasks
 from mha_jax.train import train as train_lib
 
 FLAGS = flags.FLAGS

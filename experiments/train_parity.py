@@ -76,10 +76,10 @@ import torch
 import torch.nn.functional as F
 import transformers
 
-from mha_jax import data, interop, kinds
+from mha_jax import config_util, data, interop, kinds
 from mha_jax.interop import common, torch_models, torch_reference, torch_training
 from mha_jax.models import build_model, param_layout
-from mha_jax.train import config_util, steps, tasks
+from mha_jax.train import steps, tasks
 from mha_jax.train import optim as optim_lib
 
 HF_CLASSES = {"gpt2": transformers.GPT2LMHeadModel, "llama": transformers.LlamaForCausalLM,

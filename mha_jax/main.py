@@ -67,7 +67,7 @@ def parse_command_line(argv):
   """(config, workdir, debug, cluster); CommandLineError with one line for anything
   wrong. `cluster`: the distributed.Cluster of the multi-host flags, or None."""
   from absl import flags
-  from mha_jax.train import config_util
+  from mha_jax import config_util
   try:
     argv, model_options = config_util.split_model_overrides(argv)
     flag_values = define_flags(argv)
@@ -107,7 +107,8 @@ def help_text(argv):
            "where JAX does not detect the cluster"]
   given = [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
   if given:
-    from mha_jax.train import config_util, validation
+    from mha_jax import config_util
+    from mha_jax.train import validation
     path = given[0].partition(":")[0]
     lines += ["", f"{path} arguments (:key=value): "
               + ", ".join(f"{k}={v}" for k, v in _config_arguments(path).items()),

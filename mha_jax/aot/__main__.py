@@ -26,7 +26,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from mha_jax.train import config_util
+from mha_jax import config_util
 
 flags.DEFINE_string("topology", None, "TPU topology, e.g. v5e:4x4, v4:2x2x4, v5p:2x2x1.")
 flags.DEFINE_integer("cpu_devices", None, "Compile for this many simulated CPU devices.")

@@ -27,9 +27,8 @@ import time
 
 import ml_collections
 
-from mha_jax import kinds
+from mha_jax import config_util, kinds
 from mha_jax.sweep import vmapped
-from mha_jax.train import config_util
 
 AXES = ("kind", "alpha", "alpha_hidden", "residual", "h0", "reset_every", "depth", "seed")
 ATTENTION_AXES = ("alpha", "alpha_hidden", "residual", "h0", "reset_every")

@@ -6,9 +6,8 @@ import pathlib
 import numpy as np
 import pytest
 
-from mha_jax import data
+from mha_jax import config_util, data
 from mha_jax.data import datasets, offline, tokenizers
-from mha_jax.train import config_util
 
 GPT2_SMOKE = pathlib.Path(__file__).parents[2] / "configs" / "gpt2_wikitext103.py"
 

@@ -14,8 +14,8 @@ import pytest
 import torch
 import transformers
 
-from mha_jax import script_cli
-from mha_jax.train import config_util, train_and_evaluate
+from mha_jax import config_util, script_cli
+from mha_jax.train import train_and_evaluate
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 

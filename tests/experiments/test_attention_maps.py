@@ -12,9 +12,9 @@ import jax
 import numpy as np
 import pytest
 
-from mha_jax import attention
+from mha_jax import attention, config_util
 from mha_jax.models import param_layout
-from mha_jax.train import checkpoint, config_util, tasks, train_and_evaluate
+from mha_jax.train import checkpoint, tasks, train_and_evaluate
 from mha_jax.train import train as train_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]

@@ -14,8 +14,8 @@ import jax
 import numpy as np
 import pytest
 
-from mha_jax import analysis, script_cli
-from mha_jax.train import checkpoint, config_util, steps, tasks, train_and_evaluate
+from mha_jax import analysis, config_util, script_cli
+from mha_jax.train import checkpoint, steps, tasks, train_and_evaluate
 from mha_jax.train import train as train_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]

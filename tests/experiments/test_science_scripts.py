@@ -71,7 +71,7 @@ def test_results_report_reads_only_the_cells_present(tmp_path):
   counted, a failed cell listed, the depth-profile section, "not yet run" for every
   other row, and no folder made for the presets that have none."""
   from mha_jax.sweep import grid
-  from mha_jax.train import config_util
+  from mha_jax import config_util
   sweep = config_util.load_config(f"{ROOT}/configs/sweep.py:preset=rivals_noskip")
   store = grid.ResultStore(tmp_path / "cells", grid.sweep_setup(sweep))
   lift = {"value_residual": 0.3}   # only value residual clearly better; others equal

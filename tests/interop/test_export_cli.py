@@ -14,10 +14,10 @@ import pytest
 import torch
 import transformers
 
-from mha_jax import interop, models
+from mha_jax import config_util, interop, models
 from mha_jax.data import offline, tokenizers
 from mha_jax.interop import export, hf_tokenizer
-from mha_jax.train import checkpoint, config_util, train_and_evaluate
+from mha_jax.train import checkpoint, train_and_evaluate
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 TEXT = "ROMEO:\nO, she doth teach the torches to burn bright!\n"

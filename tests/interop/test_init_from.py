@@ -9,10 +9,10 @@ import pytest
 import torch
 import transformers
 
-from mha_jax import interop
+from mha_jax import config_util, interop
 from mha_jax.interop import common
 from mha_jax.models import param_layout
-from mha_jax.train import checkpoint, config_util, train_and_evaluate
+from mha_jax.train import checkpoint, train_and_evaluate
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[2] / "configs"
 

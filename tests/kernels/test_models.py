@@ -13,7 +13,9 @@ import pathlib
 import numpy as np
 import pytest
 
-from mha_jax.train import config_util, train_and_evaluate
+from mha_jax import config_util
+
+from mha_jax.train import train_and_evaluate
 
 pytestmark = pytest.mark.slow   # three short training runs
 CONFIG = pathlib.Path(__file__).resolve().parents[2] / "configs" / "gpt2_wikitext103.py"

@@ -13,8 +13,8 @@ import pytest
 
 from mha_jax.aot import fit as fit_lib
 from mha_jax.aot import report
-from mha_jax import chips
-from mha_jax.train import config_util, optim
+from mha_jax import chips, config_util
+from mha_jax.train import optim
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 SMOKE = f"{ROOT}/configs/gpt2_wikitext103.py:smoke,attention=hopfield"

@@ -6,9 +6,9 @@ import flax.linen as nn
 import jax
 import pytest
 
-from mha_jax import flops, models
+from mha_jax import config_util, flops, models
 from mha_jax.data import DatasetInfo
-from mha_jax.train import config_util, optim, state, steps, tasks
+from mha_jax.train import optim, state, steps, tasks
 
 # Big enough that matmuls dominate (the formula leaves out norms, softmax, Adam),
 # small enough to compile in seconds. Unscanned layers: XLA's cost analysis

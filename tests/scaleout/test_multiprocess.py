@@ -27,9 +27,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from mha_jax import data
+from mha_jax import config_util, data
 from mha_jax.launch import local
-from mha_jax.train import config_util, train
+from mha_jax.train import train
 
 pytestmark = pytest.mark.slow
 

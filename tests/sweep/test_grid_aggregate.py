@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from mha_jax.sweep import aggregate, grid, profiles
-from mha_jax.train import config_util
+from mha_jax import config_util
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from mha_jax.sweep import vmapped
-from mha_jax.train import config_util, optim, state as state_lib, steps, tasks
+from mha_jax import config_util
+from mha_jax.train import optim, state as state_lib, steps, tasks
 from mha_jax.train import train as train_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]

@@ -6,8 +6,7 @@ import pathlib
 
 import pytest
 
-from mha_jax import data
-from mha_jax.train import config_util
+from mha_jax import config_util, data
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[2] / "configs"
 

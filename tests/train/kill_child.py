@@ -10,8 +10,8 @@ import signal
 import sys
 import time
 
-from mha_jax import data
-from mha_jax.train import config_util, train
+from mha_jax import config_util, data
+from mha_jax.train import train
 
 
 class KillingInput:

@@ -11,7 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mha_jax.train import ConfigError, checkpoint, config_util, optim, sharding, state, tasks
+from mha_jax import config_util
+
+from mha_jax.train import ConfigError, checkpoint, optim, sharding, state, tasks
 from mha_jax.train import train
 
 INFO = types.SimpleNamespace(modality="text", vocab_size=64, seq_len=8)

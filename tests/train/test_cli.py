@@ -13,7 +13,8 @@ import time
 import pytest
 
 from mha_jax import main as cli
-from mha_jax.train import config_util, tasks, validation
+from mha_jax import config_util
+from mha_jax.train import tasks, validation
 from mha_jax.train import train as train_lib
 from mha_jax.train import workdir as workdir_lib
 

@@ -7,7 +7,8 @@ import types
 import pytest
 
 from mha_jax.models import stack_config
-from mha_jax.train import ConfigError, config_util, tasks, train, validation
+from mha_jax import config_util
+from mha_jax.train import ConfigError, tasks, train, validation
 
 PAPER_ROWS = [
     "gpt2_wikitext103.py:size=small,attention=hopfield",

@@ -9,7 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mha_jax.train import config_util, loop, metrics, sharding, tasks
+from mha_jax import config_util
+
+from mha_jax.train import loop, metrics, sharding, tasks
 from mha_jax.train.preemption import Preemption
 
 INFO = types.SimpleNamespace(modality="text", vocab_size=5, seq_len=4, original_tokens_per_token=None)

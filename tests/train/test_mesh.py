@@ -6,7 +6,9 @@ import re
 
 import pytest
 
-from mha_jax.train import ConfigError, config_util, sharding
+from mha_jax import config_util
+
+from mha_jax.train import ConfigError, sharding
 
 README = pathlib.Path(__file__).resolve().parents[2] / "mha_jax" / "train" / "README.md"
 

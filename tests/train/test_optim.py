@@ -5,7 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mha_jax.train import config_util, optim
+from mha_jax import config_util
+
+from mha_jax.train import optim
 
 
 def test_weight_decay_only_on_named_leaves():

@@ -13,7 +13,9 @@ import jax
 import numpy as np
 import pytest
 
-from mha_jax.train import config_util, optim, sharding, state, tasks, train
+from mha_jax import config_util
+
+from mha_jax.train import optim, sharding, state, tasks, train
 
 TOL = 2e-5
 pytestmark = pytest.mark.slow   # ~10 s of compilation per mesh on 2 cores

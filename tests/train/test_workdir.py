@@ -9,7 +9,9 @@ import sys
 
 import pytest
 
-from mha_jax.train import ConfigError, config_util, train_and_evaluate, validation, workdir
+from mha_jax import config_util
+
+from mha_jax.train import ConfigError, train_and_evaluate, validation, workdir
 
 
 def write_lock(path, pid, host=None):
