@@ -68,7 +68,8 @@ def test_alpha_hidden_argument_out_of_range_is_rejected(value, helpers):
 
 
 def test_alpha_hidden_override_out_of_range_is_rejected_before_data(helpers, tmp_path):
-  config = helpers.smoke_config("demo", **{"model.attention.alpha_hidden": -0.1})
+  config = helpers.smoke_config("demo", **{"model.attention.kind": "hopfield",
+                                           "model.attention.alpha_hidden": -0.1})
   with pytest.raises(ConfigError, match="attention.alpha_hidden=-0.1 is outside"):
     train.train_and_evaluate(config, str(tmp_path))
 
