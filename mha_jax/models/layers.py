@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.ad_checkpoint import checkpoint_name
 
-from mha_jax import attention, energy, kernels, kinds
+from mha_jax import attention, depth_mixing, energy, kernels, kinds
 from mha_jax.models.stack_config import REMAT_POLICIES, StackConfig
 
 def kernel_init(cfg: StackConfig, axes, residual_projection=False):
@@ -233,12 +233,17 @@ class Block(nn.Module):
   def __call__(self, carry, restart, mask, deterministic, positions_BxT=None):
     cfg, att = self.cfg, self.cfg.attention
     x_BxTxD, state = carry
+    if "depth_history" in state:
+      state = record_embedding(state, x_BxTxD)
     dropout = nn.Dropout(cfg.dropout, deterministic=deterministic)
     u_BxTxD, state = SelfAttention(cfg, self.decode, name="attention")(
         make_norm(cfg, "attention_norm")(x_BxTxD), state, restart, mask, deterministic,
         positions_BxT)
     u_BxTxD = dropout(u_BxTxD)
-    if not cfg.skip_connections:
+    if att.kind == "attention_residuals":   # no additive skip: the depth softmax replaces it
+      state, filled = record_output(state, u_BxTxD, att.kind, 1)
+      x_BxTxD = DepthAttention(cfg, name="mlp_depth_attention")(state["depth_history"], filled)
+    elif not cfg.skip_connections:
       x_BxTxD = u_BxTxD
     elif att.kind == "hopfield":
       x_BxTxD = attention.residual_update(x_BxTxD, u_BxTxD, state.get("alpha", att.alpha),
@@ -250,7 +255,20 @@ class Block(nn.Module):
     else:
       x_BxTxD = x_BxTxD + u_BxTxD
     mlp_BxTxD = dropout(Mlp(cfg, name="mlp")(make_norm(cfg, "mlp_norm")(x_BxTxD)))
-    x_BxTxD = x_BxTxD + mlp_BxTxD if cfg.skip_connections else mlp_BxTxD
+    if att.kind == "attention_residuals":
+      state, filled = record_output(state, mlp_BxTxD, att.kind, 2)
+      x_BxTxD = DepthAttention(cfg, name="output_depth_attention")(state["depth_history"],
+                                                                  filled)
+    else:
+      x_BxTxD = x_BxTxD + mlp_BxTxD if cfg.skip_connections else mlp_BxTxD
+    if att.kind == "denseformer":
+      state, filled = record_output(state, x_BxTxD, att.kind, 1)
+      delta = self.param("dwa_delta", nn.with_logical_partitioning(nn.initializers.zeros, (None,)),
+                         state["depth_history"].shape[:1], cfg.param_dtype)
+      x_BxTxD = depth_mixing.depth_weighted_average(
+          state["depth_history"], depth_mixing.dwa_weights(delta, filled))
+    if "depth_history" in state:
+      state = dict(state, depth_layer=state["depth_layer"] + 1)
     x_BxTxD = nn.with_logical_constraint(x_BxTxD, ("batch", "length", "embed"))
     outputs = None
     if self.return_intermediates:
@@ -259,6 +277,38 @@ class Block(nn.Module):
       if hidden is not None:
         outputs["hidden_state"] = hidden
     return (x_BxTxD, state), outputs
+
+
+def record_embedding(state, x_BxTxD):
+  """Layer 1 writes the stack's input into history slot 0 (later layers keep it)."""
+  history = state["depth_history"]
+  slot_0 = jnp.where(state["depth_layer"] == 0, x_BxTxD.astype(history.dtype), history[0])
+  return dict(state, depth_history=depth_mixing.record(history, slot_0, 0))
+
+
+def record_output(state, x_BxTxD, kind, sublayer):
+  """Write this layer's `sublayer`-th output (1-based) after the embedding and the
+  earlier layers' outputs; returns the state and how many entries are now written."""
+  slot = 1 + depth_mixing.SLOTS_PER_LAYER[kind] * state["depth_layer"] + sublayer - 1
+  history = depth_mixing.record(state["depth_history"], x_BxTxD, slot)
+  return dict(state, depth_history=history), slot + 1
+
+
+class DepthAttention(nn.Module):
+  """AttnRes before one sublayer: a pseudo-query w [D] (init 0) and the scale [D] of the
+  keys' RMSNorm (init 1) — the kind's only parameters."""
+  cfg: StackConfig
+
+  @nn.compact
+  def __call__(self, history_HxBxTxD, filled):
+    width = self.cfg.width
+    query = self.param("query", nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
+                       (width,), self.cfg.param_dtype)
+    key_scale = self.param("key_scale", nn.with_logical_partitioning(nn.initializers.ones,
+                                                                     ("embed",)),
+                           (width,), self.cfg.param_dtype)
+    return depth_mixing.depth_attention(history_HxBxTxD, filled, query, key_scale,
+                                        self.cfg.norm_eps)
 
 
 OVERRIDES = "attention_overrides"     # variable collection read by LayerStack
@@ -274,6 +324,10 @@ def initial_state(cfg: StackConfig, batch, length, positions_BxT=None, key_posit
     return {}
   if att.kind == "value_residual":   # replaced by layer 1's values (restart flag)
     return {"value_first": jnp.zeros((batch, length, cfg.num_heads, cfg.head_dim), cfg.dtype)}
+  slots = depth_mixing.history_slots(att.kind, cfg.num_layers)
+  if slots:   # slot 0 is written by layer 1 (record_embedding)
+    return {"depth_history": jnp.zeros((slots, batch, length, cfg.width), cfg.dtype),
+            "depth_layer": jnp.zeros((), jnp.int32)}
   stacked = kernels.initial_state(att, cfg.num_layers, batch, length, cfg.num_heads,
                                   cfg.head_dim, cfg.dtype)
   if stacked is not None:
