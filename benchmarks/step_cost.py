@@ -16,7 +16,8 @@ a speed one), so outside --quick it is compiled for its memory analysis only.
     python benchmarks/step_cost.py --lengths=256,4096 --remat=full --repeats=2
     python benchmarks/step_cost.py --quick              # CI: shapes of the output
     python benchmarks/step_cost.py --models=gpt2 --lengths=128 --remat=none \
-        --implementations=standard,naive,attention_residuals,denseformer --layers=12
+        --implementations=standard,naive,attention_residuals,denseformer --layers=8 \
+        --tokens=256 --repeats=2 --json_out=sweeps/rivals_cost/step_cost.json
 """
 
 from __future__ import annotations
