@@ -301,14 +301,12 @@ class DepthAttention(nn.Module):
 
   @nn.compact
   def __call__(self, history_HxBxTxD, filled):
-    width = self.cfg.width
-    query = self.param("query", nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
-                       (width,), self.cfg.param_dtype)
-    key_scale = self.param("key_scale", nn.with_logical_partitioning(nn.initializers.ones,
-                                                                     ("embed",)),
-                           (width,), self.cfg.param_dtype)
-    return depth_mixing.depth_attention(history_HxBxTxD, filled, query, key_scale,
-                                        self.cfg.norm_eps)
+    cfg = self.cfg
+    query, key_scale = (self.param(name, nn.with_logical_partitioning(init, ("embed",)),
+                                   (cfg.width,), cfg.param_dtype)
+                        for name, init in (("query", nn.initializers.zeros),
+                                           ("key_scale", nn.initializers.ones)))
+    return depth_mixing.depth_attention(history_HxBxTxD, filled, query, key_scale, cfg.norm_eps)
 
 
 OVERRIDES = "attention_overrides"     # variable collection read by LayerStack
@@ -317,8 +315,10 @@ OVERRIDABLE = ("alpha", "alpha_hidden")
 
 def initial_state(cfg: StackConfig, batch, length, positions_BxT=None, key_positions_BxS=None):
   """The attention state before layer 1: {} for standard attention and ReZero,
-  {"value_first": placeholder V_1} for the value residual, else {"hidden": H_0}
-  ([B, N, T, S]; see `attention.initial_hidden_state` for the positions)."""
+  {"value_first": placeholder V_1} for the value residual, {"depth_history": zeros
+  [slots, B, T, D], "depth_layer": 0} for the kinds that mix earlier outputs
+  (`depth_mixing`), else {"hidden": H_0} ([B, N, T, S]; see
+  `attention.initial_hidden_state` for the positions)."""
   att = cfg.attention
   if kinds.get(att.kind).carries == "nothing":
     return {}
