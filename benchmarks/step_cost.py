@@ -1,5 +1,7 @@
 """Train step and forward pass of standard attention vs MHA (naive | factorized |
-fused), side by side in one run: time, XLA's memory analysis, process RSS, MFU.
+fused) and, on request, the cross-layer rivals by kind name (e.g. denseformer,
+attention_residuals, which carry every earlier output through the scan), side by
+side in one run: time, XLA's memory analysis, process RSS, MFU.
 
 Models: GPT-2-small width (768, 12 heads) with --layers layers at each length T
 (batch = max(1, --tokens // T)), and ViT-S/16 at 224² (T = 197) with
@@ -13,6 +15,9 @@ a speed one), so outside --quick it is compiled for its memory analysis only.
     python benchmarks/step_cost.py                      # the full sweep
     python benchmarks/step_cost.py --lengths=256,4096 --remat=full --repeats=2
     python benchmarks/step_cost.py --quick              # CI: shapes of the output
+    python benchmarks/step_cost.py --models=gpt2 --lengths=128 --remat=none \
+        --implementations=standard,naive,attention_residuals,denseformer --layers=8 \
+        --tokens=256 --repeats=2 --json_out=sweeps/rivals_cost/step_cost.json
 """
 
 from __future__ import annotations
@@ -27,12 +32,13 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 import _common  # noqa: E402
+from mha_jax import kinds  # noqa: E402
 from mha_jax.models import gpt, vit  # noqa: E402
 
 flags.DEFINE_list("lengths", ["128", "256", "512", "1024", "2048", "4096"], "GPT lengths T")
 flags.DEFINE_list("remat", ["none", "full"], "remat policies")
 flags.DEFINE_list("implementations", ["standard", "naive", "factorized", "fused"],
-                  "standard attention, then MHA implementations")
+                  "standard attention, MHA implementations, or rival kind names")
 flags.DEFINE_list("models", ["gpt2", "vit_s"], "which models")
 flags.DEFINE_integer("layers", 4, "GPT-2-width depth")
 flags.DEFINE_integer("vit_layers", 4, "ViT-S depth")
@@ -47,8 +53,8 @@ FLAGS = flags.FLAGS
 
 
 def attention(implementation):
-  if implementation == "standard":
-    return dict(kind="standard")
+  if implementation == "standard" or implementation in kinds.names(rival=True):
+    return dict(kind=implementation)
   return dict(kind="hopfield", alpha=0.5, alpha_hidden=0.5, implementation=implementation)
 
 

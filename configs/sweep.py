@@ -22,11 +22,11 @@ OPTIM = dict(learning_rate=3e-3, warmup_steps=20)
 RESIDUALS = ("convex", "scaled_branch", "standard")
 
 
-def vit_digits(steps):
+def vit_digits(steps, optim=OPTIM):
   """ViT on sklearn digits (8×8, 2×2 patches: 16 tokens + class), width 32."""
   return ("configs/vit_cifar.py:smoke", dict(total_steps=steps, batch_size=64, eval_steps=-1,
                                              log_every=50, eval_every=0, checkpoint_every=0,
-                                             progress_bar=False, optim=OPTIM))
+                                             progress_bar=False, optim=optim))
 
 
 def gpt_char(steps, eval_steps=8, optim=OPTIM):
@@ -72,6 +72,11 @@ PRESETS = {
                                      depth=(2, 8))),
     "rivals_noskip": (vit_digits(400), dict(kind=WITH_RIVALS, residual=("standard",),
                                             depth=(2, 8), skip=False)),
+    # (§4 of issue 22) which residual reading trains like the paper (α = 1 → chance, α = 0
+    # near the best): depth 12 and 24, a 4× longer schedule with 10 % warm-up, α′ = 0.5
+    "residual_reading": (vit_digits(1600, dict(learning_rate=1e-3, warmup_steps=160)),
+                         dict(kind=MHA, alpha=(0.0, 0.5, 1.0), alpha_hidden=(0.5,),
+                              residual=RESIDUALS, depth=(12, 24))),
 }
 # Settings equal to standard attention by construction (RESULTS.md checks Δ = 0 exactly and
 # leaves them out of the verdict counts): H_n = s_n in every layer; ReZero without skips.

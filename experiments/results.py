@@ -47,7 +47,8 @@ ROWS = [
     ("a", "ViT: MHA (α = α′ ∈ {0.5, 0.7}) beats standard attention, at depth 6 and 12, "
      "for each residual form", ["vit_depth"],
      "CIFAR-100 top-1 std / α .5 / α .7: Ti 73.08 / 72.03 / 72.57, S 74.49 / 75.42 / 75.59"),
-    ("e", "MHA vs the other rank-collapse remedies (RealFormer, value residual, ReZero), "
+    ("e", "MHA vs the other cross-layer and rank-collapse remedies ("
+     + ", ".join(kinds.get(k).label for k in kinds.names(rival=True)) + "), "
      "shallow and deep, with and without skip connections", ["rivals", "rivals_noskip"],
      "no skip, CIFAR-10 depth 2 / 8: standard 63.72 / 48.59, MHA 79.75 / 80.34"),
     ("d", "H_0 policy and reset-every-N (N = 1 has no memory across layers)",
@@ -69,7 +70,10 @@ ROW_NOTES = {
          "temperature 1/(1 − α′).",
     "e": "Without skip connections ReZero has no residual branch to gate and MHA's residual "
          "form does not apply, so `rivals_noskip` ReZero is standard attention (equal numbers "
-         "are expected) and MHA differs from it only by the carried H.",
+         "are expected) and MHA differs from it only by the carried H. AttnRes has no additive "
+         "skip to remove (its depth softmax over the embedding and earlier outputs replaces "
+         "it), so its `rivals_noskip` cells train the same model as its `rivals` cells; "
+         "DenseFormer without skips keeps its depth-weighted averages.",
     "g": "P = 4 key-value pairs, 16 keys, 16 values (chance = 1/16 = 0.0625), GPT width 32, "
          "1,000 steps; accuracy = fraction of the 4 answers recalled.",
 }

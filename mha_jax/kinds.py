@@ -25,6 +25,9 @@ RESIDUAL_RULES = {
     "form": "attention.residual_update(x, u, α, residual)",
     "x+u": "x ← x + u",
     "x+g·u": "x ← x + g·u, g learnable, init 0",
+    "depth softmax": "h ← Σ_i softmax_i(w·RMSNorm v_i) v_i before each sublayer, w learnable, "
+                     "init 0; no additive skip",
+    "x+u, then DWA": "x ← x + u, then x_l ← Σ_{j≤l} a_{l,j} x_j, a learnable, init identity",
 }
 
 
@@ -97,6 +100,20 @@ KINDS = {kind.name: kind for kind in (
         reads=_RETRIEVAL, implementations=("naive",), residual="x+u", score_update_flops=0,
         rival=False, decode=True, torch_reference=True, hf_export=False,
         citation="this codebase's reading of Farooq, arXiv 2506.11043 (mha_jax/energy.py)"),
+    # Cross-layer rivals that carry a history of earlier outputs (mha_jax/depth_mixing.py).
+    # Their mixing costs ~2·D FLOPs per history entry and token, not per score entry.
+    AttentionKind(
+        name="attention_residuals", label="AttnRes",
+        carries="history [2L+1, B, T, D]: embedding, every sublayer's output; layer index",
+        reads=(), implementations=("naive",), residual="depth softmax", score_update_flops=0,
+        rival=True, decode=False, torch_reference=False, hf_export=False,
+        citation="Kimi Team, arXiv 2603.15031 (Full AttnRes; 2 new [D] vectors per sublayer)"),
+    AttentionKind(
+        name="denseformer", label="DenseFormer",
+        carries="history [L+1, B, T, D]: embedding, every block's output; layer index",
+        reads=(), implementations=("naive",), residual="x+u, then DWA", score_update_flops=0,
+        rival=True, decode=False, torch_reference=False, hf_export=False,
+        citation="Pagliardini et al., 2024 (DWA every block; L+1 new weights per block)"),
 )}
 
 

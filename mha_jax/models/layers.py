@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.ad_checkpoint import checkpoint_name
 
-from mha_jax import attention, energy, kernels, kinds
+from mha_jax import attention, depth_mixing, energy, kernels, kinds
 from mha_jax.models.stack_config import REMAT_POLICIES, StackConfig
 
 def kernel_init(cfg: StackConfig, axes, residual_projection=False):
@@ -242,6 +242,8 @@ class Block(nn.Module):
     cfg, att = self.cfg, self.cfg.attention
     x_BxTxD, state = carry
     layerwise_inputs = layerwise_inputs or {}
+    if "depth_history" in state:
+      state = record_embedding(state, x_BxTxD)
     dropout = nn.Dropout(cfg.dropout, deterministic=deterministic)
     if "dropout_key" in layerwise_inputs:
       layer_key = jax.random.fold_in(layerwise_inputs["dropout_key"], state["layer"])
@@ -252,7 +254,10 @@ class Block(nn.Module):
         make_norm(cfg, "attention_norm")(x_BxTxD), state, restart, mask, deterministic,
         positions_BxT, layerwise_inputs.get("final_layers"))
     u_BxTxD = drop(u_BxTxD, 0)
-    if not cfg.skip_connections:
+    if att.kind == "attention_residuals":   # no additive skip: the depth softmax replaces it
+      state, filled = record_output(state, u_BxTxD, att.kind, 1)
+      x_BxTxD = DepthAttention(cfg, name="mlp_depth_attention")(state["depth_history"], filled)
+    elif not cfg.skip_connections:
       x_BxTxD = u_BxTxD
     elif att.kind == "hopfield":
       x_BxTxD = attention.residual_update(x_BxTxD, u_BxTxD, state.get("alpha", att.alpha),
@@ -264,7 +269,20 @@ class Block(nn.Module):
     else:
       x_BxTxD = x_BxTxD + u_BxTxD
     mlp_BxTxD = drop(Mlp(cfg, name="mlp")(make_norm(cfg, "mlp_norm")(x_BxTxD)), 1)
-    x_BxTxD = x_BxTxD + mlp_BxTxD if cfg.skip_connections else mlp_BxTxD
+    if att.kind == "attention_residuals":
+      state, filled = record_output(state, mlp_BxTxD, att.kind, 2)
+      x_BxTxD = DepthAttention(cfg, name="output_depth_attention")(state["depth_history"],
+                                                                  filled)
+    else:
+      x_BxTxD = x_BxTxD + mlp_BxTxD if cfg.skip_connections else mlp_BxTxD
+    if att.kind == "denseformer":
+      state, filled = record_output(state, x_BxTxD, att.kind, 1)
+      delta = self.param("dwa_delta", nn.with_logical_partitioning(nn.initializers.zeros, (None,)),
+                         state["depth_history"].shape[:1], cfg.param_dtype)
+      x_BxTxD = depth_mixing.depth_weighted_average(
+          state["depth_history"], depth_mixing.dwa_weights(delta, filled))
+    if "depth_history" in state:
+      state = dict(state, depth_layer=state["depth_layer"] + 1)
     x_BxTxD = nn.with_logical_constraint(x_BxTxD, ("batch", "length", "embed"))
     outputs = None
     if self.return_intermediates:
@@ -275,6 +293,36 @@ class Block(nn.Module):
     return (x_BxTxD, state), outputs
 
 
+def record_embedding(state, x_BxTxD):
+  """Layer 1 writes the stack's input into history slot 0 (later layers keep it)."""
+  history = state["depth_history"]
+  slot_0 = jnp.where(state["depth_layer"] == 0, x_BxTxD.astype(history.dtype), history[0])
+  return dict(state, depth_history=depth_mixing.record(history, slot_0, 0))
+
+
+def record_output(state, x_BxTxD, kind, sublayer):
+  """Write this layer's `sublayer`-th output (1-based) after the embedding and the
+  earlier layers' outputs; returns the state and how many entries are now written."""
+  slot = 1 + depth_mixing.SLOTS_PER_LAYER[kind] * state["depth_layer"] + sublayer - 1
+  history = depth_mixing.record(state["depth_history"], x_BxTxD, slot)
+  return dict(state, depth_history=history), slot + 1
+
+
+class DepthAttention(nn.Module):
+  """AttnRes before one sublayer: a pseudo-query w [D] (init 0) and the scale [D] of the
+  keys' RMSNorm (init 1) — the kind's only parameters."""
+  cfg: StackConfig
+
+  @nn.compact
+  def __call__(self, history_HxBxTxD, filled):
+    cfg = self.cfg
+    query, key_scale = (self.param(name, nn.with_logical_partitioning(init, ("embed",)),
+                                   (cfg.width,), cfg.param_dtype)
+                        for name, init in (("query", nn.initializers.zeros),
+                                           ("key_scale", nn.initializers.ones)))
+    return depth_mixing.depth_attention(history_HxBxTxD, filled, query, key_scale, cfg.norm_eps)
+
+
 OVERRIDES = "attention_overrides"     # variable collection read by LayerStack
 OVERRIDABLE = ("alpha", "alpha_hidden")
 
@@ -282,14 +330,20 @@ OVERRIDABLE = ("alpha", "alpha_hidden")
 def initial_state(cfg: StackConfig, batch, length, positions_BxT=None, key_positions_BxS=None,
                   decode=False, replay=False):
   """The attention state before layer 1: {} for standard attention and ReZero,
-  {"value_first": placeholder V_1} for the value residual, a kernel's carry (see
-  `kernels.initial_state`), else {"hidden": H_0} ([B, N, T, S]; see
+  {"value_first": placeholder V_1} for the value residual, {"depth_history": zeros
+  [slots, B, T, D], "depth_layer": 0} for the kinds that mix earlier outputs
+  (`depth_mixing`), a kernel's carry (see `kernels.initial_state`), else
+  {"hidden": H_0} ([B, N, T, S]; see
   `attention.initial_hidden_state` for the positions)."""
   att = cfg.attention
   if kinds.get(att.kind).carries == "nothing":
     return {}
   if att.kind == "value_residual":   # replaced by layer 1's values (restart flag)
     return {"value_first": jnp.zeros((batch, length, cfg.num_heads, cfg.head_dim), cfg.dtype)}
+  slots = depth_mixing.history_slots(att.kind, cfg.num_layers)
+  if slots:   # slot 0 is written by layer 1 (record_embedding)
+    return {"depth_history": jnp.zeros((slots, batch, length, cfg.width), cfg.dtype),
+            "depth_layer": jnp.zeros((), jnp.int32)}
   stacked = kernels.initial_state(att, cfg.num_layers, batch, length, cfg.num_heads,
                                   cfg.head_dim, cfg.dtype, decode, replay)
   if stacked is not None:

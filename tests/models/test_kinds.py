@@ -23,6 +23,9 @@ EXPECTED_CARRY_BYTES = {
     "hopfield": B * N * T * T * 4,                     # H [B, N, T, S] float32
     "realformer": B * N * T * T * 4,
     "value_residual": B * T * N * D * 4,               # V_1 [B, T, N, D]
+    # the history [slots, B, T, N·D] float32 and the int32 layer index
+    "attention_residuals": (2 * L + 1) * B * T * N * D * 4 + 4,
+    "denseformer": (L + 1) * B * T * N * D * 4 + 4,
 }
 
 
@@ -52,7 +55,7 @@ def test_flops_extra_is_the_table_rate_times_the_score_map(kind):
   counted = flops.training_flops(model, B, "text", seq_len=T)
   per_entry = kinds.KINDS[kind].score_update_flops
   assert counted.mha_extra == 3 * L * per_entry * B * N * T * T
-  if kind in ("standard", "rezero", "value_residual"):
+  if kind in ("standard", "rezero", "value_residual", "attention_residuals", "denseformer"):
     assert counted.mha_extra == 0
 
 
@@ -87,6 +90,7 @@ def test_unknown_kind_names_the_allowed_ones():
 
 
 def test_names_filter_by_fact():
-  assert kinds.names(rival=True) == ("realformer", "value_residual", "rezero")
+  assert kinds.names(rival=True) == ("realformer", "value_residual", "rezero",
+                                     "attention_residuals", "denseformer")
   assert set(kinds.names(carries_hidden=True)) == {"hopfield", "realformer"}
   assert "value_residual" not in kinds.names(hf_export=True)
