@@ -1,18 +1,14 @@
 """The README demo: a small ViT on offline MNIST (mnist5k: 4000 train / 1000
-validation images, 28×28), standard attention vs MHA, a couple of minutes each
-on 2 CPU cores. No download beyond `pip install 'mha-jax[data]'`.
+validation images, 28×28), standard attention vs MHA, minutes each on CPU.
+No download beyond `pip install 'mha-jax[data]'`.
 
   python -m mha_jax.main --config=configs/demo.py:attention=standard --workdir=runs/demo_std
   python -m mha_jax.main --config=configs/demo.py:attention=hopfield --workdir=runs/demo_mha
 
 Model: 6 layers, width 64, 4 heads, patch 7 (16 patches + class token).
 Training: 500 steps of batch 128 (16 epochs), AdamW lr 2e-3, cosine, 40 warmup.
-Compare `eval/accuracy` in runs/*/metrics.jsonl (experiments/compare_runs.py).
-Measured on 2 CPU cores (seeds 0 / 1): standard 92.4 / 92.0 % top-1, MHA
-(α = α′ = 0.5, convex residual) 88.9 / 88.7 %, MHA with residual=standard 91.9 %
-(seed 0). At this scale MHA with the convex residual is worse, a negative result
-the paper's ViT-Tiny row also shows; its gains are reported for deeper, larger
-models trained far longer.
+Compare `eval/accuracy` in runs/*/metrics.jsonl (experiments/compare_runs.py);
+seeded comparisons at CPU scale are in RESULTS.md, read from their cell files.
 `smoke`: 20 steps, seconds.
 """
 

@@ -7,7 +7,8 @@ changes to it, and the grid axes of mha_jax.sweep.grid (kind, alpha,
 alpha_hidden, residual, h0, reset_every, depth, seed); alpha_hidden -1 = α.
 `data` (optional) replaces the base config's dataset; `metric` names the number
 compared ("" = perplexity for text, accuracy for images; associative recall is
-scored by the fraction of answers recalled).
+scored by the fraction of answers recalled); `controls` the settings equal to the
+baseline by construction.
 `smoke`: two seeds, depth 2, 4 steps — seconds, for tests.
 """
 
@@ -73,6 +74,10 @@ PRESETS = {
     "rivals_noskip": (vit_digits(400), dict(kind=WITH_RIVALS, residual=("standard",),
                                             depth=(2, 8), skip=False)),
 }
+# Settings equal to standard attention by construction (RESULTS.md checks Δ = 0 exactly and
+# leaves them out of the verdict counts): H_n = s_n in every layer; ReZero without skips.
+CONTROLS = {"h0_reset": (dict(kind="hopfield", h0="first_scores", reset_every=1),),
+            "rivals_noskip": (dict(kind="rezero"),)}
 DEFAULT_AXES = dict(kind=("hopfield",), alpha=(0.5,), alpha_hidden=(-1.0,),
                     residual=("convex",), h0=("zeros",), reset_every=(0,), depth=(6,),
                     seed=(0, 1, 2))
@@ -92,6 +97,7 @@ def get_config(arg=None):
   config.base_updates = dict(updates, model=dict(updates.get("model", {}),
                                                  skip_connections=skip))
   config.grid = {**DEFAULT_AXES, **axes, "seed": tuple(range(a.seeds))}
+  config.controls = [dict(c) for c in CONTROLS.get(a.preset, ())]
   config.mode = a.mode
   config.eval_steps = updates["eval_steps"]
   if a.smoke:   # the first two values of each axis, depth 2, two seeds, 4 steps

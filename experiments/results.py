@@ -5,12 +5,17 @@
 
 Each row of RESULTS.md is one claim of the paper (issue 13, a–g) with the command
 that regenerates its numbers printed above them. Sweeps run smallest first; each
-finished cell is kept under <outdir>/<preset>/cells/, so an interrupted or
-budget-limited build continues where it stopped the next time. A row whose runs
-have not finished says "not yet run" and gives its command: no number in
-RESULTS.md comes from anywhere but the files this script reads.
+finished cell is kept in the shared store <outdir>/cells/ (one result per cell
+identity, whichever presets list it), so an interrupted or budget-limited build
+continues where it stopped the next time; sweep.py prints a line per finished
+cell with an ETA, and a failed cell is recorded with its error and tried again by
+the next run. A row whose runs have not finished says what is missing and gives
+its command: no number in RESULTS.md comes from anywhere but the files this
+script reads. A run that trains writes <outdir>/regeneration.json (its wall time
+per command), from which RESULTS.md states the regeneration time.
 """
 
+import datetime
 import json
 import os
 import subprocess
@@ -78,21 +83,43 @@ def sweep_command(preset):
 
 
 def run(command, minutes_left):
+  """Runs one command; returns its wall seconds."""
   print("$", command, flush=True)
   budget = f" --budget_minutes={minutes_left:.1f}" if "sweep.py" in command else ""
   env = dict(os.environ, PYTHONPATH=os.getcwd())
+  start = time.time()
   subprocess.run(command.replace("python ", sys.executable + " ", 1) + budget, shell=True,
                  check=False, env=env)
+  return time.time() - start
 
 
-def counted_verdict(words):
-  """One verdict from per-setting words ("better" / "worse" / no difference, each
-  from a 95 % paired interval)."""
+def preset_cells(preset):
+  """(sweep config, every cell, the shared store) of one preset."""
+  sweep = config_util.load_config(f"configs/sweep.py:preset={preset}")
+  store = grid.ResultStore(os.path.join(FLAGS.outdir, "cells"), grid.sweep_setup(sweep))
+  return sweep, grid.cells(sweep.grid), store
+
+
+def preset_results(preset):
+  _, cells, store = preset_cells(preset)
+  return store.results(cells)
+
+
+def counted_verdict(rows):
+  """One verdict from the rows' per-setting words ("better" / "worse" / no
+  difference, each Holm-corrected within the row); settings equal to the baseline
+  by construction are not counted, only checked."""
+  words = [r["verdict"] for r in rows if r.get("verdict") and not r.get("control")]
+  controls = [r for r in rows if r.get("control")]
   better, worse = words.count("better"), words.count("worse")
   same = words.count("no difference at this scale")
   counts = f"{better} better, {worse} worse, {same} no difference"
+  passed = sum(r["verdict"] == aggregate.EQUAL_BY_CONSTRUCTION for r in controls)
+  checked = f"{passed} of {len(controls)} exactly equal"
   if not words:
-    return "no comparison yet"
+    return f"equal by construction, not counted — {checked}" if controls else "no comparison yet"
+  if controls:
+    counts += f" ({len(controls)} equal by construction not counted: {checked})"
   if better and not worse:
     return f"supports — {counts}"
   if worse and not better:
@@ -105,31 +132,43 @@ def counted_verdict(words):
 def row_verdict(rows):
   """The verdict of a row's settings against standard attention; one per kind (MHA
   first) when the row compares several, so a rival's win is not read as MHA's."""
-  kinds = sorted({r["kind"] for r in rows if r.get("verdict")}, key=lambda k: (k != "hopfield", k))
-  if len(kinds) <= 1:
-    return counted_verdict([r["verdict"] for r in rows if r.get("verdict")])
+  compared = sorted({r["kind"] for r in rows if r.get("verdict")},
+                    key=lambda k: (k != "hopfield", k))
+  if len(compared) <= 1:
+    return counted_verdict(rows)
   return "; ".join(f"{kinds.get(k).label}: " + counted_verdict(
-      [r["verdict"] for r in rows if r["kind"] == k and r.get("verdict")]) for k in kinds)
+      [r for r in rows if r["kind"] == k]) for k in compared)
 
 
-def sweep_section(preset):
-  """(markdown, per-setting rows or None) of one preset's finished cells."""
-  outdir = os.path.join(FLAGS.outdir, preset)
+def summarize_preset(preset):
+  """(rows or None, markdown of the cells' state) of one preset, uncorrected."""
+  sweep, cells, store = preset_cells(preset)
   command = sweep_command(preset)
-  sweep = config_util.load_config(f"configs/sweep.py:preset={preset}")
-  total = len(grid.cells(sweep.grid))
-  results = grid.ResultStore(outdir).read_all() if os.path.isdir(outdir) else []
+  results, failed = store.results(cells), store.failures(cells)
+  failures = "".join(f"\n- failed on its last try (retried by the next run): "
+                     f"`{grid.cell_id(f['cell'])}`: {f['error']}" for f in failed)
   if not results:
-    return f"```\n{command}\n```\nnot yet run ({total} cells).\n", None
-  rows = aggregate.summarize(results, *aggregate.metric_direction(sweep.metric))
+    return None, f"```\n{command}\n```\nnot yet run ({len(cells)} cells).\n{failures}"
+  rows = aggregate.summarize(results, *aggregate.metric_direction(sweep.metric),
+                             controls=sweep.controls)
   seconds = sum(r.get("seconds", 0) for r in results)
-  text = (f"```\n{command}\n```\n{len(results)} of {total} cells finished "
+  text = (f"```\n{command}\n```\n{len(results)} of {len(cells)} cells finished "
           f"({seconds / 60:.0f} minutes of training on 2 CPU cores)"
-          + ("" if len(results) == total else " — the rest not yet run") + ".\n\n"
-          + aggregate.markdown(rows))
-  if os.path.exists(os.path.join(outdir, "heatmap.png")):
-    text += f"\n![α × α′ grid]({outdir}/heatmap.png)\n"
-  return text, rows
+          + ("" if len(results) == len(cells) else " — the rest not yet run") + "."
+          + failures + "\n\n")
+  return rows, text
+
+
+def sweep_section(rows, text, preset):
+  """Markdown of one preset: its state, the table, the α × α′ heat map."""
+  png = os.path.join(FLAGS.outdir, preset, "heatmap.png")
+  if rows is None:
+    return text
+  text += aggregate.markdown(rows)
+  if os.path.exists(png):
+    text += (f"\n![`{preset}`: mean {rows[0]['metric']} over seeds on the α × α′ values "
+             f"it trains, one panel per residual form, h0 and depth]({png})\n")
+  return text
 
 
 def rank_verdict(data):
@@ -173,17 +212,24 @@ def rank_section():
 
 def profile_section():
   """(markdown, verdict, MHA's verdict) of the trained networks' depth curves
-  (PROFILE_PRESETS); "better" = less collapse: a higher last-layer rank residual."""
-  parts, rows_seen = [], []
+  (PROFILE_PRESETS); "better" = less collapse: a higher last-layer rank residual.
+  Each measure's rows over every preset are one Holm family."""
+  parts, tables = [], {}
+  for preset in PROFILE_PRESETS:
+    sweep, _, _ = preset_cells(preset)
+    results = preset_results(preset)
+    tables[preset] = {m: profiles.summarize(results, m, sweep.controls) for m in profiles.MEASURES}
+  for measure in profiles.MEASURES:
+    aggregate.holm([r for t in tables.values() for r in t[measure]])
+  rows_seen = []
   for preset, row in PROFILE_PRESETS.items():
-    outdir = os.path.join(FLAGS.outdir, preset)
-    results = grid.ResultStore(outdir).read_all() if os.path.isdir(outdir) else []
-    rows = {m: profiles.summarize(results, m) for m in profiles.MEASURES}
+    rows = tables[preset]
     if not rows["rank_residual"]:
       parts.append(f"### trained: `{preset}`\n\nnot yet run: `{sweep_command(preset)}`.\n")
       continue
     rows_seen += rows["rank_residual"]
-    png = os.path.join(outdir, "profiles.png")
+    png = os.path.join(FLAGS.outdir, preset, "profiles.png")
+    os.makedirs(os.path.dirname(png), exist_ok=True)
     profiles.plot(rows, png, title=preset)
     parts.append(f"### trained: `{preset}` (the cells of row {row}"
                  f", first eval batch)\n\n**Verdict:** {row_verdict(rows['rank_residual'])}"
@@ -203,34 +249,75 @@ Every number below is read from result files by `python experiments/results.py
 Models are tiny (width 32; offline sklearn digits, Shakespeare characters or GPT-2
 BPE, synthetic associative recall; a few hundred steps), trained on 2 CPU cores;
 mean ± std over seeds (sample std), Δ = run − standard attention at the same depth
-and seeds with a 95 % paired t interval. Every verdict compares the row's settings
-with standard attention, and says "supports" / "contradicts" only where intervals
-exclude 0 (counts of settings better / worse / no different are given, so a row
-with "contradicts" for α′ = 1 and "no difference" elsewhere reads as such); where a
-row compares several kinds, each kind has its own verdict, and the summary gives
-MHA's. A verdict is about this scale: the paper's claims are for larger models
-trained far longer.
-
-Time to regenerate everything, measured 2026-11-25 preset by preset on a quiet
-2-core machine: 1.8 h (vit_depth 16.7 min, recall 6.8, h0_reset 10.1, gpt_char 27.8,
-gpt_bpe 13.6, rivals_noskip 8.9, rivals 9.4, alpha_grid ≈ 16 — 19 of its 48 cells
-retrained, the rest extrapolated — and the rank-collapse run 11 s). The alpha_grid
-cells themselves carry their times from a machine shared by eight jobs, hence the
-larger sum below; retrained cells reproduced their accuracies exactly.
+and seeds with a 95 % paired t interval. A setting listed by several presets is one
+cell, trained once: its numbers are the same wherever it appears. Every verdict
+compares the row's settings with standard attention; the settings of a row are one
+family, corrected with Holm–Bonferroni (p (Holm), the paired t test's p-value
+adjusted for the row's number of settings), and "better" / "worse" need p (Holm) <
+0.05 (the intervals shown are the uncorrected 95 % ones, so one may exclude 0
+while the corrected verdict is "no difference"). Counts of settings better / worse
+/ no different are given, so a row with "contradicts" for α′ = 1 and "no
+difference" elsewhere reads as such; settings equal to standard attention by
+construction are checked (Δ exactly 0) and not counted. Where a row compares
+several kinds, each kind has its own verdict, and the summary gives MHA's. A
+verdict is about this scale: the paper's claims are for larger models trained far
+longer.
 """
+
+
+def rounding_note():
+  """What rounding alone does to one setting (experiments/group_rounding.py)."""
+  path = os.path.join(FLAGS.outdir, "group_rounding", "rounding.json")
+  if not os.path.exists(path):
+    return ""
+  with open(path, encoding="utf-8") as f:
+    data = json.load(f)
+  spans = "; ".join(f"seed {seed}: {s['min']:.4f} to {s['max']:.4f}"
+                    for seed, s in data["spread"].items())
+  sizes = sorted({g["K"] for g in data["groups"]})
+  return (f"\nRounding alone: one setting ({data['residual']}, α = α′ = {data['alpha']}, "
+          f"depth {data['depth']}, {data['steps']} steps) trained in vmapped groups of "
+          f"{', '.join(map(str, sizes))} runs ends at accuracy {spans} — the same seed, "
+          "data and init, only the group differs (`python experiments/group_rounding.py`, "
+          f"{path}). This spread is part of the seed-to-seed noise above.\n")
+
+
+def cost_note(presets):
+  """Training cost from the cells' own times (each shared cell once) and the last
+  training run's wall time (regeneration.json)."""
+  finished = {}
+  for preset in presets:
+    _, cells, store = preset_cells(preset)
+    for cell in cells:
+      finished.update({store.path(cell): r for r in store.results([cell])})
+  hours = sum(r.get("seconds", 0) for r in finished.values()) / 3600
+  text = (f"Cost: {len(finished)} training runs, {hours:.2f} h of training on 2 CPU cores "
+          "(the sum of the times the cells' own runs measured, under whatever load the "
+          "machine had; a vmapped group's time is shared by its K runs): the time to "
+          "regenerate every cell. Each rerun of the command trains only the cells that "
+          "have no result.")
+  path = os.path.join(FLAGS.outdir, "regeneration.json")
+  if os.path.exists(path):
+    with open(path, encoding="utf-8") as f:
+      last = json.load(f)
+    text += (f" The last run of results.py ({last['date']}) took {last['seconds'] / 3600:.2f} h "
+             f"wall and trained {last['cells_trained']} cells ({path}).")
+  return text + "\n"
 
 
 def write_report():
   sections = []   # (row id, summary line, section text)
   for row_id, claim, presets, paper in ROWS:
+    state = {p: summarize_preset(p) for p in presets}
+    aggregate.holm([r for rows, _ in state.values() for r in rows or ()])
     body, summary = [], []
-    for preset in presets:
-      text, rows = sweep_section(preset)
-      verdict = row_verdict(rows) if rows else "not yet run"
+    for preset, (rows, text) in state.items():
       mha = [r for r in rows or () if r["kind"] in ("standard", "hopfield")]
       summary.append((f"{preset}: " if len(presets) > 1 else "")
                      + (row_verdict(mha) if rows else "not yet run"))
-      body.append(f"### `{preset}`\n\n**Verdict:** {verdict}\n\n{text}")
+      body.append(f"### `{preset}`\n\n**Verdict:** "
+                  f"{row_verdict(rows) if rows else 'not yet run'}\n\n"
+                  + sweep_section(rows, text, preset))
     note = f"{ROW_NOTES[row_id]}\n\n" if row_id in ROW_NOTES else ""
     sections.append((row_id, f"| ({row_id}) | {claim} | {paper} | {'; '.join(summary)} |",
                      f"## ({row_id}) {claim}\n\nPaper: {paper}.\n\n{note}" + "\n".join(body)))
@@ -244,13 +331,7 @@ def write_report():
                    f"exponentially.\n\n### random weights\n\n{rank_text}\n**Verdict, trained (MHA vs "
                    f"standard, last layer):** {trained_word}\n\n{trained_text}"))
   sections.sort()
-  finished = [r for p in {p for _, _, presets, _ in ROWS for p in presets}
-              if os.path.isdir(os.path.join(FLAGS.outdir, p))
-              for r in grid.ResultStore(os.path.join(FLAGS.outdir, p)).read_all()]
-  cost = (f"Cost: {len(finished)} training runs, "
-          f"{sum(r.get('seconds', 0) for r in finished) / 3600:.2f} h of training on 2 CPU "
-          "cores (the sum of the cells' times; a vmapped group's time is shared by its K "
-          "runs). Each rerun of the command trains only the cells that have no result.\n")
+  cost = cost_note([p for _, _, presets, _ in ROWS for p in presets]) + rounding_note()
   summary = ["## Summary\n", "| row | claim | paper | verdict here |", "|---|---|---|---|"]
   text = "\n".join([HEADER, cost, "\n".join(summary + [line for _, line, _ in sections]) + "\n"]
                    + [section for _, _, section in sections])
@@ -259,19 +340,38 @@ def write_report():
   print("wrote", FLAGS.results)
 
 
+def count_done():
+  """Finished cells in the shared store (every setup)."""
+  return sum(name.endswith(".json") and not name.endswith(".failed.json")
+             and name != "setup.json"
+             for _, _, names in os.walk(os.path.join(FLAGS.outdir, "cells")) for name in names)
+
+
+def regenerate():
+  """Runs the missing work within the budget; records its wall time."""
+  start, before = time.time(), count_done()
+  work = [(rid, sweep_command(p)) for rid, _, presets, _ in ROWS for p in presets]
+  if not os.path.exists(os.path.join(FLAGS.outdir, "rank_collapse", "rank.json")):
+    work.insert(0, ("f", RANK.format(o=FLAGS.outdir)))
+  commands = {}
+  for row_id, command in work:
+    minutes_left = FLAGS.budget_minutes - (time.time() - start) / 60
+    if minutes_left <= 0:
+      print(f"budget of {FLAGS.budget_minutes} min spent; the rest is left for the next run")
+      break
+    if not FLAGS.only or row_id in FLAGS.only:
+      os.makedirs(os.path.join(FLAGS.outdir, "rank_collapse"), exist_ok=True)
+      commands[command] = run(command, minutes_left)
+  record = dict(date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+                seconds=time.time() - start, cells_trained=count_done() - before,
+                commands=commands)
+  with open(os.path.join(FLAGS.outdir, "regeneration.json"), "w", encoding="utf-8") as f:
+    json.dump(record, f, indent=1)
+
+
 def main(_):
-  start = time.time()
   if not FLAGS.report_only:
-    work = [(rid, sweep_command(p)) for rid, _, presets, _ in ROWS for p in presets]
-    if not os.path.exists(os.path.join(FLAGS.outdir, "rank_collapse", "rank.json")):
-      work.insert(0, ("f", RANK.format(o=FLAGS.outdir)))
-    for row_id, command in work:
-      minutes_left = FLAGS.budget_minutes - (time.time() - start) / 60
-      if minutes_left <= 0:
-        break
-      if not FLAGS.only or row_id in FLAGS.only:
-        os.makedirs(os.path.join(FLAGS.outdir, "rank_collapse"), exist_ok=True)
-        run(command, minutes_left)
+    regenerate()
   write_report()
 
 

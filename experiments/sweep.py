@@ -3,8 +3,10 @@
     python experiments/sweep.py --config=configs/sweep.py:preset=alpha_grid --outdir=sweeps/alpha_grid
     python experiments/sweep.py --config=configs/sweep.py:preset=rivals,smoke --outdir=/tmp/s
 
-Resumable: every finished cell is one JSON under <outdir>/cells/; running the same
-command again trains only the cells without one (`--budget_minutes` stops starting
+Resumable: every finished cell is one JSON in the shared cell store (--cells,
+default <outdir>/../cells, one folder per training setup, so presets that list the
+same cell share its one result); running the same command again trains only the
+cells without one (and retries failed ones) (`--budget_minutes` stops starting
 new groups after that long, so a long grid can be built up across sittings).
 `--mode=vmapped` (default) trains the cells that share one program (differing in
 seed, α, α′) in one vmapped step; `--mode=separate` runs `train_and_evaluate` per
@@ -25,7 +27,8 @@ from mha_jax.sweep import aggregate, grid
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "sweep config (configs/sweep.py:preset=...)")
-flags.DEFINE_string("outdir", None, "where cells/ and the reports go")
+flags.DEFINE_string("outdir", None, "where the reports go")
+flags.DEFINE_string("cells", None, "the shared cell store (default: <outdir>/../cells)")
 flags.DEFINE_string("mode", None, "vmapped | separate (default: the config's)")
 flags.DEFINE_float("budget_minutes", 0, "stop starting new groups after this long (0: no limit)")
 flags.DEFINE_bool("report_only", False, "only aggregate the results present")
@@ -42,12 +45,23 @@ def write_results_csv(results, path):
       writer.writerow({**r["cell"], **r["eval"], **{k: r.get(k) for k in fields[-4:]}})
 
 
-def report(outdir, metric=""):
-  results = grid.ResultStore(outdir).read_all()
+def cell_store(sweep, outdir, cells_root=None):
+  """The ResultStore of `sweep`'s training setup under the shared cells root."""
+  root = cells_root or os.path.join(os.path.dirname(os.path.abspath(outdir)), "cells")
+  return grid.ResultStore(root, grid.sweep_setup(sweep))
+
+
+def report(sweep, store, outdir):
+  every = grid.cells(sweep.grid)
+  for failure in store.failures(every):
+    print(f"failed: {grid.cell_id(failure['cell'])}: {failure['error']}")
+  results = store.results(every)
   if not results:
     print("no results yet")
     return []
-  rows = aggregate.summarize(results, *aggregate.metric_direction(metric))
+  rows = aggregate.summarize(results, *aggregate.metric_direction(sweep.metric),
+                             controls=sweep.controls)
+  aggregate.holm(rows)
   write_results_csv(results, os.path.join(outdir, "results.csv"))
   aggregate.write_csv(rows, os.path.join(outdir, "summary.csv"))
   with open(os.path.join(outdir, "summary.md"), "w", encoding="utf-8") as f:
@@ -61,13 +75,15 @@ def report(outdir, metric=""):
 def main(_):
   sweep = FLAGS.config
   os.makedirs(FLAGS.outdir, exist_ok=True)
+  store = cell_store(sweep, FLAGS.outdir, FLAGS.cells)
   if not FLAGS.report_only:
     deadline = time.time() + 60 * FLAGS.budget_minutes if FLAGS.budget_minutes else None
     trained, skipped, left = grid.run_sweep(
-        grid.base_config(sweep), sweep.grid, FLAGS.outdir, mode=FLAGS.mode or sweep.mode,
-        eval_steps=sweep.eval_steps, deadline=deadline)
+        grid.base_config(sweep), sweep.grid, store, mode=FLAGS.mode or sweep.mode,
+        eval_steps=sweep.eval_steps, deadline=deadline,
+        runs_dir=os.path.join(FLAGS.outdir, "runs"))
     print(f"cells trained {trained}, already done {skipped}, left {left}")
-  report(FLAGS.outdir, sweep.metric)
+  report(sweep, store, FLAGS.outdir)
 
 
 if __name__ == "__main__":

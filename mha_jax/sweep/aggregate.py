@@ -4,8 +4,14 @@ For each setting (a cell without its seed) the main metric's mean, sample std
 (ddof = 1) and median over seeds; against the baseline (standard attention at the
 same depth, the same seeds) the per-seed differences d_s = run − baseline, their
 mean and a 95 % paired t interval  mean(d) ± t_{0.975, n−1} · sd(d)/√n.
-The verdict says "better" / "worse" only when that interval excludes 0, and
-"no difference at this scale" otherwise — whichever way the numbers point.
+The per-comparison verdict says "better" / "worse" only when that interval
+excludes 0. A table or a RESULTS.md row tests many settings at once, so `holm`
+corrects the family (Holm–Bonferroni on the paired t tests' p-values, which
+controls the chance of any false "better"/"worse" at 5 % without assuming the
+tests independent) and the verdict words follow the corrected p-values; the
+intervals shown stay the uncorrected 95 % ones. Settings equal to the baseline
+by construction (`controls`) are checked for Δ = 0 exactly and left out of the
+family and of the counts.
 """
 
 from __future__ import annotations
@@ -73,6 +79,63 @@ def paired_interval(diffs):
   return float(d.mean()), float(d.mean() - half), float(d.mean() + half)
 
 
+def paired_p_value(diffs):
+  """Two-sided p of the paired t test of mean(d) = 0 (1 / 0 when all d are equal)."""
+  from scipy import stats
+  d = np.asarray(diffs, np.float64)
+  if d.size < 2:
+    return math.nan
+  sd = d.std(ddof=1)
+  if sd == 0:
+    return 1.0 if d.mean() == 0 else 0.0
+  return float(2 * stats.t.sf(abs(d.mean()) / (sd / math.sqrt(d.size)), d.size - 1))
+
+
+def holm_adjust(p_values):
+  """Holm–Bonferroni adjusted p-values, in the input order (NaN stays NaN)."""
+  order = sorted((p, i) for i, p in enumerate(p_values) if not math.isnan(p))
+  adjusted, running = list(p_values), 0.0
+  for rank, (p, i) in enumerate(order):
+    running = max(running, min(1.0, (len(order) - rank) * p))
+    adjusted[i] = running
+  return adjusted
+
+
+EQUAL_BY_CONSTRUCTION = "= baseline by construction ✓"
+BROKEN_CONTROL = "≠ baseline, though equal by construction: an implementation error"
+
+
+def holm(rows, level=0.05):
+  """Corrects one family in place: every row with a p-value (controls excluded)
+  gets p_holm and a verdict from it and the sign of Δ."""
+  tested = [r for r in rows if "p_value" in r and not r.get("control")]
+  for row, p in zip(tested, holm_adjust([r["p_value"] for r in tested])):
+    row["p_holm"] = p
+    if math.isnan(p):
+      row["verdict"] = "n < 2 seeds"
+    elif p < level and row["delta"] != 0:
+      row["verdict"] = "better" if (row["delta"] > 0) == row["higher_better"] else "worse"
+    else:
+      row["verdict"] = "no difference at this scale"
+  return rows
+
+
+def is_control(cell, controls):
+  return any(all(cell.get(k) == v for k, v in dict(c).items()) for c in controls or ())
+
+
+def compare(row, diffs, higher_better, controls=()):
+  """Adds Δ, its 95 % interval, the paired t p-value and a per-comparison verdict."""
+  mean, lower, upper = paired_interval(diffs)
+  row.update(n_paired=len(diffs), delta=mean, ci_low=lower, ci_high=upper,
+             p_value=paired_p_value(diffs), higher_better=higher_better,
+             verdict=verdict(lower, upper, higher_better))
+  if is_control(row, controls):
+    row.update(control=True, verdict=EQUAL_BY_CONSTRUCTION if diffs and not any(diffs)
+               else BROKEN_CONTROL)
+  return row
+
+
 def verdict(lower, upper, higher_better):
   if math.isnan(lower):
     return "n < 2 seeds"
@@ -81,8 +144,9 @@ def verdict(lower, upper, higher_better):
   return "no difference at this scale"
 
 
-def summarize(results, metric=None, higher_better=None):
-  """One dict per setting: axes, n, mean, std, median, and Δ vs baseline."""
+def summarize(results, metric=None, higher_better=None, controls=()):
+  """One dict per setting: axes, n, mean, std, median, and Δ vs baseline (its
+  uncorrected verdict: pass the rows of a family to `holm`)."""
   if metric is None:
     metric, higher_better = main_metric(results)
   values = by_setting(results, metric)
@@ -97,16 +161,13 @@ def summarize(results, metric=None, higher_better=None):
     base_key = baseline_key(settings, cell)
     if base_key is not None and cell["kind"] != "standard":
       paired = sorted(set(seeds) & set(values[base_key]))
-      diffs = [seeds[s] - values[base_key][s] for s in paired]
-      mean, lower, upper = paired_interval(diffs)
-      row.update(n_paired=len(paired), delta=mean, ci_low=lower, ci_high=upper,
-                 verdict=verdict(lower, upper, higher_better))
+      compare(row, [seeds[s] - values[base_key][s] for s in paired], higher_better, controls)
     rows.append(row)
   return rows
 
 
 COLUMNS = SETTING_AXES + ("metric", "n", "mean", "std", "median", "n_paired", "delta",
-                          "ci_low", "ci_high", "verdict")
+                          "ci_low", "ci_high", "p_value", "p_holm", "verdict")
 
 
 def write_csv(rows, path):
@@ -142,17 +203,24 @@ def delta_text(row, spec="+.4f"):
   return f"{row['delta']:{spec}} [{_fmt(row['ci_low'], spec)}, {_fmt(row['ci_high'], spec)}]"
 
 
+def p_text(row):
+  """The Holm-corrected p-value, '' where there is none (baseline, control)."""
+  return "" if "p_holm" not in row else _fmt(row["p_holm"], ".3f")
+
+
 def markdown(rows):
-  """Table: setting, depth, n, mean ± std, median, Δ vs baseline [95 % CI], verdict."""
+  """Table: setting, depth, n, mean ± std, median, Δ vs baseline [95 % CI], Holm p,
+  verdict."""
   if not rows:
     return "(no results)\n"
   metric = rows[0]["metric"]
   lines = [f"| setting | depth | seeds | {metric} mean ± std | median | Δ vs standard "
-           "[95 % paired CI] | verdict |", "|---|---|---|---|---|---|---|"]
+           "[95 % paired CI] | p (Holm) | verdict |", "|---|---|---|---|---|---|---|---|"]
   for row in display_order(rows):
     delta = delta_text(row)
     lines.append(f"| {describe(row)} | {row['depth']} | {row['n']} | {row['mean']:.4f} ± "
-                 f"{_fmt(row['std'])} | {row['median']:.4f} | {delta} | {row.get('verdict', '')} |")
+                 f"{_fmt(row['std'])} | {row['median']:.4f} | {delta} | {p_text(row)} | "
+                 f"{row.get('verdict', '')} |")
   return "\n".join(lines) + "\n"
 
 

@@ -4,10 +4,11 @@ A sweep config (configs/sweep_*.py) names a base training config and the axes
 
     kind, alpha, alpha_hidden, residual, h0, reset_every, depth, seed
 
-Each cell is one training run; its result is one JSON file under
-<outdir>/cells/, written atomically (temp file + rename), so a killed sweep
-leaves only whole results and the next invocation trains only the cells that
-have none. Settings that do not apply to a kind collapse (standard attention has
+Each cell is one training run; its result is one JSON file in a `ResultStore`
+(<cells root>/<digest of the training setup>/), written atomically (temp file +
+rename), so a killed sweep leaves only whole results and the next invocation
+trains only the cells that have none. Presets with the same training setup share
+the store: a setting listed by two presets has one result. Settings that do not apply to a kind collapse (standard attention has
 no α), so no cell is trained twice.
 
 Cells that share one program (same kind, residual, h0, reset, depth) and differ
@@ -102,32 +103,67 @@ def program_key(cell):
   return tuple((a, cell[a]) for a in AXES if a not in VMAPPABLE)
 
 
+def sweep_setup(sweep):
+  """What a sweep's cells are trained from besides their own axes: the base training
+  config, its changes, the data and the eval length. Presets with equal setups
+  (vit_depth and alpha_grid) share their cells."""
+  as_dict = lambda v: v.to_dict() if hasattr(v, "to_dict") else v  # noqa: E731
+  return {"base": sweep.base, "base_updates": as_dict(sweep.base_updates),
+          "data": as_dict(sweep.data), "eval_steps": sweep.eval_steps}
+
+
+def setup_digest(setup):
+  return hashlib.sha1(json.dumps(setup, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
 class ResultStore:
-  """One JSON per finished cell under <outdir>/cells/."""
+  """One JSON per finished cell under <root>/<digest of the setup>/: every preset
+  with the same setup reads and writes the same files, so a cell that two presets
+  list is trained once and has one result. A failed cell leaves <id>.failed.json
+  (its error) instead, and is tried again by the next run."""
 
-  def __init__(self, outdir):
-    self.dir = os.path.join(outdir, "cells")
-    os.makedirs(self.dir, exist_ok=True)
+  def __init__(self, root, setup):
+    self.setup = setup
+    self.dir = os.path.join(root, setup_digest(setup))
 
-  def path(self, cell):
-    return os.path.join(self.dir, cell_id(cell) + ".json")
+  def path(self, cell, suffix=".json"):
+    return os.path.join(self.dir, cell_id(cell) + suffix)
 
   def done(self, cell):
     return os.path.exists(self.path(cell))
 
-  def write(self, cell, result):
+  def _write(self, path, record):
+    if not os.path.isdir(self.dir):
+      os.makedirs(self.dir)
+      self._write(os.path.join(self.dir, "setup.json"), self.setup)
     fd, tmp = tempfile.mkstemp(dir=self.dir, suffix=".tmp")
     with os.fdopen(fd, "w", encoding="utf-8") as f:
-      json.dump({"cell": cell, **result}, f, indent=1)
-    os.replace(tmp, self.path(cell))
+      json.dump(record, f, indent=1)
+    os.replace(tmp, path)
 
-  def read_all(self):
-    rows = []
-    for name in sorted(os.listdir(self.dir)):
-      if name.endswith(".json"):
-        with open(os.path.join(self.dir, name), encoding="utf-8") as f:
-          rows.append(json.load(f))
-    return rows
+  def write(self, cell, result):
+    self._write(self.path(cell), {"cell": cell, **result})
+    if os.path.exists(self.path(cell, ".failed.json")):
+      os.remove(self.path(cell, ".failed.json"))
+
+  def write_failure(self, cell, error):
+    self._write(self.path(cell, ".failed.json"), {"cell": cell, "error": error})
+
+  def _read(self, cells, suffix):
+    out = []
+    for cell in cells:
+      if os.path.exists(self.path(cell, suffix)):
+        with open(self.path(cell, suffix), encoding="utf-8") as f:
+          out.append(json.load(f))
+    return out
+
+  def results(self, cells):
+    """The finished results among `cells`, in their order."""
+    return self._read(cells, ".json")
+
+  def failures(self, cells):
+    """{cell, error} of the cells among `cells` whose last try failed."""
+    return self._read([c for c in cells if not self.done(c)], ".failed.json")
 
 
 def train_group_vmapped(base, group, eval_steps):
@@ -162,35 +198,69 @@ def train_group_separately(base, group, eval_steps, workdir_root):
   return results
 
 
-def run_sweep(base, grid, outdir, *, mode="vmapped", eval_steps=-1, deadline=None,
-              max_group=16, train_group=None, say=print):
-  """Trains every cell without a result; returns (trained, skipped, left) counts.
+def _minutes(seconds):
+  return f"{seconds / 60:.1f} min"
 
-  `deadline` (time.time() seconds) stops before starting a group past it: the
-  rest is left for the next invocation. At most `max_group` runs share one
-  vmapped step (memory grows with it). `train_group(group) → results` replaces
-  the trainer (tests)."""
+
+def _metrics(result):
+  return " ".join(f"{k}={v:.4f}" for k, v in sorted(result["eval"].items())
+                  if isinstance(v, (int, float)))
+
+
+def make_groups(todo, max_group):
+  """Cells of one program (vmappable together), at most `max_group` per group."""
+  by_program = {}
+  for cell in todo:
+    by_program.setdefault(program_key(cell), []).append(cell)
+  return [g[i:i + max_group] for g in by_program.values() for i in range(0, len(g), max_group)]
+
+
+def run_sweep(base, grid, store, *, mode="vmapped", eval_steps=-1, deadline=None,
+              max_group=16, train_group=None, say=print, clock=time.time, runs_dir=None):
+  """Trains every cell of `grid` that `store` (a ResultStore) has no result for;
+  returns (trained, skipped, left) counts, `left` counting failed cells.
+
+  Prints one line per finished cell with its metrics and an ETA (from this run's
+  time per cell so far). A group whose training raises is recorded as failed
+  (its error in each cell's .failed.json) and the sweep goes on; the next run
+  tries it again. `deadline` (clock() seconds) stops before starting a group past
+  it: the rest is left for the next invocation. At most `max_group` runs share
+  one vmapped step (memory grows with it). `train_group(group) → results`
+  replaces the trainer (tests)."""
   if mode not in MODES:
     raise ValueError(f"mode={mode!r}; allowed: {MODES}")
-  store = ResultStore(outdir)
-  todo = [c for c in cells(grid) if not store.done(c)]
-  skipped = len(cells(grid)) - len(todo)
+  every = cells(grid)
+  todo = [c for c in every if not store.done(c)]
+  skipped = len(every) - len(todo)
   if train_group is None:
     if mode == "vmapped":
       train_group = lambda g: train_group_vmapped(base, g, eval_steps)  # noqa: E731
     else:
       train_group = lambda g: train_group_separately(  # noqa: E731
-          base, g, eval_steps, os.path.join(outdir, "runs"))
-  by_program = {}
-  for cell in todo:
-    by_program.setdefault(program_key(cell), []).append(cell)
-  groups = [g[i:i + max_group] for g in by_program.values() for i in range(0, len(g), max_group)]
-  trained = 0
-  for group in groups:
-    if deadline is not None and time.time() > deadline:
+          base, g, eval_steps, runs_dir or os.path.join(store.dir, "runs"))
+  finished = store.results(every)
+  if todo and finished:
+    per_cell = sum(r.get("seconds", 0) for r in finished) / len(finished)
+    say(f"{len(todo)} of {len(every)} cells to train; ≈ {_minutes(per_cell * len(todo))} "
+        f"at the finished cells' {per_cell:.0f} s per cell")
+  start, trained, attempted, count = clock(), 0, 0, skipped
+  for group in make_groups(todo, max_group):
+    if deadline is not None and clock() > deadline:
       break
-    say(f"training {len(group)} cell(s): {cell_id(group[0])} …")
-    for cell, result in zip(group, train_group(group)):
-      store.write(cell, result)
-      trained += 1
+    try:
+      results = train_group(group)
+    except Exception as error:  # noqa: BLE001 — recorded per cell, retried next run
+      results, message = None, f"{type(error).__name__}: {error}"
+    attempted += len(group)
+    eta = (clock() - start) / attempted * (len(todo) - attempted)
+    for cell, result in zip(group, results or [None] * len(group)):
+      count += 1
+      if result is None:
+        store.write_failure(cell, message)
+        word = f"FAILED ({message}); recorded, tried again next run"
+      else:
+        store.write(cell, result)
+        trained += 1
+        word = _metrics(result)
+      say(f"[{count}/{len(every)}] {cell_id(cell)}: {word} — ETA {_minutes(eta)}")
   return trained, skipped, len(todo) - trained

@@ -21,9 +21,10 @@ RESOLUTION = 1e-6
 HIGHER_MEANS_LESS_COLLAPSE = {"rank_residual": True, "cosine": False, "centred_cosine": False}
 
 
-def summarize(results, measure):
+def summarize(results, measure, controls=()):
   """One dict per setting with a profile: axes, n, mean/std per layer [L], and
-  delta/ci_low/ci_high/verdict of the last layer against standard attention."""
+  delta/ci_low/ci_high/p_value/verdict of the last layer against standard attention
+  (uncorrected: pass a family's rows to `aggregate.holm`)."""
   curves = {}
   for row in results:
     if "profile" in row:
@@ -40,10 +41,8 @@ def summarize(results, measure):
     if base is not None and cell["kind"] != "standard":
       seeds = sorted(set(by_seed) & set(base))
       diffs = [by_seed[s][-1] - base[s][-1] for s in seeds]
-      mean, low, high = aggregate.paired_interval(
-          [0.0 if abs(d) < RESOLUTION else d for d in diffs])
-      row.update(delta=mean, ci_low=low, ci_high=high,
-                 verdict=aggregate.verdict(low, high, HIGHER_MEANS_LESS_COLLAPSE[measure]))
+      aggregate.compare(row, [0.0 if abs(d) < RESOLUTION else d for d in diffs],
+                        HIGHER_MEANS_LESS_COLLAPSE[measure], controls)
     out.append(row)
   return out
 
@@ -54,7 +53,7 @@ def markdown(rows):
     return "(no profiles)\n"
   measure = rows[0]["measure"]
   lines = [f"| setting | depth | {measure}: layer 1 | middle | last | Δ last vs standard "
-           "[95 % paired CI] | less collapse? |", "|---|---|---|---|---|---|---|"]
+           "[95 % paired CI] | p (Holm) | less collapse? |", "|---|---|---|---|---|---|---|---|"]
   for row in aggregate.display_order(rows):
     layers = len(row["mean"])
     cells = [f"{row['mean'][i]:.3f} ± {row['std'][i]:.3f}" for i in (0, layers // 2 - 1, -1)]
@@ -62,7 +61,7 @@ def markdown(rows):
     word = {"better": "less", "worse": "more", "no difference at this scale": "no difference"
             }.get(row.get("verdict"), row.get("verdict", ""))
     lines.append(f"| {aggregate.describe(row)} | {row['depth']} | " + " | ".join(cells)
-                 + f" | {delta} | {word} |")
+                 + f" | {delta} | {aggregate.p_text(row)} | {word} |")
   return "\n".join(lines) + "\n"
 
 

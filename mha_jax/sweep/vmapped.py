@@ -8,8 +8,18 @@ the scalars α and α′, which reach `LayerStack` as a traced
 `layers.OVERRIDES` collection instead of the frozen config. Depth, kind,
 residual form or h0 change the program: those are separate groups.
 
-Run i equals `train_step` applied alone to a model configured with α_i, α′_i
-and seed_i (tests/sweep/test_vmapped.py checks it to 1e-5).
+Run i is `train_step` applied alone to a model configured with α_i, α′_i and
+seed_i only up to float32 rounding, and that rounding is not fixed: the compiled
+step's arithmetic depends on the group size K (a run is bitwise the same whatever
+its mates' α, α′, seeds or its position in a group of the same K, but not across
+K). A step differs by ~1e-7; Adam (g/√v on near-zero gradients) and the
+training's own chaos amplify it, so over a full schedule one setting's final
+metric moves like a change of seed: experiments/group_rounding.py measures it
+(sweeps/group_rounding/rounding.json: ViT depth 6, convex α = α′ = 0.5, seed 2,
+400 steps, final accuracy between groups of K = 1, 2, 4 — see RESULTS.md).
+tests/sweep/test_vmapped.py checks the first 3 steps to 1e-5 with the default
+optimizer, and bitwise equality across mates at a fixed K. A sweep therefore
+stores one result per cell (grid.ResultStore) and never trains a cell twice.
 """
 
 from __future__ import annotations

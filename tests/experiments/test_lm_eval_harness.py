@@ -29,9 +29,12 @@ def test_char_tokenizer_round_trip():
 
 
 @pytest.mark.slow
-def test_harness_perplexity_equals_ours(tmp_path):
+@pytest.mark.parametrize("attention", ["standard", "hopfield"])   # MHA: the custom-code export
+def test_harness_perplexity_equals_ours(tmp_path, attention):
   report = lm_eval_harness.main(["--train_steps", "10", "--eval_tokens", "2048",
-                                 "--batch_size", "16", "--out", str(tmp_path)])
+                                 "--batch_size", "16", "--out", str(tmp_path),
+                                 "--attention", attention])
+  assert report["attention"]["kind"] == attention
   ours = report["ours"]
   assert report["eval_tokens"] == ours["tokens"] == 2048 == report["bytes"]
   assert report["relative_difference"] <= 1e-4, report

@@ -21,8 +21,9 @@ def run_script(*args):
 @pytest.mark.slow
 def test_sweep_smoke_writes_reports_that_match_its_cells(tmp_path):
   run_script("experiments/sweep.py", "--config=configs/sweep.py:preset=alpha_grid,smoke",
-             f"--outdir={tmp_path}")
-  cells = [json.loads(p.read_text()) for p in (tmp_path / "cells").glob("*.json")]
+             f"--outdir={tmp_path}", f"--cells={tmp_path}/cells")
+  cells = [json.loads(p.read_text()) for p in (tmp_path / "cells").glob("*/*.json")
+           if p.name != "setup.json"]
   assert len(cells) == 2 + 2 * 2 * 2   # standard × 2 seeds, α × α′ × 2 seeds
   with open(tmp_path / "results.csv", encoding="utf-8") as f:
     rows = list(csv.DictReader(f))
@@ -65,14 +66,18 @@ def test_rank_collapse_and_attention_maps_smoke_write_json_and_png(tmp_path):
 
 
 def test_results_report_reads_only_the_cells_present(tmp_path):
-  """RESULTS.md from synthetic cells of one preset: per-kind verdicts from the cells'
-  numbers, the depth-profile section, and "not yet run" for every other row."""
+  """RESULTS.md from synthetic cells of one preset (a partial tree): per-kind verdicts
+  from the cells' numbers, ReZero (= standard attention without skips) checked, not
+  counted, a failed cell listed, the depth-profile section, "not yet run" for every
+  other row, and no folder made for the presets that have none."""
   from mha_jax.sweep import grid
   from mha_jax.train import config_util
   sweep = config_util.load_config(f"{ROOT}/configs/sweep.py:preset=rivals_noskip")
-  store = grid.ResultStore(tmp_path / "rivals_noskip")
+  store = grid.ResultStore(tmp_path / "cells", grid.sweep_setup(sweep))
   lift = {"value_residual": 0.3}   # only value residual clearly better; others equal
-  for cell in grid.cells(sweep.grid):
+  *cells, failed = grid.cells(sweep.grid)
+  store.write_failure(failed, "RuntimeError: out of memory")
+  for cell in cells:
     accuracy = 0.5 + lift.get(cell["kind"], 0.0) + 0.01 * cell["seed"] + 0.001 * cell["depth"]
     layers = cell["depth"]
     store.write(cell, {"eval": {"accuracy": accuracy}, "seconds": 1.0, "profile": {
@@ -84,5 +89,9 @@ def test_results_report_reads_only_the_cells_present(tmp_path):
   summary = next(line for line in text.splitlines() if line.startswith("| (e)"))
   assert "rivals_noskip: no difference at this scale — 0 better, 0 worse, 2 no difference" in summary
   assert "value residual: supports — 2 better, 0 worse, 0 no difference" in text
-  assert "Cost: 30 training runs, 0.01 h" in text
+  assert "Cost: 29 training runs, 0.01 h" in text
+  assert "ReZero: equal by construction, not counted — 2 of 2 exactly equal" in text
+  assert f"`{grid.cell_id(failed)}`: RuntimeError: out of memory" in text
+  assert "29 of 30 cells finished" in text
   assert text.count("not yet run") >= 6 and (tmp_path / "rivals_noskip" / "profiles.png").exists()
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["R.md", "cells", "rivals_noskip"]

@@ -26,8 +26,12 @@ def test_cells_collapse_axes_a_kind_does_not_read():
   assert not any(c["h0"] == "noise" and c["reset_every"] for c in noisy)
 
 
-class Killed(Exception):
-  pass
+class Killed(BaseException):
+  """A kill (SIGKILL, Ctrl-C) ends the sweep; it is not a failure of the cell."""
+
+
+def store_at(path, setup=None):
+  return grid.ResultStore(path, setup or {"base": "test"})
 
 
 def fake_trainer(log, kill_after=None):
@@ -42,24 +46,75 @@ def fake_trainer(log, kill_after=None):
 def test_killed_sweep_resumes_and_trains_only_missing_cells(tmp_path):
   first = []
   with pytest.raises(Killed):
-    grid.run_sweep(None, GRID, tmp_path, train_group=fake_trainer(first, kill_after=2),
+    grid.run_sweep(None, GRID, store_at(tmp_path), train_group=fake_trainer(first, kill_after=2),
                    max_group=2, say=lambda _: None)
+  cells_dir = pathlib.Path(store_at(tmp_path).dir)
   # a write cut short by the kill leaves only a temp file, which does not count
-  (tmp_path / "cells" / "half-written.tmp").write_text("{")
-  done_before = {p.stem for p in (tmp_path / "cells").glob("*.json")}
+  (cells_dir / "half-written.tmp").write_text("{")
+  done_before = {p.stem for p in cells_dir.glob("*.json")} - {"setup"}
   assert done_before == {cid for group in first for cid in group}
   second = []
-  trained, skipped, left = grid.run_sweep(None, GRID, tmp_path, train_group=fake_trainer(second),
-                                          max_group=2, say=lambda _: None)
+  trained, skipped, left = grid.run_sweep(None, GRID, store_at(tmp_path),
+                                          train_group=fake_trainer(second), max_group=2,
+                                          say=lambda _: None)
   retrained = {cid for group in second for cid in group}
   all_ids = {grid.cell_id(c) for c in grid.cells(GRID)}
   assert retrained == all_ids - done_before and not retrained & done_before
   assert (trained, skipped, left) == (len(retrained), len(done_before), 0)
-  assert len(grid.ResultStore(tmp_path).read_all()) == len(all_ids)
+  assert len(store_at(tmp_path).results(grid.cells(GRID))) == len(all_ids)
   # a third run has nothing to do
   third = []
-  assert grid.run_sweep(None, GRID, tmp_path, train_group=fake_trainer(third),
+  assert grid.run_sweep(None, GRID, store_at(tmp_path), train_group=fake_trainer(third),
                         say=lambda _: None)[0] == 0 and not third
+
+
+def test_presets_listing_the_same_cell_share_its_one_result(tmp_path):
+  """Two grids with one training setup: the second trains only the cells the first
+  lacks and reads the shared ones' results; another setup shares nothing."""
+  first, second, other = [], [], []
+  grid.run_sweep(None, GRID, store_at(tmp_path), train_group=fake_trainer(first),
+                 say=lambda _: None)
+  wider = dict(GRID, alpha=(0.5, 0.9))   # α = 0.5 and standard are in both grids
+  grid.run_sweep(None, wider, store_at(tmp_path), train_group=fake_trainer(second),
+                 say=lambda _: None)
+  trained_twice = {c for g in first for c in g} & {c for g in second for c in g}
+  assert not trained_twice
+  assert {c for g in second for c in g} == {grid.cell_id(c) for c in grid.cells(wider)
+                                            if c["alpha"] == 0.9}
+  shared = [c for c in grid.cells(GRID) if c["alpha"] in (None, 0.5)]
+  assert store_at(tmp_path).results(shared) == [
+      r for r in store_at(tmp_path).results(grid.cells(wider)) if r["cell"] in shared]
+  grid.run_sweep(None, GRID, store_at(tmp_path, {"base": "other"}),
+                 train_group=fake_trainer(other), say=lambda _: None)
+  assert len({c for g in other for c in g}) == len(grid.cells(GRID))
+
+
+def test_a_failed_group_is_recorded_then_retried_with_progress_and_eta(tmp_path):
+  """A group that raises leaves its error per cell and the sweep goes on; the next
+  run trains it. Each finished cell prints [i/N], its metrics and an ETA from this
+  run's seconds per cell (a fake clock: 10 s per group)."""
+  ticks = iter(range(0, 1000, 10))
+  lines = []
+  def flaky(group):
+    if any(c["alpha"] == 0.7 for c in group):
+      raise RuntimeError("NaN loss at step 3")
+    return [{"eval": {"accuracy": 0.5}} for _ in group]
+  store = store_at(tmp_path)
+  trained, skipped, left = grid.run_sweep(None, GRID, store, train_group=flaky, max_group=3,
+                                          say=lines.append, clock=lambda: next(ticks))
+  assert (trained, skipped, left) == (6, 0, 3)
+  failures = store.failures(grid.cells(GRID))
+  assert [f["error"] for f in failures] == ["RuntimeError: NaN loss at step 3"] * 3
+  assert {f["cell"]["alpha"] for f in failures} == {0.7}
+  # three groups of 3 cells; after group g the clock read 10·g s for 3g cells
+  assert lines[0].startswith("[1/9] ") and "accuracy=0.5000" in lines[0]
+  assert lines[0].endswith("ETA 0.3 min")            # 10 s / 3 cells × 6 left = 20 s
+  assert "FAILED (RuntimeError: NaN loss at step 3)" in lines[6] and lines[8].startswith("[9/9]")
+  assert lines[8].endswith("ETA 0.0 min")
+  again = []
+  grid.run_sweep(None, GRID, store, train_group=fake_trainer(again), say=lambda _: None)
+  assert {c for g in again for c in g} == {grid.cell_id(f["cell"]) for f in failures}
+  assert not store.failures(grid.cells(GRID)) and len(store.results(grid.cells(GRID))) == 9
 
 
 def result(kind, seed, accuracy, alpha=None):
@@ -162,3 +217,35 @@ def test_depth_profiles_average_over_seeds_and_pair_the_last_layer(tmp_path):
   assert floor["hopfield"]["verdict"] == "no difference at this scale"
   assert profiles.plot({"rank_residual": list(rows.values())}, tmp_path / "p.png")
   assert (tmp_path / "p.png").stat().st_size > 0
+
+
+def test_holm_adjusts_p_values_by_hand():
+  # sorted 0.01, 0.03, 0.04 → 3·0.01, max(0.03, 2·0.03), max(0.06, 1·0.04)
+  adjusted = aggregate.holm_adjust([0.01, 0.04, math.nan, 0.03])
+  assert adjusted[:2] == pytest.approx([0.03, 0.06]) and math.isnan(adjusted[2])
+  assert adjusted[3] == pytest.approx(0.06)
+  assert aggregate.holm_adjust([0.2, 0.9]) == pytest.approx([0.4, 0.9])   # monotone, ≤ 1
+  assert aggregate.holm_adjust([0.9, 0.6]) == pytest.approx([1.0, 1.0])
+
+
+def test_verdicts_follow_the_holm_corrected_p_and_controls_are_not_counted():
+  """α = 0.5 lies just outside 0 alone (p = 0.049) but not after correcting for the two
+  tested settings; α = 0.9 is a control equal to the baseline by construction."""
+  base = [0.80, 0.82, 0.84]
+  offsets = {0.5: [-0.03, -0.05, -0.07], 0.7: [0.01, -0.01, 0.0], 0.9: [0.0, 0.0, 0.0]}
+  results = [result("standard", s, a) for s, a in enumerate(base)] + [
+      result("hopfield", s, base[s] + d[s], alpha) for alpha, d in offsets.items()
+      for s in range(3)]
+  rows = {r["alpha"]: r for r in aggregate.summarize(results, controls=[dict(alpha=0.9)])}
+  t = 0.05 / (0.02 / math.sqrt(3))                  # mean −0.05, sd 0.02, n = 3
+  p_two_dof = 1 - t / math.sqrt(t * t + 2)          # Student t, 2 dof: closed form
+  assert rows[0.5]["p_value"] == pytest.approx(p_two_dof, rel=1e-6) and p_two_dof < 0.05
+  assert rows[0.5]["verdict"] == "worse"            # uncorrected: the interval excludes 0
+  aggregate.holm(list(rows.values()))
+  assert rows[0.5]["p_holm"] == pytest.approx(2 * p_two_dof, rel=1e-6)
+  assert rows[0.5]["verdict"] == "no difference at this scale"
+  assert rows[0.9]["verdict"] == aggregate.EQUAL_BY_CONSTRUCTION and "p_holm" not in rows[0.9]
+  broken = aggregate.summarize(results, controls=[dict(alpha=0.7)])
+  assert next(r for r in broken if r["alpha"] == 0.7)["verdict"] == aggregate.BROKEN_CONTROL
+  table = aggregate.markdown(list(rows.values()))
+  assert f"| {2 * p_two_dof:.3f} | no difference at this scale |" in table
