@@ -132,8 +132,9 @@ class SelfAttention(nn.Module):
   @nn.compact
   def __call__(self, x_BxTxD, state, restart, mask, deterministic, positions_BxT=None):
     """state: what this attention kind carries between layers (see `initial_state`);
-    returns (y [B, T, D], the next layer's state). Under `decode` the state's H
-    holds only the new rows, [B, N, T, S]."""
+    returns (y [B, T, D], the next layer's state, {"query", "key"} [B, T, N, D] as
+    the scores use them). Under `decode` the state's H holds only the new rows,
+    [B, N, T, S]."""
     cfg, att = self.cfg, self.cfg.attention
     h_prev = state.get("hidden")
     new_state = dict(state)   # keys this kind does not update ride along unchanged
@@ -147,6 +148,7 @@ class SelfAttention(nn.Module):
     if cfg.rope_theta is not None:
       q_BxTxNxD = apply_rope(q_BxTxNxD, cfg.rope_theta, positions_BxT)
       k_BxTxNxD = apply_rope(k_BxTxNxD, cfg.rope_theta, positions_BxT)
+    query_key = {"query": q_BxTxNxD, "key": k_BxTxNxD}   # the scores' own q, k (analysis)
     if att.kind == "value_residual":
       v_first_BxTxNxD = jnp.where(restart, v_BxTxNxD, state["value_first"])
       new_state["value_first"] = v_first_BxTxNxD
@@ -190,7 +192,7 @@ class SelfAttention(nn.Module):
       new_state["hidden"] = nn.with_logical_constraint(h_BxNxTxT, ("batch", "heads", None, None))
     y_BxTxD = Projection(cfg, (cfg.width,), ("heads", "kv", "embed"), num_input_axes=2,
                          residual_projection=True, name="out")(out_BxTxNxD)
-    return y_BxTxD, new_state
+    return y_BxTxD, new_state, query_key
 
 
 class Mlp(nn.Module):
@@ -234,7 +236,7 @@ class Block(nn.Module):
     cfg, att = self.cfg, self.cfg.attention
     x_BxTxD, state = carry
     dropout = nn.Dropout(cfg.dropout, deterministic=deterministic)
-    u_BxTxD, state = SelfAttention(cfg, self.decode, name="attention")(
+    u_BxTxD, state, query_key = SelfAttention(cfg, self.decode, name="attention")(
         make_norm(cfg, "attention_norm")(x_BxTxD), state, restart, mask, deterministic,
         positions_BxT)
     u_BxTxD = dropout(u_BxTxD)
@@ -254,7 +256,7 @@ class Block(nn.Module):
     x_BxTxD = nn.with_logical_constraint(x_BxTxD, ("batch", "length", "embed"))
     outputs = None
     if self.return_intermediates:
-      outputs = {"residual": x_BxTxD}
+      outputs = {"residual": x_BxTxD, **query_key}
       hidden = kernels.hidden_state(state)
       if hidden is not None:
         outputs["hidden_state"] = hidden
@@ -294,7 +296,8 @@ def carry_bytes(cfg: StackConfig, batch, length):
 
 class LayerStack(nn.Module):
   """L blocks carrying (x, H); returns x and, on request, stacked per-layer outputs
-  {"residual": [L, B, T, D], "hidden_state": [L, B, N, T, T]}.
+  {"residual": [L, B, T, D], "query", "key": [L, B, T, N, D], "hidden_state":
+  [L, B, N, T, T]}.
 
   α and α′ come from the config, unless the variables passed to `apply` hold an
   `OVERRIDES` collection with this module's {"alpha": a, "alpha_hidden": a′}
