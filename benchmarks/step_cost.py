@@ -1,5 +1,7 @@
 """Train step and forward pass of standard attention vs MHA (naive | factorized |
-fused), side by side in one run: time, XLA's memory analysis, process RSS, MFU.
+fused) and Hopfield-energy heads (`energy_steps1`, `energy_steps3`: attention.kind=
+"hopfield_energy", softmax, 1 or 3 updates ξ ← Kᵀ softmax(β K ξ) before the readout),
+side by side in one run: time, XLA's memory analysis, process RSS, MFU.
 
 Models: GPT-2-small width (768, 12 heads) with --layers layers at each length T
 (batch = max(1, --tokens // T)), and ViT-S/16 at 224² (T = 197) with
@@ -13,6 +15,9 @@ a speed one), so outside --quick it is compiled for its memory analysis only.
     python benchmarks/step_cost.py                      # the full sweep
     python benchmarks/step_cost.py --lengths=256,4096 --remat=full --repeats=2
     python benchmarks/step_cost.py --quick              # CI: shapes of the output
+    python benchmarks/step_cost.py --models=gpt2 --lengths=256 --remat=full --layers=2 \
+        --tokens=512 --implementations=standard,naive,energy_steps1,energy_steps3 \
+        --json_out=sweeps/step_cost_energy/step_cost.json   # issue 20 rows
 """
 
 from __future__ import annotations
@@ -31,8 +36,10 @@ from mha_jax.models import gpt, vit  # noqa: E402
 
 flags.DEFINE_list("lengths", ["128", "256", "512", "1024", "2048", "4096"], "GPT lengths T")
 flags.DEFINE_list("remat", ["none", "full"], "remat policies")
-flags.DEFINE_list("implementations", ["standard", "naive", "factorized", "fused"],
-                  "standard attention, then MHA implementations")
+flags.DEFINE_list("implementations", ["standard", "naive", "factorized", "fused",
+                                      "energy_steps1", "energy_steps3"],
+                  "standard attention, MHA implementations, energy_steps<n> (Hopfield-energy "
+                  "heads with n updates)")
 flags.DEFINE_list("models", ["gpt2", "vit_s"], "which models")
 flags.DEFINE_integer("layers", 4, "GPT-2-width depth")
 flags.DEFINE_integer("vit_layers", 4, "ViT-S depth")
@@ -44,11 +51,14 @@ flags.DEFINE_integer("time_up_to", 1 << 30, "longer GPT lengths are compiled for
 flags.DEFINE_integer("no_remat_up_to", 1024, "remat 'none' rows only up to this T (without "
                      "remat a T=4096 step holds every layer's T×T tensors: GiBs)")
 FLAGS = flags.FLAGS
+ENERGY = "energy_steps"
 
 
 def attention(implementation):
   if implementation == "standard":
     return dict(kind="standard")
+  if implementation.startswith(ENERGY):
+    return dict(kind="hopfield_energy", energy_steps=int(implementation[len(ENERGY):]))
   return dict(kind="hopfield", alpha=0.5, alpha_hidden=0.5, implementation=implementation)
 
 
