@@ -118,6 +118,7 @@ def head_means(record, field):
 def plot(records, path):
   import matplotlib
   matplotlib.use("Agg")
+  import matplotlib.patches
   import matplotlib.pyplot as plt
   fig, axes = plt.subplots(len(records), 3, figsize=(13, 3.3 * len(records)), squeeze=False)
   for row, record in zip(axes, records):
@@ -137,10 +138,12 @@ def plot(records, path):
         bottom = values[:, :i].sum(1)
         ax.bar(layers + offset, values[:, i], 0.38, bottom=bottom, color=f"C{i}", hatch=hatch,
                edgecolor="k", linewidth=0.3, label=None if hatch else well)
-    ax.bar([], [], color="w", edgecolor="k", hatch="//", label="hatched: at the fixed point")
+    handles, _ = ax.get_legend_handles_labels()
+    handles.append(matplotlib.patches.Patch(facecolor="white", edgecolor="k", hatch="//",
+                                            label="hatched: at the fixed point"))
     ax.set(xlabel="layer (left bars: trained attention; right: fixed point)",
            ylabel="fraction of queries", title=f"{record['model']}: well types", xticks=layers)
-    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    ax.legend(handles=handles, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)
