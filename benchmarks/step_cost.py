@@ -1,7 +1,9 @@
 """Train step and forward pass of standard attention vs MHA (naive | factorized |
 fused) and Hopfield-energy heads (`energy_steps1`, `energy_steps3`: attention.kind=
 "hopfield_energy", softmax, 1 or 3 updates ξ ← Kᵀ softmax(β K ξ) before the readout),
-side by side in one run: time, XLA's memory analysis, process RSS, MFU.
+side by side in one run: time, XLA's memory analysis, process RSS, MFU. The energy
+heads iterate in a `fori_loop`, whose body XLA's cost analysis counts once: their
+FLOPs and MFU undercount every update after the first (the rows say so).
 
 Models: GPT-2-small width (768, 12 heads) with --layers layers at each length T
 (batch = max(1, --tokens // T)), and ViT-S/16 at 224² (T = 197) with
@@ -85,6 +87,8 @@ def measure(model_name, length, remat, implementation, peak):
              (model.image_size // model.patch_size) ** 2 + 1, batch=inputs.shape[0],
              remat=remat, implementation=implementation, **_common.memory_row(step))
   row["flops"], _ = _common.flops(step)
+  if implementation.startswith(ENERGY) and int(implementation[len(ENERGY):]) > 1:
+    row["flops_note"] = "XLA counts the update loop's body once: FLOPs, MFU undercount"
   if (implementation == "fused" and not FLAGS.quick   # interpret mode: memory only
       or model_name == "gpt2" and length > FLAGS.time_up_to):
     return row

@@ -98,7 +98,8 @@ def head_table(record, wells):
                  f"{converged[n, h]:.3f} | {drop[n, h]:.4f} | "
                  + " / ".join(f"{x:.3f}" for x in start[n, h]) + " | "
                  + " / ".join(f"{x:.3f}" for x in fixed[n, h]) + " |")
-  return "\n".join(lines) + "\n", fixed.mean((0, 1)), converged.mean()
+  return "\n".join(lines) + "\n", dict(start=start.mean((0, 1)), fixed=fixed.mean((0, 1)),
+                                      converged=converged.mean(), steps=steps.mean())
 
 
 def wells_section(outdir):
@@ -110,12 +111,14 @@ def wells_section(outdir):
     return f"```\n{command}\n```\nnot yet run.\n", "not yet run"
   parts, words = [], []
   for record in data["models"]:
-    table, fixed, converged = head_table(record, data["well_types"])
+    table, means = head_table(record, data["well_types"])
     evals = "; ".join(f"seed {s['seed']}: " + ", ".join(
         f"{k} {v:.4f}" for k, v in sorted(s["eval"].items())) for s in record["seeds"])
-    shares = ", ".join(f"{w} {x:.2f}" for w, x in zip(data["well_types"], fixed))
-    words.append(f"{record['model']}: {converged:.3f} of queries converged; fixed points "
-                 f"{shares}")
+    shares = lambda w: ", ".join(  # noqa: E731
+        f"{name} {x:.2f}" for name, x in zip(data["well_types"], means[w]))
+    words.append(f"{record['model']}: {means['converged']:.3f} of queries converged (mean "
+                 f"{means['steps']:.1f} updates); wells of the trained attention "
+                 f"{shares('start')} → at the fixed point {shares('fixed')}")
     parts.append(f"### `{record['model']}` (setup of `{record['preset']}`, depth "
                  f"{record['depth']}, {record['train_steps']} steps, standard attention, "
                  f"β = {record['beta']:.4f}; {record['queries']} queries of the first eval "
@@ -127,7 +130,8 @@ def wells_section(outdir):
           f"{data['max_steps']} updates); energy drop E(q) − E(ξ*) of E(ξ) = −β⁻¹ lse(β K ξ) + "
           f"½‖ξ‖²; well type by how many keys hold {data['well_mass']:.0%} of the weight "
           "(single: one; global: more than half the allowed keys; metastable: between), of "
-          "the trained attention's weights and at the fixed point. Means over "
+          "the trained attention's weights and at the fixed point (a causal query that sees "
+          "one key is a single well by construction: 1/T of the GPT's queries). Means over "
           f"{len(data['models'][0]['seeds'])} seeds (models trained from different "
           f"initialisations); {path}.\n\n" + "\n".join(parts)
           + f"\n![context wells per layer and head]({png})\n"), verdict
