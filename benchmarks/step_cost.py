@@ -20,6 +20,8 @@ a speed one), so outside --quick it is compiled for its memory analysis only.
     python benchmarks/step_cost.py --models=gpt2 --lengths=256 --remat=full --layers=2 \
         --tokens=512 --implementations=standard,naive,energy_steps1,energy_steps3 \
         --json_out=sweeps/step_cost_energy/step_cost.json   # issue 20 rows
+    # the same in reverse order (energy_steps3,energy_steps1,naive,standard) →
+    # step_cost_reversed.json: on a loaded shared CPU the time ratios move with the order
 """
 
 from __future__ import annotations
