@@ -157,3 +157,20 @@ def missing_work(outdir):
       os.makedirs(os.path.join(outdir, folder), exist_ok=True)
       work.append((row_id, command.format(o=outdir)))
   return work
+
+
+def divergence_note(results_by_preset, describe):
+  """A line naming the settings whose training loss ended non-finite (NaN / inf), per
+  preset, with how many of their seeds did; "" if none."""
+  parts = []
+  for preset, results in results_by_preset.items():
+    counts = {}
+    for r in results:
+      if not np.isfinite(r.get("final_train_loss", 0.0)):
+        key = describe(r["cell"])
+        counts[key] = counts.get(key, 0) + 1
+    parts += [f"`{preset}` {key} ({n} seeds)" for key, n in counts.items()]
+  if not parts:
+    return ""
+  return ("Diverged (final training loss not finite; their metric is what the broken model "
+          "scores): " + "; ".join(parts) + ".\n\n")

@@ -332,6 +332,8 @@ def write_report():
                   + sweep_section(rows, text, preset))
     note = f"{ROW_NOTES[row_id]}\n\n" if row_id in ROW_NOTES else ""
     if row_id in ALL_KINDS_ROWS:
+      note += energy_results.divergence_note({p: preset_results(p) for p in presets},
+                                             aggregate.describe)
       depth_text, depth_word = profile_section(ENERGY_PROFILE_PRESETS, tuple(kinds.KINDS))
       body.append(f"### depth profiles (token cosine, rank residual; row (f)'s measures)\n\n"
                   f"**Verdict (last layer vs standard):** {depth_word}\n\n{depth_text}")

@@ -101,3 +101,20 @@ def test_row_j_means_and_paired_deltas_are_the_cells(preset):
     if setting != "standard" and len(seeds) > 1:
       paired = [seeds[s] - base[s] for s in sorted(seeds) if s in base]
       assert float(cells[5].split("[")[0]) == pytest.approx(np.mean(paired), abs=5e-5)
+
+
+def test_row_j_names_every_diverged_setting():
+  sweep = config_util.load_config(f"{ROOT}/configs/sweep.py:preset=energy_heads")
+  folder = ROOT / "sweeps" / "cells" / grid.setup_digest(grid.sweep_setup(sweep))
+  diverged = {}
+  for path in folder.glob("*-*.json"):
+    record = json.loads(path.read_text())
+    if "final_train_loss" in record and not np.isfinite(record["final_train_loss"]):
+      cell = record["cell"]
+      name = " ".join([cell["kind"]] + [f"{a}={cell[a]}" for a in grid.ATTENTION_AXES
+                                        if cell.get(a) is not None])
+      diverged[name] = diverged.get(name, 0) + 1
+  line = next((l for l in section("j").splitlines() if l.startswith("Diverged")), "")
+  for name, seeds in diverged.items():
+    assert f"`energy_heads` {name} ({seeds} seeds)" in line
+  assert line.count("`energy_heads` ") == len(diverged)
