@@ -1,7 +1,11 @@
 """Train step and forward pass of standard attention vs MHA (naive | factorized |
-fused) and, on request, the cross-layer rivals by kind name (e.g. denseformer,
-attention_residuals, which carry every earlier output through the scan), side by
-side in one run: time, XLA's memory analysis, process RSS, MFU.
+fused), the cross-layer rivals by kind name (e.g. denseformer, attention_residuals,
+which carry every earlier output through the scan) and Hopfield-energy heads
+(`energy_steps1`, `energy_steps3`: attention.kind="hopfield_energy", softmax, 1 or 3
+updates ξ ← Kᵀ softmax(β K ξ) before the readout), side by side in one run: time, XLA's
+memory analysis, process RSS, MFU. The energy heads iterate in a `fori_loop`, whose body
+XLA's cost analysis counts once: their FLOPs and MFU undercount every update after the
+first (the rows say so).
 
 Models: GPT-2-small width (768, 12 heads) with --layers layers at each length T
 (batch = max(1, --tokens // T)), and ViT-S/16 at 224² (T = 197) with
@@ -18,6 +22,11 @@ a speed one), so outside --quick it is compiled for its memory analysis only.
     python benchmarks/step_cost.py --models=gpt2 --lengths=128 --remat=none \
         --implementations=standard,naive,attention_residuals,denseformer --layers=8 \
         --tokens=256 --repeats=2 --json_out=sweeps/rivals_cost/step_cost.json
+    python benchmarks/step_cost.py --models=gpt2 --lengths=256 --remat=full --layers=2 \
+        --tokens=512 --implementations=standard,naive,energy_steps1,energy_steps3 \
+        --json_out=sweeps/step_cost_energy/step_cost.json   # issue 20 rows
+    # the same in reverse order (energy_steps3,energy_steps1,naive,standard) →
+    # step_cost_reversed.json: on a loaded shared CPU the time ratios move with the order
 """
 
 from __future__ import annotations
@@ -37,8 +46,10 @@ from mha_jax.models import gpt, vit  # noqa: E402
 
 flags.DEFINE_list("lengths", ["128", "256", "512", "1024", "2048", "4096"], "GPT lengths T")
 flags.DEFINE_list("remat", ["none", "full"], "remat policies")
-flags.DEFINE_list("implementations", ["standard", "naive", "factorized", "fused"],
-                  "standard attention, MHA implementations, or rival kind names")
+flags.DEFINE_list("implementations", ["standard", "naive", "factorized", "fused",
+                                      "energy_steps1", "energy_steps3"],
+                  "standard attention, MHA implementations, rival kind names, or "
+                  "energy_steps<n> (Hopfield-energy heads with n updates)")
 flags.DEFINE_list("models", ["gpt2", "vit_s"], "which models")
 flags.DEFINE_integer("layers", 4, "GPT-2-width depth")
 flags.DEFINE_integer("vit_layers", 4, "ViT-S depth")
@@ -50,11 +61,14 @@ flags.DEFINE_integer("time_up_to", 1 << 30, "longer GPT lengths are compiled for
 flags.DEFINE_integer("no_remat_up_to", 1024, "remat 'none' rows only up to this T (without "
                      "remat a T=4096 step holds every layer's T×T tensors: GiBs)")
 FLAGS = flags.FLAGS
+ENERGY = "energy_steps"
 
 
 def attention(implementation):
   if implementation == "standard" or implementation in kinds.names(rival=True):
     return dict(kind=implementation)
+  if implementation.startswith(ENERGY):
+    return dict(kind="hopfield_energy", energy_steps=int(implementation[len(ENERGY):]))
   return dict(kind="hopfield", alpha=0.5, alpha_hidden=0.5, implementation=implementation)
 
 
@@ -81,6 +95,8 @@ def measure(model_name, length, remat, implementation, peak):
              (model.image_size // model.patch_size) ** 2 + 1, batch=inputs.shape[0],
              remat=remat, implementation=implementation, **_common.memory_row(step))
   row["flops"], _ = _common.flops(step)
+  if implementation.startswith(ENERGY) and int(implementation[len(ENERGY):]) > 1:
+    row["flops_note"] = "XLA counts the update loop's body once: FLOPs, MFU undercount"
   if (implementation == "fused" and not FLAGS.quick   # interpret mode: memory only
       or model_name == "gpt2" and length > FLAGS.time_up_to):
     return row

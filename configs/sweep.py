@@ -4,7 +4,8 @@
 
 Each preset is a base training config (a tiny CPU-sized model on offline data),
 changes to it, and the grid axes of mha_jax.sweep.grid (kind, alpha,
-alpha_hidden, residual, h0, reset_every, depth, seed); alpha_hidden -1 = α.
+alpha_hidden, residual, h0, reset_every, energy_steps, separation,
+separation_param, depth, seed); alpha_hidden -1 = α.
 `data` (optional) replaces the base config's dataset; `metric` names the number
 compared ("" = perplexity for text, accuracy for images; associative recall is
 scored by the fraction of answers recalled); `controls` the settings equal to the
@@ -44,6 +45,11 @@ def gpt_on(dataset, steps, seq_len, eval_steps=8, optim=OPTIM, batch_size=32, **
   return spec, dict(updates, data=dict(name=dataset, seq_len=seq_len, **data_fields))
 
 
+SEPARATIONS = ("softmax", "entmax", "sparsemax", "cubic")
+ENERGY_HEADS = dict(kind=MHA + ("hopfield_energy",), energy_steps=(1, 3),
+                    separation=SEPARATIONS, retrieval_kinds=("hopfield_energy",),
+                    residual=("standard",), depth=(2,))
+
 PRESETS = {
     # (a) ViT: standard vs MHA α = α′ ∈ {0.5, 0.7}, depth 6 and 12, every residual form
     "vit_depth": (vit_digits(400), dict(kind=MHA, alpha=(0.5, 0.7), residual=RESIDUALS,
@@ -77,13 +83,23 @@ PRESETS = {
     "residual_reading": (vit_digits(1600, dict(learning_rate=1e-3, warmup_steps=160)),
                          dict(kind=MHA, alpha=(0.0, 0.5, 1.0), alpha_hidden=(0.5,),
                               residual=RESIDUALS, depth=(12, 24))),
+    # (j) non-linear heads (issue 20): standard, MHA, Hopfield retrieval with 1 and 3 steps
+    # × {softmax, entmax 1.5 (its default parameter), sparsemax, cubic (0, 1/6)}; same
+    # parameters in every setting. Sized for 2 shared CPU cores: depth 2, short runs.
+    "energy_heads": (vit_digits(200), ENERGY_HEADS),
+    "energy_heads_char": (gpt_char(150, eval_steps=4), ENERGY_HEADS),
+    "energy_heads_recall": (gpt_on("associative_recall", 500, 16, eval_steps=8, num_keys=16,
+                                   num_values=16, optim=dict(learning_rate=1e-2,
+                                                             warmup_steps=50)),
+                            ENERGY_HEADS),
 }
 # Settings equal to standard attention by construction (RESULTS.md checks Δ = 0 exactly and
 # leaves them out of the verdict counts): H_n = s_n in every layer; ReZero without skips.
 CONTROLS = {"h0_reset": (dict(kind="hopfield", h0="first_scores", reset_every=1),),
             "rivals_noskip": (dict(kind="rezero"),)}
 DEFAULT_AXES = dict(kind=("hopfield",), alpha=(0.5,), alpha_hidden=(-1.0,),
-                    residual=("convex",), h0=("zeros",), reset_every=(0,), depth=(6,),
+                    residual=("convex",), h0=("zeros",), reset_every=(0,), energy_steps=(0,),
+                    separation=("softmax",), separation_param=(None,), depth=(6,),
                     seed=(0, 1, 2))
 
 

@@ -3,7 +3,7 @@
     python experiments/results.py --outdir=sweeps --budget_minutes=120
     python experiments/results.py --outdir=sweeps --report_only      # rewrite RESULTS.md
 
-Each row of RESULTS.md is one claim of the paper (issue 13, a–g) with the command
+Each row of RESULTS.md is one claim (issue 13, a–g; issue 20, h–j) with the command
 that regenerates its numbers printed above them. Sweeps run smallest first; each
 finished cell is kept in the shared store <outdir>/cells/ (one result per cell
 identity, whichever presets list it), so an interrupted or budget-limited build
@@ -24,6 +24,7 @@ import time
 
 from absl import app, flags
 
+import energy_results
 from mha_jax import config_util, kinds
 from mha_jax.sweep import aggregate, grid, profiles
 
@@ -58,7 +59,11 @@ ROWS = [
      "— (not in the paper)"),
     ("b", "small GPT on Shakespeare (characters and GPT-2 BPE): MHA lowers perplexity",
      ["gpt_char", "gpt_bpe"], "GPT-2 WikiText-103 ppl: Small 22.87 → 20.70, Medium 20.85 → 19.61"),
+    ("j", "non-linear heads (attention from a Hopfield energy, 1 and 3 updates × softmax, "
+     "entmax 1.5, sparsemax, cubic) vs standard attention and MHA, at equal parameters",
+     ["energy_heads", "energy_heads_char", "energy_heads_recall"], energy_results.PAPER),
 ]
+ALL_KINDS_ROWS = ("j",)   # rows whose summary gives every kind's verdict, not only MHA's
 # Facts true by construction that a reader of a row needs (no measured number here)
 ROW_NOTES = {
     "b": "`gpt_bpe` is a smaller grid than `gpt_char` (batch 8, depth 6, α = 0.5, residual "
@@ -74,11 +79,17 @@ ROW_NOTES = {
          "skip to remove (its depth softmax over the embedding and earlier outputs replaces "
          "it), so its `rivals_noskip` cells train the same model as its `rivals` cells; "
          "DenseFormer without skips keeps its depth-weighted averages.",
+    "j": "Depth 2, residual x + u, width 32; ViT digits 200 steps, character GPT 150 steps, "
+         "associative recall 500 steps (sized for 2 shared CPU cores). Hopfield-energy heads "
+         "add no parameters (mha_jax/energy.py: ξ ← Kᵀ sep(β K ξ) from ξ⁰ = q, then "
+         "sep(β K ξ)ᵀ V); cubic is φ(s) = s + s³/6, entmax α = 1.5.",
     "g": "P = 4 key-value pairs, 16 keys, 16 values (chance = 1/16 = 0.0625), GPT width 32, "
          "1,000 steps; accuracy = fraction of the 4 answers recalled.",
 }
 # Sweeps whose cells carry trained-network depth profiles for row (f)
 PROFILE_PRESETS = {"vit_depth": "a", "rivals": "e", "rivals_noskip": "e"}   # preset: its row
+ENERGY_PROFILE_PRESETS = {"energy_heads": "j", "energy_heads_char": "j",
+                          "energy_heads_recall": "j"}
 
 
 def sweep_command(preset):
@@ -213,19 +224,19 @@ def rank_section():
           f"\n![rank collapse]({FLAGS.outdir}/rank_collapse/rank.png)\n"), verdict
 
 
-def profile_section():
-  """(markdown, verdict, MHA's verdict) of the trained networks' depth curves
-  (PROFILE_PRESETS); "better" = less collapse: a higher last-layer rank residual.
+def profile_section(presets=PROFILE_PRESETS, kinds_judged=("hopfield",)):
+  """(markdown, verdict of `kinds_judged`) of the trained networks' depth curves
+  ({preset: its row}); "better" = less collapse: a higher last-layer rank residual.
   Each measure's rows over every preset are one Holm family."""
   parts, tables = [], {}
-  for preset in PROFILE_PRESETS:
+  for preset in presets:
     sweep, _, _ = preset_cells(preset)
     results = preset_results(preset)
     tables[preset] = {m: profiles.summarize(results, m, sweep.controls) for m in profiles.MEASURES}
   for measure in profiles.MEASURES:
     aggregate.holm([r for t in tables.values() for r in t[measure]])
   rows_seen = []
-  for preset, row in PROFILE_PRESETS.items():
+  for preset, row in presets.items():
     rows = tables[preset]
     if not rows["rank_residual"]:
       parts.append(f"### trained: `{preset}`\n\nnot yet run: `{sweep_command(preset)}`.\n")
@@ -240,8 +251,8 @@ def profile_section():
                  + profiles.markdown(rows["cosine"]) + f"\n![depth profiles]({png})\n")
   if not rows_seen:
     return "\n".join(parts), "not yet run"
-  mha = [r for r in rows_seen if r["kind"] == "hopfield"]
-  return "\n".join(parts), row_verdict(mha) + " (better = less collapse)"
+  judged = [r for r in rows_seen if r["kind"] in kinds_judged + ("standard",)]
+  return "\n".join(parts), row_verdict(judged) + " (better = less collapse)"
 
 
 HEADER = """# Results at CPU scale
@@ -321,13 +332,20 @@ def write_report():
     aggregate.holm([r for rows, _ in state.values() for r in rows or ()])
     body, summary = [], []
     for preset, (rows, text) in state.items():
-      mha = [r for r in rows or () if r["kind"] in ("standard", "hopfield")]
+      mha = [r for r in rows or () if r["kind"] in ("standard", "hopfield")
+             or row_id in ALL_KINDS_ROWS]
       summary.append((f"{preset}: " if len(presets) > 1 else "")
                      + (row_verdict(mha) if rows else "not yet run"))
       body.append(f"### `{preset}`\n\n**Verdict:** "
                   f"{row_verdict(rows) if rows else 'not yet run'}\n\n"
                   + sweep_section(rows, text, preset))
     note = f"{ROW_NOTES[row_id]}\n\n" if row_id in ROW_NOTES else ""
+    if row_id in ALL_KINDS_ROWS:
+      note += energy_results.divergence_note({p: preset_results(p) for p in presets},
+                                             aggregate.describe)
+      depth_text, depth_word = profile_section(ENERGY_PROFILE_PRESETS, tuple(kinds.KINDS))
+      body.append(f"### depth profiles (token cosine, rank residual; row (f)'s measures)\n\n"
+                  f"**Verdict (last layer vs standard):** {depth_word}\n\n{depth_text}")
     sections.append((row_id, f"| ({row_id}) | {claim} | {paper} | {'; '.join(summary)} |",
                      f"## ({row_id}) {claim}\n\nPaper: {paper}.\n\n{note}" + "\n".join(body)))
   rank_text, rank_word = rank_section()
@@ -339,6 +357,7 @@ def write_report():
                    f"## (f) {claim}\n\nPaper: MHA's bound decays exponentially, not doubly "
                    f"exponentially.\n\n### random weights\n\n{rank_text}\n**Verdict, trained (MHA vs "
                    f"standard, last layer):** {trained_word}\n\n{trained_text}"))
+  sections += energy_results.sections(FLAGS.outdir)
   sections.sort()
   cost = cost_note([p for _, _, presets, _ in ROWS for p in presets]) + rounding_note()
   summary = ["## Summary\n", "| row | claim | paper | verdict here |", "|---|---|---|---|"]
@@ -362,6 +381,7 @@ def regenerate():
   work = [(rid, sweep_command(p)) for rid, _, presets, _ in ROWS for p in presets]
   if not os.path.exists(os.path.join(FLAGS.outdir, "rank_collapse", "rank.json")):
     work.insert(0, ("f", RANK.format(o=FLAGS.outdir)))
+  work = energy_results.missing_work(FLAGS.outdir) + work
   commands = {}
   for row_id, command in work:
     minutes_left = FLAGS.budget_minutes - (time.time() - start) / 60

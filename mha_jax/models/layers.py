@@ -133,8 +133,9 @@ class SelfAttention(nn.Module):
   def __call__(self, x_BxTxD, state, restart, mask, deterministic, positions_BxT=None,
                final_layers=None):
     """state: what this attention kind carries between layers (see `initial_state`);
-    returns (y [B, T, D], the next layer's state). Under `decode` the state's H
-    holds only the new rows, [B, N, T, S]. final_layers: layerwise MHA's replay."""
+    returns (y [B, T, D], the next layer's state, {"query", "key"} [B, T, N, D] as
+    the scores use them). Under `decode` the state's H holds only the new rows,
+    [B, N, T, S]. final_layers: layerwise MHA's replay."""
     cfg, att = self.cfg, self.cfg.attention
     h_prev = state.get("hidden")
     new_state = dict(state)   # keys this kind does not update ride along unchanged
@@ -148,6 +149,7 @@ class SelfAttention(nn.Module):
     if cfg.rope_theta is not None:
       q_BxTxNxD = apply_rope(q_BxTxNxD, cfg.rope_theta, positions_BxT)
       k_BxTxNxD = apply_rope(k_BxTxNxD, cfg.rope_theta, positions_BxT)
+    query_key = {"query": q_BxTxNxD, "key": k_BxTxNxD}   # the scores' own q, k (analysis)
     if att.kind == "value_residual":
       v_first_BxTxNxD = jnp.where(restart, v_BxTxNxD, state["value_first"])
       new_state["value_first"] = v_first_BxTxNxD
@@ -195,7 +197,7 @@ class SelfAttention(nn.Module):
       new_state["hidden"] = nn.with_logical_constraint(h_BxNxTxT, ("batch", "heads", None, None))
     y_BxTxD = Projection(cfg, (cfg.width,), ("heads", "kv", "embed"), num_input_axes=2,
                          residual_projection=True, name="out")(out_BxTxNxD)
-    return y_BxTxD, new_state
+    return y_BxTxD, new_state, query_key
 
 
 class Mlp(nn.Module):
@@ -250,7 +252,7 @@ class Block(nn.Module):
       drop = lambda y, stream: dropout(y, rng=jax.random.fold_in(layer_key, stream))
     else:
       drop = lambda y, stream: dropout(y)
-    u_BxTxD, state = SelfAttention(cfg, self.decode, name="attention")(
+    u_BxTxD, state, query_key = SelfAttention(cfg, self.decode, name="attention")(
         make_norm(cfg, "attention_norm")(x_BxTxD), state, restart, mask, deterministic,
         positions_BxT, layerwise_inputs.get("final_layers"))
     u_BxTxD = drop(u_BxTxD, 0)
@@ -286,7 +288,7 @@ class Block(nn.Module):
     x_BxTxD = nn.with_logical_constraint(x_BxTxD, ("batch", "length", "embed"))
     outputs = None
     if self.return_intermediates:
-      outputs = {"residual": x_BxTxD}
+      outputs = {"residual": x_BxTxD, **query_key}
       hidden = kernels.hidden_state(state)
       if hidden is not None:
         outputs["hidden_state"] = hidden
@@ -364,7 +366,8 @@ def carry_bytes(cfg: StackConfig, batch, length):
 
 class LayerStack(nn.Module):
   """L blocks carrying (x, H); returns x and, on request, stacked per-layer outputs
-  {"residual": [L, B, T, D], "hidden_state": [L, B, N, T, T]}.
+  {"residual": [L, B, T, D], "query", "key": [L, B, T, N, D], "hidden_state":
+  [L, B, N, T, T]}.
 
   α and α′ come from the config, unless the variables passed to `apply` hold an
   `OVERRIDES` collection with this module's {"alpha": a, "alpha_hidden": a′}

@@ -179,7 +179,7 @@ def write_csv(rows, path):
 
 def describe(row):
   parts = [row["kind"]]
-  for axis in ("alpha", "alpha_hidden", "residual", "h0", "reset_every"):
+  for axis in grid_lib.ATTENTION_AXES:
     if row.get(axis) is not None:
       parts.append(f"{axis}={row[axis]}")
   return " ".join(parts)

@@ -2,7 +2,8 @@
 
 A sweep config (configs/sweep_*.py) names a base training config and the axes
 
-    kind, alpha, alpha_hidden, residual, h0, reset_every, depth, seed
+    kind, alpha, alpha_hidden, residual, h0, reset_every, energy_steps, separation,
+    separation_param, depth, seed
 
 Each cell is one training run; its result is one JSON file in a `ResultStore`
 (<cells root>/<digest of the training setup>/), written atomically (temp file +
@@ -27,19 +28,29 @@ import time
 
 import ml_collections
 
-from mha_jax import config_util, kinds
+from mha_jax import config_util, energy, kinds
+from mha_jax.models import stack_config
 from mha_jax.sweep import vmapped
 
-AXES = ("kind", "alpha", "alpha_hidden", "residual", "h0", "reset_every", "depth", "seed")
-ATTENTION_AXES = ("alpha", "alpha_hidden", "residual", "h0", "reset_every")
+AXES = ("kind", "alpha", "alpha_hidden", "residual", "h0", "reset_every", "energy_steps",
+        "separation", "separation_param", "depth", "seed")
+ATTENTION_AXES = ("alpha", "alpha_hidden", "residual", "h0", "reset_every", "energy_steps",
+                  "separation", "separation_param")
+# Hopfield-retrieval axes (issue 20): absent from a grid = the AttentionConfig default, and
+# a value equal to that default collapses to None, so cells that do not set them keep the
+# ids they had before these axes existed.
+RETRIEVAL_DEFAULTS = {name: getattr(stack_config.AttentionConfig, name)
+                      for name in ("energy_steps", "separation", "separation_param")}
 VMAPPABLE = ("alpha", "alpha_hidden", "seed")
 MODES = ("vmapped", "separate")
 
 
 def cells(grid):
   """Distinct cells of the grid (dicts over AXES, None where an axis does not
-  apply), in a stable order. `alpha_hidden` -1 ties α′ = α as the paper does."""
-  values = [list(grid[axis]) for axis in AXES]
+  apply), in a stable order. `alpha_hidden` -1 ties α′ = α as the paper does.
+  An optional grid entry `retrieval_kinds` names the kinds that vary the retrieval
+  axes; the others keep their defaults (MHA beside Hopfield-energy heads)."""
+  values = [list(grid.get(axis, (RETRIEVAL_DEFAULTS.get(axis),))) for axis in AXES]
   seen, out = set(), []
   for combo in itertools.product(*values):
     cell = dict(zip(AXES, combo))
@@ -51,11 +62,32 @@ def cells(grid):
       cell["alpha_hidden"] = cell["alpha"]
     if cell["h0"] == "noise" and cell["reset_every"]:
       continue   # a restart would discard the random H_0 (AttentionConfig refuses it)
+    if cell["kind"] not in grid.get("retrieval_kinds", (cell["kind"],)):
+      cell.update(dict.fromkeys(RETRIEVAL_DEFAULTS))
+    if not _collapse_retrieval(cell):
+      continue
     key = cell_id(cell)
     if key not in seen:
       seen.add(key)
       out.append(cell)
   return out
+
+
+def _collapse_retrieval(cell):
+  """Sets retrieval axes equal to their default (or, for separation_param, to the
+  separation's own default) to None; False for a parameter the separation does not
+  take (softmax, sparsemax), a combination that is not a setting."""
+  separation = cell["separation"] or RETRIEVAL_DEFAULTS["separation"]
+  param = cell["separation_param"]
+  if param is not None:
+    if separation not in energy.DEFAULT_SEPARATION_PARAMS:
+      return False
+    if param == energy.DEFAULT_SEPARATION_PARAMS[separation]:
+      cell["separation_param"] = None
+  for axis, default in RETRIEVAL_DEFAULTS.items():
+    if cell[axis] == default:
+      cell[axis] = None
+  return True
 
 
 def cell_id(cell):
@@ -92,14 +124,14 @@ def cell_config(base, cell):
   attention = config.model.attention
   attention.kind = cell["kind"]
   for axis in ATTENTION_AXES:
-    if cell[axis] is not None:
+    if cell.get(axis) is not None:
       attention[axis] = cell[axis]
   return config
 
 
 def program_key(cell):
   """Cells with equal keys compile to one program (vmappable together)."""
-  return tuple((a, cell[a]) for a in AXES if a not in VMAPPABLE)
+  return tuple((a, cell.get(a)) for a in AXES if a not in VMAPPABLE)
 
 
 def sweep_setup(sweep):
