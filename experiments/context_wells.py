@@ -32,7 +32,7 @@ import numpy as np
 from mha_jax import attention, energy
 from mha_jax.models import decoder
 from mha_jax.sweep import grid, vmapped
-from mha_jax.train import config_util
+from mha_jax import config_util
 from mha_jax.train import train as train_lib
 
 FLAGS = flags.FLAGS

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from mha_jax.sweep import grid
-from mha_jax.train import config_util
+from mha_jax import config_util
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 RESULTS = (ROOT / "RESULTS.md").read_text(encoding="utf-8")

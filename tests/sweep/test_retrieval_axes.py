@@ -8,7 +8,7 @@ import pathlib
 
 from mha_jax.models import stack_config
 from mha_jax.sweep import grid
-from mha_jax.train import config_util
+from mha_jax import config_util
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 GRID = dict(kind=("standard", "hopfield"), alpha=(0.5,), alpha_hidden=(-1.0,),
