@@ -109,8 +109,8 @@ def _without(name, params):
 
 def test_attention_residuals_at_init_average_uniformly():
   """w = 0: every written entry gets weight 1/filled (closed form), unwritten none."""
-  history = np.random.default_rng(0).normal(size=(5, 2, 3, 4))
-  mixed = depth_mixing.depth_attention(history, 3, np.zeros(4), np.ones(4), 1e-6)
+  history = np.random.default_rng(0).normal(size=(5, 2, 3, 4)).astype(np.float32)
+  mixed = depth_mixing.depth_attention(history, 3, np.zeros(4, np.float32), np.ones(4, np.float32), 1e-6)
   np.testing.assert_allclose(mixed, history[:3].mean(0), atol=1e-6)
 
 
