@@ -33,7 +33,7 @@ import ml_collections
 import numpy as np
 
 from mha_jax import attention, config_util
-from mha_jax.models import gpt, param_layout
+from mha_jax.models import decoder, param_layout
 from mha_jax.train import checkpoint, tasks, workdir as workdir_lib
 from mha_jax.train import train as train_lib
 
@@ -116,7 +116,7 @@ def analyse(name, config, workdir):
   h = softmax_inputs(model, params, x, kwargs)
   valid_T, mask = None, None
   if eval_input.info.modality == "text":
-    mask = gpt.decoder_mask(x.shape[1], kwargs.get("padding_mask"))[0]   # [1, T, T]
+    mask = decoder.decoder_mask(x.shape[1], kwargs.get("padding_mask"))[0]   # [1, T, T]
     valid_T = np.asarray(kwargs["padding_mask"][0]) if "padding_mask" in kwargs else None
   weights = np.asarray(attention.masked_softmax(jnp.asarray(h), mask))
   return dict(name=name, label=model.stack.describe_attention(), h=h, weights=weights,

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 import transformers
 
-from mha_jax import interop
+from mha_jax import interop, kinds
 from mha_jax.interop import checkpoint_io, common, torch_models, torch_reference
 from mha_jax.models import param_layout
 
@@ -159,8 +159,9 @@ def compare(args):
   reference_cls = {"gpt2": torch_models.GPT2, "llama": torch_models.Llama,
                    "vit": torch_models.ViT}[family]
   for kind in ("standard", "hopfield"):
-    att = dict(kind=kind, alpha=args.alpha, alpha_hidden=args.alpha_hidden,
-               residual=args.residual, h0=args.h0)
+    settings = dict(alpha=args.alpha, alpha_hidden=args.alpha_hidden, residual=args.residual,
+                    h0=args.h0)
+    att = dict(kind=kind, **{k: v for k, v in settings.items() if k in kinds.get(kind).reads})
     ref = reference_cls.from_hf(hf, torch_reference.Attention(**att))
     mha_model = interop.model_from_pretrained(directory, attention=att)
     flat_grads = lambda g, ref=ref: common.flatten(ref.to_jax(g))  # noqa: E731

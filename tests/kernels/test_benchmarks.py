@@ -23,6 +23,7 @@ ROW_KEYS = {
                   "mfu", "step_s_x"},
     "sweep_vmap": {"runs", "vmapped_s", "sequential_s", "speedup", "max_param_diff"},
     "tpu_aot": {"length", "kind", "per_device_mib", "flops", "roofline_ms", "per_device_x"},
+    "layerwise_memory": {"length", "row", "resolved", "fits", "temp_mib"},
     "torch_vs_jax": {"kind", "jax_s", "torch_eager_s", "torch_compile_s", "jax_over_eager"},
 }
 
