@@ -6,10 +6,13 @@ Files starting with "_" are helpers, not benchmarks: run_all.py skips them.
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import pathlib
+import platform
 import resource
+import sys
 import threading
 import time
 
@@ -19,14 +22,40 @@ flags.DEFINE_bool("quick", False, "tiny shapes, one repeat: checks the output, n
 flags.DEFINE_string("json_out", None, "write the results as JSON to this path")
 FLAGS = flags.FLAGS
 MIB = 2 ** 20
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def write_json(results):
-  """Print one line per row and write {"rows": [...], ...} to --json_out."""
+  """Write {"rows": [...], ..., "provenance": {...}} to --json_out."""
   if FLAGS.json_out:
     path = pathlib.Path(FLAGS.json_out)
     path.parent.mkdir(parents=True, exist_ok=True)
+    results = {**results, "provenance": provenance()}
     path.write_text(json.dumps(results, indent=1, default=float))
+
+
+def provenance():
+  """What a reader needs to weigh a figure: the command, the machine, its load then
+  (2 shared cores make times move with the load), the library versions, the date."""
+  versions = {}
+  for name in ("jax", "jaxlib", "flax", "torch", "libtpu"):
+    try:
+      versions[name] = importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+      pass
+  script = os.path.relpath(os.path.abspath(sys.argv[0]), ROOT)
+  return {"command": " ".join(["python", script, *sys.argv[1:]]), "cpu": cpu_model(),
+          "cpus": os.cpu_count(), "load_average": os.getloadavg(), "versions": versions,
+          "python": platform.python_version(),
+          "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+
+
+def cpu_model():
+  try:
+    with open("/proc/cpuinfo") as f:
+      return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+  except (OSError, StopIteration):
+    return platform.processor() or platform.machine()
 
 
 def print_table(rows, columns):

@@ -88,8 +88,11 @@ def main(_):
             f"{std_mem / 2**20:8.1f} {mha_mem / 2**20:8.1f} {mha_mem / max(std_mem, 1):6.2f} "
             f"{h_bytes * length ** 2 / 2**20:13.1f}")
       rows.append(dict(length=length, remat=remat, standard_s=std_t, mha_s=mha_t,
-                       standard_temp_mib=std_mem / 2**20, mha_temp_mib=mha_mem / 2**20))
-  _common.write_json({"rows": rows})
+                       time_ratio=mha_t / std_t, standard_temp_mib=std_mem / 2**20,
+                       mha_temp_mib=mha_mem / 2**20, memory_ratio=mha_mem / max(std_mem, 1),
+                       h_mib=h_bytes * length ** 2 / 2**20))
+  _common.write_json({"shape": dict(batch=FLAGS.batch, layers=FLAGS.layers, width=FLAGS.width,
+                                    heads=FLAGS.heads, dtype=FLAGS.dtype), "rows": rows})
 
 
 if __name__ == "__main__":

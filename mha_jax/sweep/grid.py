@@ -10,7 +10,8 @@ Each cell is one training run; its result is one JSON file in a `ResultStore`
 rename), so a killed sweep leaves only whole results and the next invocation
 trains only the cells that have none. Presets with the same training setup share
 the store: a setting listed by two presets has one result. Settings that do not apply to a kind collapse (standard attention has
-no α), so no cell is trained twice.
+no α; nor does the residual x + u once α′ is set apart from α), so no cell is trained
+twice.
 
 Cells that share one program (same kind, residual, h0, reset, depth) and differ
 only in seed, α, α′ are trained together by `vmapped.VmappedGroup` in
@@ -60,6 +61,8 @@ def cells(grid):
         cell[axis] = None
     if cell["alpha_hidden"] is not None and cell["alpha_hidden"] < 0:
       cell["alpha_hidden"] = cell["alpha"]
+    elif cell["residual"] == "standard":
+      cell["alpha"] = None   # x + u reads no α once α′ is set on its own
     if cell["h0"] == "noise" and cell["reset_every"]:
       continue   # a restart would discard the random H_0 (AttentionConfig refuses it)
     if cell["kind"] not in grid.get("retrieval_kinds", (cell["kind"],)):

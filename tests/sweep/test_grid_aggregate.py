@@ -5,6 +5,7 @@ import math
 import pathlib
 
 import numpy as np
+import ml_collections
 import pytest
 
 from mha_jax.sweep import aggregate, grid, profiles
@@ -24,6 +25,22 @@ def test_cells_collapse_axes_a_kind_does_not_read():
   assert len({grid.cell_id(c) for c in cells}) == len(cells)
   noisy = grid.cells(dict(GRID, h0=("noise",), reset_every=(0, 2)))
   assert not any(c["h0"] == "noise" and c["reset_every"] for c in noisy)
+
+
+def test_alpha_collapses_under_the_standard_residual_only_when_alpha_hidden_is_set_apart():
+  """x + u reads no α; with α′ tied to α (-1) the α axis still varies α′."""
+  apart = dict(GRID, kind=("hopfield",), alpha=(0.0, 0.5, 1.0), alpha_hidden=(0.5,),
+               residual=("convex", "standard"), seed=(0,))
+  by_residual = {r: [c for c in grid.cells(apart) if c["residual"] == r]
+                 for r in ("convex", "standard")}
+  assert [c["alpha"] for c in by_residual["convex"]] == [0.0, 0.5, 1.0]
+  assert [c["alpha"] for c in by_residual["standard"]] == [None]
+  config = grid.cell_config(ml_collections.ConfigDict(dict(
+      seed=0, model=dict(num_layers=2, attention=dict(kind="standard")))),
+      by_residual["standard"][0])
+  assert "alpha" not in config.model.attention and config.model.attention.alpha_hidden == 0.5
+  tied = grid.cells(dict(apart, alpha_hidden=(-1.0,), residual=("standard",)))
+  assert [(c["alpha"], c["alpha_hidden"]) for c in tied] == [(0.0, 0.0), (0.5, 0.5), (1.0, 1.0)]
 
 
 class Killed(BaseException):

@@ -1,0 +1,56 @@
+"""benchmarks/README.md: every table is rendered from its committed artefact, no
+numeric table is written by hand, and the rendered ratios follow from the
+artefact's own times (recomputed here without the renderer's helpers)."""
+
+import importlib.util
+import json
+import pathlib
+import re
+import statistics
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+RESULTS = ROOT / "benchmarks" / "results"
+spec = importlib.util.spec_from_file_location("readme_tables", ROOT / "benchmarks" / "_readme.py")
+readme_tables = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(readme_tables)
+TEXT = readme_tables.README.read_text()
+MEASURED = re.compile(r"^\s*[\d.,e+-]+\s*(MiB|GiB|s|ms|×|%)?\s*$")
+
+
+def test_every_table_block_matches_its_artefact():
+  names = [m.group(2) for m in readme_tables.BLOCK.finditer(TEXT)]
+  assert sorted(names) == sorted(readme_tables.TABLES)   # each table is in the README once
+  assert readme_tables.rendered(TEXT) == TEXT, "run: python benchmarks/_readme.py"
+
+
+def test_no_numeric_table_outside_the_rendered_blocks():
+  outside = readme_tables.BLOCK.sub("", TEXT)
+  rows = [line for line in outside.splitlines() if line.startswith("|") and "---" not in line]
+  for row in rows:
+    cells = [c for c in row.strip("|").split("|")]
+    assert not any(MEASURED.match(c) for c in cells), f"hand-written figures: {row}"
+
+
+def test_step_cost_ratios_follow_from_the_artefacts_times():
+  data = json.loads((RESULTS / "step_cost_cpu.json").read_text())
+  times = {}
+  for row in data["rows"]:
+    times.setdefault(row["implementation"], []).append(row["step_s"])
+  assert len(times["standard"]) == 2   # the palindromic order the README describes
+  block = re.search(r"<!-- table step_cost_cpu -->(.*?)<!-- end table -->", TEXT, re.S).group(1)
+  for name in ("naive", "factorized"):
+    ratio = statistics.mean(times[name]) / statistics.mean(times["standard"])
+    assert f"| {name} | 2 | {statistics.mean(times[name]):.3f} | {ratio:.2f} |" in block
+    assert f"{name} {ratio:.2f}×" in block
+
+
+def test_layerwise_verdicts_follow_from_the_artefacts_bytes():
+  data = json.loads((RESULTS / "layerwise_memory_v5e.json").read_text())
+  block = re.search(r"<!-- table layerwise_memory_v5e -->(.*?)<!-- end table -->", TEXT,
+                    re.S).group(1)
+  flash = {r["length"]: r for r in data["rows"] if r["row"] == "standard_flash"}
+  for row in data["rows"]:
+    if row["row"] == "layerwise" and row["fits"]:
+      memory = row["per_device_mib"] / flash[row["length"]]["per_device_mib"]
+      word = "met" if memory <= 1.2 else "missed"
+      assert f"memory {memory:.2f}× (≤ 1.2: {word})" in block
