@@ -25,6 +25,8 @@ import time
 from absl import app, flags
 
 import energy_results
+import rank_results
+import residual_results
 from mha_jax import config_util, kinds
 from mha_jax.sweep import aggregate, grid, profiles
 
@@ -36,9 +38,6 @@ flags.DEFINE_string("results", "RESULTS.md", "the file to write")
 flags.DEFINE_list("only", [], "row ids to run (default: all, in the order below)")
 
 SWEEP = "python experiments/sweep.py --config=configs/sweep.py:preset={p} --outdir={o}/{p}"
-RANK = ("python experiments/rank_collapse.py --layers=12 --seeds=5 --float64 "
-        "--alpha_hidden=0,0.5,0.9 --h0=zeros,first_scores --weight_scale=1,2 "
-        "--json={o}/rank_collapse/rank.json --plot={o}/rank_collapse/rank.png")
 
 # id, claim, presets, the paper's figure; cheapest first (fewest compiled programs)
 ROWS = [
@@ -62,6 +61,10 @@ ROWS = [
     ("j", "non-linear heads (attention from a Hopfield energy, 1 and 3 updates × softmax, "
      "entmax 1.5, sparsemax, cubic) vs standard attention and MHA, at equal parameters",
      ["energy_heads", "energy_heads_char", "energy_heads_recall"], energy_results.PAPER),
+    ("k", "which residual reading trains like the paper's α ablation: convex / scaled branch / "
+     "x + u at α ∈ {0, 0.5, 1} (α′ = 0.5), ViT depth 12 and 24, a 4× longer schedule with "
+     "warm-up", ["residual_reading"],
+     "ViT-Ti CIFAR-100: α = 1 → chance, α = 0 → 69.89, α = 0.5 → 72.03, standard 73.08"),
 ]
 ALL_KINDS_ROWS = ("j",)   # rows whose summary gives every kind's verdict, not only MHA's
 # Facts true by construction that a reader of a row needs (no measured number here)
@@ -83,6 +86,10 @@ ROW_NOTES = {
          "associative recall 500 steps (sized for 2 shared CPU cores). Hopfield-energy heads "
          "add no parameters (mha_jax/energy.py: ξ ← Kᵀ sep(β K ξ) from ξ⁰ = q, then "
          "sep(β K ξ)ᵀ V); cubic is φ(s) = s + s³/6, entmax α = 1.5.",
+    "k": "ViT on digits, width 32, 1,600 steps (4× rows a/c) with 160 warm-up steps at "
+         "learning rate 1e-3. convex: x ← α x + (1 − α) u; scaled branch: x ← x + (1 − α) u; "
+         "x + u ignores α. α = 1 removes attention's output from the residual stream in both "
+         "α-reading forms, so the class token never sees a patch.",
     "g": "P = 4 key-value pairs, 16 keys, 16 values (chance = 1/16 = 0.0625), GPT width 32, "
          "1,000 steps; accuracy = fraction of the 4 answers recalled.",
 }
@@ -183,45 +190,6 @@ def sweep_section(rows, text, preset):
     text += (f"\n![`{preset}`: mean {rows[0]['metric']} over seeds on the α × α′ values "
              f"it trains, one panel per residual form, h0 and depth]({png})\n")
   return text
-
-
-def rank_verdict(data):
-  """MHA (h0 = first_scores, the theorem's chain) vs standard attention, median over
-  seeds at layers 4, 8, …, L: how often MHA's residual is higher (slower collapse)."""
-  floor = data["floor"]
-  rows = [r for r in data["rows"] if r["h0"] == "first_scores"]
-  higher = lower = same = 0
-  for row in rows:
-    if row["alpha_hidden"] == 0:
-      continue
-    base = next(r for r in rows if r["alpha_hidden"] == 0
-                and r["weight_scale"] == row["weight_scale"])
-    for n in range(3, len(row["quantiles"]["50"]), 4):
-      mha, std = (max(r["quantiles"]["50"][n], floor) for r in (row, base))
-      higher, lower, same = (higher + (mha > std), lower + (mha < std),
-                             same + (mha == std))
-  counts = f"MHA higher in {higher}, lower in {lower}, equal (both at the floor) in {same} " \
-           "of the (scale, α′, layer 4/8/12) medians"
-  if higher and not lower:
-    return f"supports — {counts}"
-  if lower and not higher:
-    return f"contradicts — {counts}"
-  return f"mixed — {counts}"
-
-
-def rank_section():
-  """(markdown, verdict) of the rank-collapse run."""
-  command = RANK.format(o=FLAGS.outdir)
-  path = os.path.join(FLAGS.outdir, "rank_collapse", "rank.json")
-  if not os.path.exists(path):
-    return f"```\n{command}\n```\nnot yet run.\n", "not yet run"
-  with open(path, encoding="utf-8") as f:
-    data = json.load(f)
-  with open(os.path.splitext(path)[0] + ".md", encoding="utf-8") as f:
-    table = f.read()
-  verdict = rank_verdict(data)
-  return (f"**Verdict:** {verdict}\n\n```\n{command}\n```\n{table}"
-          f"\n![rank collapse]({FLAGS.outdir}/rank_collapse/rank.png)\n"), verdict
 
 
 def profile_section(presets=PROFILE_PRESETS, kinds_judged=("hopfield",)):
@@ -340,6 +308,10 @@ def write_report():
                   f"{row_verdict(rows) if rows else 'not yet run'}\n\n"
                   + sweep_section(rows, text, preset))
     note = f"{ROW_NOTES[row_id]}\n\n" if row_id in ROW_NOTES else ""
+    if row_id == "k":   # the row's question is a pattern across α, not a Δ per setting
+      pattern_text, pattern_word = residual_results.pattern(state[presets[0]][0] or [])
+      note += pattern_text + "\n"
+      summary = [pattern_word]
     if row_id in ALL_KINDS_ROWS:
       note += energy_results.divergence_note({p: preset_results(p) for p in presets},
                                              aggregate.describe)
@@ -348,7 +320,7 @@ def write_report():
                   f"**Verdict (last layer vs standard):** {depth_word}\n\n{depth_text}")
     sections.append((row_id, f"| ({row_id}) | {claim} | {paper} | {'; '.join(summary)} |",
                      f"## ({row_id}) {claim}\n\nPaper: {paper}.\n\n{note}" + "\n".join(body)))
-  rank_text, rank_word = rank_section()
+  rank_text, rank_word = rank_results.section(FLAGS.outdir)
   trained_text, trained_word = profile_section()
   claim = ("rank collapse slows with MHA: attention-only networks with random weights, and "
            "trained networks' token cosine and rank residual vs depth")
@@ -380,7 +352,7 @@ def regenerate():
   start, before = time.time(), count_done()
   work = [(rid, sweep_command(p)) for rid, _, presets, _ in ROWS for p in presets]
   if not os.path.exists(os.path.join(FLAGS.outdir, "rank_collapse", "rank.json")):
-    work.insert(0, ("f", RANK.format(o=FLAGS.outdir)))
+    work.insert(0, ("f", rank_results.RANK.format(o=FLAGS.outdir)))
   work = energy_results.missing_work(FLAGS.outdir) + work
   commands = {}
   for row_id, command in work:
