@@ -25,7 +25,7 @@ def test_defaults_collapse_so_old_cell_ids_do_not_change():
 
 
 def test_committed_cells_of_an_old_preset_are_still_found():
-  sweep = config_util.load_config(f"{ROOT}/configs/sweep.py:preset=vit_depth")
+  sweep = config_util.load_config(f"{ROOT}/configs/sweep.py:preset=vit_depth,seeds=3")
   store = grid.ResultStore(str(ROOT / "sweeps" / "cells"), grid.sweep_setup(sweep))
   cells = grid.cells(sweep.grid)
   assert len(cells) == 42 and all(store.done(c) for c in cells)
@@ -55,3 +55,11 @@ def test_energy_heads_presets_list_the_asked_settings():
     attention = grid.cell_config(grid.base_config(sweep), energy_cell).model.attention
     assert (attention.kind, attention.energy_steps, attention.separation) == (
         "hopfield_energy", 3, "cubic")
+
+
+def test_a_preset_names_its_own_seed_count_and_seeds_overrides_it():
+  def seeds(arg):
+    return config_util.load_config(f"{ROOT}/configs/sweep.py:{arg}").grid.seed
+  assert seeds("preset=vit_depth") == (0, 1, 2, 3, 4)
+  assert seeds("preset=gpt_char") == (0, 1, 2)
+  assert seeds("preset=vit_depth,seeds=2") == (0, 1)
