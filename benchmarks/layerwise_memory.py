@@ -114,6 +114,22 @@ COLUMNS = [("length", "T", "{}"), ("row", "attention", "{}"), ("resolved", "runs
            ("roofline_x", "time ×", "{:.2f}")]
 
 
+def markdown(rows):
+  """The README table (benchmarks/README.md): one line per row, ratios to flash."""
+  lines = ["| T | attention | runs | MiB/device | mem × | temp MiB | roofline ms | time × |",
+           "|---|---|---|---|---|---|---|---|"]
+  for row in rows:
+    cells = [str(row["length"]), row["row"], row["resolved"]]
+    if row["fits"]:
+      cells += [f"{row['per_device_mib']:.0f}", f"{row['memory_x']:.2f}",
+                f"{row['temp_mib']:.0f}", f"{row['roofline_ms']:.1f}",
+                f"{row['roofline_x']:.2f}"]
+    else:
+      cells += ["does not fit", "-", f"{row['temp_mib']:.0f}", "-", "-"]
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
 def main(argv):
   del argv
   if FLAGS.quick:
@@ -127,6 +143,7 @@ def main(argv):
       write_results(rows)   # after every row: a long run keeps what it measured
   print("\nGPT-2 small train step (loss gradient), v5e:2x2, bf16, full remat, per device")
   _common.print_table(rows, COLUMNS)
+  print("\n" + markdown(rows))
 
 
 def write_results(rows):
