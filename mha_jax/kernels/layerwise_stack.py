@@ -153,7 +153,7 @@ def _options(length, mask, block, slot_ranges):
 
 
 def collect_attention(q_BxTxNxD, k_BxTxNxD, v_BxTxNxD, state, weights_L, slot_ranges, *,
-                      mask=None, block=128):
+                      mask=None, block=256):
   """Pass 1: write this layer's q, k into the buffers, attend over them.
   slot_ranges: `live_slots` (NumPy)."""
   length, layer = q_BxTxNxD.shape[1], state["layer"]
@@ -170,7 +170,7 @@ def collect_attention(q_BxTxNxD, k_BxTxNxD, v_BxTxNxD, state, weights_L, slot_ra
 
 
 def replay_attention(q_BxTxNxD, k_BxTxNxD, v_BxTxNxD, state, final_layers, weights_L,
-                     slot_ranges, *, mask=None, block=128):
+                     slot_ranges, *, mask=None, block=256):
   """Pass 2: attend over the final buffers (values of pass 1), gradients through
   the sinks (see the module docstring)."""
   length, layer = q_BxTxNxD.shape[1], state["layer"]
