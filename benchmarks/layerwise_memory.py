@@ -44,9 +44,10 @@ flags.DEFINE_list("lengths", ["4096"], "sequence lengths")
 flags.DEFINE_integer("batch", 8, "global batch (split over the 4 chips)")
 flags.DEFINE_list("rows", ["standard_flash", "standard_xla", "layerwise", "auto", "naive"],
                   "standard_<impl> or an MHA implementation")
-flags.DEFINE_enum("roofline", "unrolled", ["unrolled", "body"],
-                  "FLOPs and bytes from a second compile of the unrolled stack (every layer), "
-                  "or from the scanned one, where XLA counts each layer loop's body once")
+flags.DEFINE_enum("roofline", "unrolled", ["unrolled", "none"],
+                  "FLOPs and bytes from a second compile of the unrolled stack (every layer; "
+                  "the scanned one's cost analysis counts each layer loop's body once), or "
+                  "none: memory only")
 FLAGS = flags.FLAGS
 PEAK_FLOPS, HBM_BYTES_PER_S = 197e12, 819e9
 QUICK_SIZE = dict(num_layers=2, width=128, num_heads=2, vocab_size=512)
@@ -98,10 +99,11 @@ def measure(mesh, row, length):
       per_device_mib=(stats.argument_size_in_bytes + stats.output_size_in_bytes
                       - stats.alias_size_in_bytes + stats.temp_size_in_bytes) / _common.MIB,
       pallas_kernels=compiled.as_text().count("tpu_custom_call"),
-      compile_s=time.time() - start, roofline_from=FLAGS.roofline, **roofline(compiled))
+      compile_s=time.time() - start)
   if FLAGS.roofline == "unrolled":   # XLA's cost analysis counts a loop body once
     unrolled = model_for(row, length, scan_layers=False)
-    result.update(roofline(_common.compiled_lm_gradient(mesh, unrolled, length, FLAGS.batch)))
+    result.update(roofline_from="unrolled", **roofline(
+        _common.compiled_lm_gradient(mesh, unrolled, length, FLAGS.batch)))
   print(result, flush=True)
   return result
 
@@ -134,8 +136,9 @@ def markdown(rows):
     cells = [str(row["length"]), row["row"], row["resolved"]]
     if row["fits"]:
       cells += [f"{row['per_device_mib']:.0f}", f"{row['memory_x']:.2f}",
-                f"{row['temp_mib']:.0f}", f"{row['flops'] / 1e12:.2f}",
-                f"{row['roofline_ms']:.1f}", f"{row['roofline_x']:.2f}"]
+                f"{row['temp_mib']:.0f}"]
+      cells += ([f"{row['flops'] / 1e12:.2f}", f"{row['roofline_ms']:.1f}",
+                 f"{row['roofline_x']:.2f}"] if "flops" in row else ["-", "-", "-"])
     else:
       cells += ["does not fit", "-", f"{row['temp_mib']:.0f}", "-", "-", "-"]
     lines.append("| " + " | ".join(cells) + " |")
