@@ -10,11 +10,14 @@ CostEstimate) and the roofline time max(FLOPs / 197 TFLOP/s, bytes / 819 GB/s);
 ratios against standard flash at the same length. XLA's cost analysis counts a
 while loop's body once, i.e. one layer of the scanned stack, so by default
 (`--roofline=unrolled`) FLOPs and bytes come from a second compile of the
-unrolled stack (`scan_layers=False`), which counts all L layers. A configuration over v5e's 16 GiB HBM is a row with the
-temporaries XLA says it needs ("does not fit"); any other compile error stops
-the script. The JSON is rewritten after every row.
+unrolled stack (`scan_layers=False`), which counts all L layers
+(`--roofline=none`: memory only). A configuration over v5e's 16 GiB HBM is a
+row with the temporaries XLA says it needs ("does not fit"); any other compile
+error stops the script. The JSON is rewritten after every row; the markdown
+table it prints is the one in benchmarks/README.md.
 
-    python benchmarks/layerwise_memory.py --json_out=benchmarks/results/layerwise_memory.json
+    python benchmarks/layerwise_memory.py --lengths=4096 --rows=standard_flash,auto \
+        --json_out=benchmarks/results/layerwise_memory_v5e.json
     python benchmarks/layerwise_memory.py --quick      # CI: 2 layers, width 128, T = 256
 """
 
@@ -130,8 +133,8 @@ COLUMNS = [("length", "T", "{}"), ("row", "attention", "{}"), ("resolved", "runs
 
 def markdown(rows):
   """The README table (benchmarks/README.md): one line per row, ratios to flash."""
-  lines = ["| T | attention | runs | MiB/device | mem × | temp MiB | TFLOP | roofline ms | "
-           "time × |", "|---|---|---|---|---|---|---|---|---|"]
+  header = "| T | attention | runs | MiB/device | mem × | temp MiB | TFLOP | roofline ms | time × |"
+  lines = [header, "|---|---|---|---|---|---|---|---|---|"]
   for row in rows:
     cells = [str(row["length"]), row["row"], row["resolved"]]
     if row["fits"]:
