@@ -76,9 +76,11 @@ def layerwise_summary(data):
   for row in data["rows"]:
     if row["row"] in ("layerwise", "auto") and row.get("fits"):
       memory = "met" if row["memory_x"] <= 1.2 else "missed"
-      time = "met" if row["roofline_x"] <= 2.0 else "missed"
-      parts.append(f"T={row['length']} {row['row']}: memory {row['memory_x']:.2f}× (≤ 1.2: "
-                   f"{memory}), roofline {row['roofline_x']:.2f}× (≤ 2: {time})")
+      part = f"T={row['length']} {row['row']}: memory {row['memory_x']:.2f}× (≤ 1.2: {memory})"
+      if row.get("roofline_x") is not None:
+        time = "met" if row["roofline_x"] <= 2.0 else "missed"
+        part += f", roofline {row['roofline_x']:.2f}× (≤ 2: {time})"
+      parts.append(part)
   return "Against the targets: " + "; ".join(parts) + "."
 
 
@@ -87,7 +89,9 @@ def torch_summary(data):
       f"{row['kind']} {row['jax_over_compile']:.2f}×" for row in data["rows"]) + "."
 
 
-# name: (artefact, how its rows become table rows, columns (key, header, format),
+LAYERWISE_ARTEFACTS = tuple(f"layerwise_memory_v5e{suffix}.json"
+                            for suffix in ("", "_8192", "_16384", "_32768"))
+# name: (artefact or artefacts (their rows concatenated), how its rows become table rows, columns (key, header, format),
 #        the sentence under the table or None)
 TABLES = {
     "step_cost_cpu": ("step_cost_cpu.json", step_cost, [
@@ -102,12 +106,12 @@ TABLES = {
         ("torch_compile_s", "torch.compile s", "{:.3f}"),
         ("jax_over_eager", "JAX/eager", "{:.2f}"), ("jax_over_compile", "JAX/compile", "{:.2f}")],
         torch_summary),
-    "layerwise_memory_v5e": ("layerwise_memory_v5e.json", lambda data: data["rows"], [
-        ("length", "T", "{}"), ("row", "row", "{}"), ("resolved", "implementation", "{}"),
-        ("fits", "fits", "{}"), ("per_device_mib", "MiB/device", "{:.0f}"),
-        ("memory_x", "memory ×", "{:.2f}"), ("temp_mib", "temp MiB", "{:.0f}"),
-        ("flops", "FLOPs", "{:.3g}"), ("roofline_ms", "roofline ms", "{:.1f}"),
-        ("roofline_x", "time ×", "{:.2f}")], layerwise_summary),
+    "layerwise_memory_v5e": (LAYERWISE_ARTEFACTS, lambda data: data["rows"], [
+        ("length", "T", "{}"), ("row", "attention", "{}"), ("resolved", "runs", "{}"),
+        ("per_device_mib", "MiB/device", "{:.0f}"), ("memory_x", "mem ×", "{:.2f}"),
+        ("temp_mib", "temp MiB", "{:.0f}"), ("tflop", "TFLOP", "{:.2f}"),
+        ("roofline_ms", "roofline ms", "{:.1f}"), ("roofline_x", "time ×", "{:.2f}")],
+        layerwise_summary),
     "attention_cost_cpu": ("attention_cost_cpu.json", lambda data: data["rows"], [
         ("length", "T", "{}"), ("remat", "remat", "{}"), ("time_ratio", "time MHA/std", "{:.2f}"),
         ("standard_temp_mib", "temp MiB std", "{:.1f}"),
@@ -122,17 +126,26 @@ TABLES = {
 
 def render(name):
   """The Markdown of table `name`: header, rows, and a provenance line."""
-  artefact, to_rows, columns, summary = TABLES[name]
-  data = json.loads((RESULTS / artefact).read_text())
+  artefacts, to_rows, columns, summary = TABLES[name]
+  artefacts = (artefacts,) if isinstance(artefacts, str) else artefacts
+  datas = [json.loads((RESULTS / a).read_text()) for a in artefacts]
+  data = {"rows": [row for d in datas for row in to_rows(d)]}
   lines = ["| " + " | ".join(header for _, header, _ in columns) + " |",
            "|" + "---|" * len(columns)]
-  for row in to_rows(data):
-    lines.append("| " + " | ".join("–" if row.get(key) is None else fmt.format(row[key])
-                                   for key, _, fmt in columns) + " |")
+  for row in data["rows"]:
+    lines.append("| " + " | ".join(cell(row, key, fmt) for key, _, fmt in columns) + " |")
   if summary:
-    lines += ["", summary(data)]
-  lines += ["", provenance_line(artefact, data)]
+    lines += ["", summary(datas[0] if len(datas) == 1 else data)]
+  lines += [""] + [provenance_line(a, d) for a, d in zip(artefacts, datas)]
   return "\n".join(lines) + "\n"
+
+
+def cell(row, key, fmt):
+  if key == "tflop":
+    return "–" if row.get("flops") is None else fmt.format(row["flops"] / 1e12)
+  if key == "per_device_mib" and row.get("fits") is False:
+    return "does not fit"
+  return "–" if row.get(key) is None else fmt.format(row[key])
 
 
 def provenance_line(artefact, data):

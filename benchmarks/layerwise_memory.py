@@ -4,14 +4,20 @@ attention (flash, xla) against MHA materialised (naive) and layer-wise
 
 libtpu compiles for a v5e:2x2 slice from this CPU host (no TPU needed), batch
 split over the 4 chips, bf16 compute, full remat. Per row: XLA's memory analysis
-(arguments + outputs − aliased + temp, per device), FLOPs and bytes accessed
-(cost analysis; Pallas kernels count their own FLOPs) and the roofline time
-max(FLOPs / 197 TFLOP/s, bytes / 819 GB/s); ratios against standard flash at
-the same length. A configuration over v5e's 16 GiB HBM is a row with the
-temporaries XLA says it needs ("does not fit"); any other compile error stops
-the script. The JSON is rewritten after every row.
+of the scanned stack (arguments + outputs − aliased + temp, per device), FLOPs
+and bytes accessed (cost analysis; Pallas kernels count their own through their
+CostEstimate) and the roofline time max(FLOPs / 197 TFLOP/s, bytes / 819 GB/s);
+ratios against standard flash at the same length. XLA's cost analysis counts a
+while loop's body once, i.e. one layer of the scanned stack, so by default
+(`--roofline=unrolled`) FLOPs and bytes come from a second compile of the
+unrolled stack (`scan_layers=False`), which counts all L layers
+(`--roofline=none`: memory only). A configuration over v5e's 16 GiB HBM is a
+row with the temporaries XLA says it needs ("does not fit"); any other compile
+error stops the script. The JSON is rewritten after every row; the markdown
+table it prints is the one in benchmarks/README.md.
 
-    python benchmarks/layerwise_memory.py --json_out=benchmarks/results/layerwise_memory.json
+    python benchmarks/layerwise_memory.py --lengths=4096 --rows=standard_flash,auto \
+        --json_out=benchmarks/results/layerwise_memory_v5e.json
     python benchmarks/layerwise_memory.py --quick      # CI: 2 layers, width 128, T = 256
 """
 
@@ -41,6 +47,10 @@ flags.DEFINE_list("lengths", ["4096"], "sequence lengths")
 flags.DEFINE_integer("batch", 8, "global batch (split over the 4 chips)")
 flags.DEFINE_list("rows", ["standard_flash", "standard_xla", "layerwise", "auto", "naive"],
                   "standard_<impl> or an MHA implementation")
+flags.DEFINE_enum("roofline", "unrolled", ["unrolled", "none"],
+                  "FLOPs and bytes from a second compile of the unrolled stack (every layer; "
+                  "the scanned one's cost analysis counts each layer loop's body once), or "
+                  "none: memory only")
 FLAGS = flags.FLAGS
 PEAK_FLOPS, HBM_BYTES_PER_S = 197e12, 819e9
 QUICK_SIZE = dict(num_layers=2, width=128, num_heads=2, vocab_size=512)
@@ -53,14 +63,20 @@ def tpu_mesh():
   return sharding.make_mesh(dict(data=4, fsdp=1, tensor=1), list(topo.devices))
 
 
-def model_for(row, length):
+def model_for(row, length, scan_layers=True):
   if row.startswith("standard_"):
     att = dict(kind="standard", implementation=row.removeprefix("standard_"))
   else:
     att = dict(kind="hopfield", alpha=0.5, alpha_hidden=0.5, implementation=row)
   size = QUICK_SIZE if FLAGS.quick else {}
   return gpt.create("small", max_len=length, dtype="bfloat16", remat_policy="full",
-                    attention=att, **size)
+                    attention=att, scan_layers=scan_layers, **size)
+
+
+def roofline(compiled):
+  flops, bytes_accessed = _common.flops(compiled)
+  return dict(flops=flops, bytes=bytes_accessed,
+              roofline_ms=1e3 * max(flops / PEAK_FLOPS, bytes_accessed / HBM_BYTES_PER_S))
 
 
 def measure(mesh, row, length):
@@ -81,15 +97,16 @@ def measure(mesh, row, length):
     print(result, flush=True)
     return result
   stats = compiled.memory_analysis()
-  flops, bytes_accessed = _common.flops(compiled)
   result.update(
       fits=True, temp_mib=stats.temp_size_in_bytes / _common.MIB,
       per_device_mib=(stats.argument_size_in_bytes + stats.output_size_in_bytes
                       - stats.alias_size_in_bytes + stats.temp_size_in_bytes) / _common.MIB,
-      flops=flops, bytes=bytes_accessed,
-      roofline_ms=1e3 * max(flops / PEAK_FLOPS, bytes_accessed / HBM_BYTES_PER_S),
       pallas_kernels=compiled.as_text().count("tpu_custom_call"),
       compile_s=time.time() - start)
+  if FLAGS.roofline == "unrolled":   # XLA's cost analysis counts a loop body once
+    unrolled = model_for(row, length, scan_layers=False)
+    result.update(roofline_from="unrolled", **roofline(
+        _common.compiled_lm_gradient(mesh, unrolled, length, FLAGS.batch)))
   print(result, flush=True)
   return result
 
@@ -114,6 +131,23 @@ COLUMNS = [("length", "T", "{}"), ("row", "attention", "{}"), ("resolved", "runs
            ("roofline_x", "time ×", "{:.2f}")]
 
 
+def markdown(rows):
+  """The README table (benchmarks/README.md): one line per row, ratios to flash."""
+  header = "| T | attention | runs | MiB/device | mem × | temp MiB | TFLOP | roofline ms | time × |"
+  lines = [header, "|---|---|---|---|---|---|---|---|---|"]
+  for row in rows:
+    cells = [str(row["length"]), row["row"], row["resolved"]]
+    if row["fits"]:
+      cells += [f"{row['per_device_mib']:.0f}", f"{row['memory_x']:.2f}",
+                f"{row['temp_mib']:.0f}"]
+      cells += ([f"{row['flops'] / 1e12:.2f}", f"{row['roofline_ms']:.1f}",
+                 f"{row['roofline_x']:.2f}"] if "flops" in row else ["-", "-", "-"])
+    else:
+      cells += ["does not fit", "-", f"{row['temp_mib']:.0f}", "-", "-", "-"]
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
 def main(argv):
   del argv
   if FLAGS.quick:
@@ -127,6 +161,7 @@ def main(argv):
       write_results(rows)   # after every row: a long run keeps what it measured
   print("\nGPT-2 small train step (loss gradient), v5e:2x2, bf16, full remat, per device")
   _common.print_table(rows, COLUMNS)
+  print("\n" + markdown(rows))
 
 
 def write_results(rows):

@@ -6,8 +6,10 @@
     fused       fused.py: one Pallas kernel per layer that reads H_{n−1}, writes
                 H_n, and never stores the attention probabilities.
     layerwise   layerwise.py + layerwise_stack.py: each layer's q, k stored once
-                ([L, B, N, T, D]) and a flash kernel over Σ_l w_l q_l k_lᵀ; the
-                stack runs a collect pass, then the differentiated replay pass.
+                ([L, B, N, T, D]) and a flash kernel over Σ_l w_l q_l k_lᵀ (layer
+                n reads its n+1 live slots); the stack runs a collect pass, then
+                the differentiated replay pass, whose gradients for earlier
+                layers accumulate in place in one [L, …] sink per q and k.
     cudnn       bias_attention.py: H_n materialised, attention by cuDNN's flash
                 kernel with bias α′H_{n−1} (GPU; the probabilities are never stored).
     auto        `resolve`: layerwise when the stored features are wider than H,
@@ -98,14 +100,15 @@ def hopfield_attention(att, num_layers, q_BxTxNxD, k_BxSxNxD, v_BxSxNxD, state, 
 def _layerwise(att, num_layers, q_BxTxNxD, k_BxTxNxD, v_BxTxNxD, state, h0, mask,
                final_layers):
   scale = q_BxTxNxD.shape[-1] ** -0.5 if att.score_scale is None else att.score_scale
+  structure = dict(reset_every=att.reset_every, window=window_slots(att, num_layers))
   weights_LxL = layerwise_stack.weight_matrix(
-      state.get("alpha_hidden", att.alpha_hidden), num_layers, h0=h0,
-      reset_every=att.reset_every, window=window_slots(att, num_layers), scale=scale)
+      state.get("alpha_hidden", att.alpha_hidden), num_layers, h0=h0, scale=scale, **structure)
+  slot_ranges_Lx2 = layerwise_stack.live_slots(num_layers, **structure)
   if final_layers is None:
     return layerwise_stack.collect_attention(q_BxTxNxD, k_BxTxNxD, v_BxTxNxD, state,
-                                             weights_LxL, mask=mask)
+                                             weights_LxL, slot_ranges_Lx2, mask=mask)
   return layerwise_stack.replay_attention(q_BxTxNxD, k_BxTxNxD, v_BxTxNxD, state, final_layers,
-                                          weights_LxL, mask=mask)
+                                          weights_LxL, slot_ranges_Lx2, mask=mask)
 
 
 def hidden_state(state):

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from mha_jax.kernels import layerwise
 
 
-def flash_attention(q_BxTxNxD, k_BxSxNxD, v_BxSxNxD, *, mask=None, scale=None, block=128):
+def flash_attention(q_BxTxNxD, k_BxSxNxD, v_BxSxNxD, *, mask=None, scale=None, block=256):
   """softmax(mask(scale · Q Kᵀ)) V, out [B, T, N, D]; mask True = may attend,
   broadcastable to [B, N, T, S]."""
   if scale is None:

@@ -11,18 +11,18 @@ runs twice:
      at layer n. Their final values Q_f, K_f (stop_gradient) hold every layer's
      q and k, and slot l of the buffer at layer n equals Q_f[l] for l ≤ n.
   2. "replay": the differentiated pass. Q_f, K_f enter every layer as the same
-     loop-invariant inputs (saved once, not per layer); slots l > n have
-     w_{n,l} = 0 and add nothing. The gradient each layer sends to earlier
-     layers' q_l, k_l travels in "sink" carries whose value is identically zero:
+     loop-invariant inputs (saved once, not per layer); layer n's kernel reads
+     only its live slots [first_n, n] (`live_slots`), the layers in H_n. The
+     gradient each layer sends to earlier layers' q_l, k_l travels back in
+     "sink" carries [L, B, N, T, D] whose value is zero: the layer's custom VJP
+     passes the sinks through unchanged in the forward pass and, in the backward
+     pass, receives their cotangent (slot l holds Σ_{m>n} ∂L/∂q_l from the later
+     layers), adds w_{n,l}·∂ into it in place inside the kernels and hands it to
+     layer n−1; slot n is then the whole ∂L/∂q_n, this layer's q gradient.
 
-       sink_out = sink_in + onehot(n) ⊗ (q_n − stop_gradient(q_n))     (value: sink_in)
-
-     In the backward pass the sink's cotangent at slot n holds Σ_{m>n} ∂L/∂q_n
-     from the later layers; the layer's custom VJP adds its own dq_n and passes
-     the slots l < n back in the sink.
-
-Memory: Q_f, K_f, the two sinks and their cotangents, all O(L·T·D); compute: one
-extra forward pass of the stack, and each layer's kernel walks all L slots.
+Memory: Q_f, K_f and the two sink cotangents, all O(L·T·D), with no per-layer
+[L, …] gradient array; compute: one extra forward pass of the stack, and layer
+n's kernels do n+1 slot matmuls per tile (Σ_n (n+1), not L²).
 
 Weights: H_n = Σ_l w_{n,l} s_l with the chain start r ≤ n (layer 1, or every
 `reset_every` layers): w_{n,l} = (1−α′)α′^{n−l} for r < l ≤ n, w_{n,r} = c₀α′^{n−r}
@@ -45,6 +45,20 @@ from mha_jax.kernels import layerwise
 P = jax.sharding.PartitionSpec
 
 
+def _chain_starts(num_layers, reset_every):
+  restarts = attention.restart_flags(num_layers, reset_every=reset_every)
+  return np.maximum.accumulate(np.where(restarts, np.arange(num_layers), 0))
+
+
+def live_slots(num_layers, *, reset_every=0, window=0):
+  """int32 [L, 2]: layer n's live slots [first, end) — the layers H_n holds, from
+  its chain start (or the window's first layer) to n; the others have w = 0."""
+  first = _chain_starts(num_layers, reset_every)
+  if window:
+    first = np.maximum(first, np.arange(num_layers) - window + 1)
+  return np.stack([first, np.arange(1, num_layers + 1)], axis=1).astype(np.int32)
+
+
 def weight_matrix(alpha_hidden, num_layers, *, h0="zeros", reset_every=0, window=0,
                   scale=1.0):
   """w [L, L] float32 (× scale): H_n = Σ_l w[n, l] s_l. α′ may be traced."""
@@ -53,12 +67,10 @@ def weight_matrix(alpha_hidden, num_layers, *, h0="zeros", reset_every=0, window
   for _ in range(num_layers - 1):
     powers.append(powers[-1] * alpha)   # products, not pow: finite gradients at α′ = 0
   powers = jnp.stack(powers)
-  restarts = attention.restart_flags(num_layers, reset_every=reset_every)
-  starts = np.maximum.accumulate(np.where(restarts, np.arange(num_layers), 0))
+  starts = _chain_starts(num_layers, reset_every)
+  ranges = live_slots(num_layers, reset_every=reset_every, window=window)
   rows, cols = np.meshgrid(np.arange(num_layers), np.arange(num_layers), indexing="ij")
-  live = (cols <= rows) & (cols >= starts[:, None])
-  if window:
-    live &= cols > rows - window
+  live = (cols >= ranges[:, :1]) & (cols < ranges[:, 1:])
   first = 1.0 if h0 == "first_scores" else 1.0 - alpha
   lead = jnp.where(cols == starts[:, None], first, 1.0 - alpha)
   w = jnp.where(live, lead * powers[np.clip(rows - cols, 0, None)], 0.0)
@@ -83,87 +95,96 @@ def _heads_first(x_BxTxNxD):
   return jnp.swapaxes(x_BxTxNxD, 1, 2)
 
 
-def _run(fn, args, mask_i8, opts_kw, num_slot_arrays):
+def _run(fn, args, mask_i8, opts_kw, num_slot_arrays, out_specs):
   """fn(*args, mask, opts) per shard, interpret on CPU and Mosaic on TPU. args:
-  (w, layer, `num_slot_arrays` arrays [L, B, N, T, D], then arrays [B, N, T, D])."""
+  (w, live slots, layer, `num_slot_arrays` arrays [L, B, N, T, D], then arrays
+  [B, N, T, D]); out_specs(batch_axis, heads_axis) as `layerwise.per_shard`."""
   def specs(b, h):
     mask = P(b if mask_i8.shape[0] > 1 else None, h if mask_i8.shape[1] > 1 else None)
-    num_head_arrays = len(args) - 2 - num_slot_arrays
-    return (P(), P()) + (P(None, b, h),) * num_slot_arrays + (P(b, h),) * num_head_arrays + (
+    num_head_arrays = len(args) - 3 - num_slot_arrays
+    return (P(),) * 3 + (P(None, b, h),) * num_slot_arrays + (P(b, h),) * num_head_arrays + (
         mask,)
 
   def run(*operands):
     *operands, interpret, backend = operands
     opts = layerwise.Options(**opts_kw, interpret=interpret, backend=backend)
-    return layerwise.per_shard(lambda *a: fn(*a, opts), operands, specs, lambda b, h: P(b, h))
+    return layerwise.per_shard(lambda *a: fn(*a, opts), operands, specs, out_specs)
   return layerwise.on_platform(run, *args, mask_i8)
 
 
-def _collect_op(w, layer, query_layers, key_layers, v, mask, opts):
+def _collect_op(w, slots, layer, query_layers, key_layers, v, mask, opts):
   del layer
-  return layerwise._attend(w, query_layers, key_layers, v, mask, opts)
+  return layerwise._attend(w, slots, query_layers, key_layers, v, mask, opts)
 
 
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(10,))
-def _replay_op(w, layer, query_final, key_final, query_sink, key_sink, q, k, v, mask, opts):
-  del layer, query_sink, key_sink, q, k   # their values are in the final buffers
-  return layerwise.forward(w, query_final, key_final, v, mask, opts)[0]
-
-
-def _replay_fwd(w, layer, query_final, key_final, query_sink, key_sink, q, k, v, mask, opts):
-  del query_sink, key_sink, q, k
-  o, lse = layerwise.forward(w, query_final, key_final, v, mask, opts)
-  return o, (w, layer, query_final, key_final, v, mask, o, lse)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(11,))
+def _replay_op(w, slots, layer, query_final, key_final, query_sink, key_sink, q, k, v, mask,
+               opts):
+  del layer, q, k   # their values are in the final buffers
+  out = layerwise.forward(w, slots, query_final, key_final, v, mask, opts)[0]
+  return out, query_sink, key_sink
 
 
-def _replay_bwd(opts, residuals, do):
-  w, layer, query_final, key_final, v, mask, o, lse = residuals
-  gq, gk, dv, dw = layerwise.backward(w, query_final, key_final, v, mask, o, lse, do, opts)
-  dq, dk = layerwise.weighted(w, gq), layerwise.weighted(w, gk)
-  earlier = (jnp.arange(w.shape[0]) != layer)[:, None, None, None, None]
-  return (dw, None, None, None, jnp.where(earlier, dq, 0).astype(dq.dtype),
-          jnp.where(earlier, dk, 0).astype(dk.dtype), dq[layer], dk[layer], dv, None)
+def _replay_fwd(w, slots, layer, query_final, key_final, query_sink, key_sink, q, k, v, mask,
+                opts):
+  del q, k
+  o, lse = layerwise.forward(w, slots, query_final, key_final, v, mask, opts)
+  return (o, query_sink, key_sink), (w, slots, layer, query_final, key_final, v, mask, o, lse)
+
+
+def _replay_bwd(opts, residuals, cotangents):
+  """The sinks' cotangents in, plus this layer's slot gradients (in place on TPU);
+  slot `layer` of the result is this layer's own q, k gradient."""
+  w, slots, layer, query_final, key_final, v, mask, o, lse = residuals
+  do, query_sink, key_sink = cotangents
+  query_sink, key_sink, dv, dw = layerwise.backward(w, slots, query_final, key_final, v, mask, o,
+                                                    lse, do, query_sink, key_sink, opts)
+  return (dw, None, None, None, None, query_sink, key_sink, query_sink[layer],
+          key_sink[layer], dv, None)
 
 
 _replay_op.defvjp(_replay_fwd, _replay_bwd)
 
 
-def _options(length, mask, block):
+def _options(length, mask, block, slot_ranges):
   return dict(block_q=layerwise.tile(length, block), block_k=layerwise.tile(length, block),
-              causal=False, has_mask=mask is not None)
+              causal=False, has_mask=mask is not None,
+              mean_slots=float(np.mean(slot_ranges[:, 1] - slot_ranges[:, 0])))
 
 
-def collect_attention(q_BxTxNxD, k_BxTxNxD, v_BxTxNxD, state, weights_L, *, mask=None,
-                      block=128):
-  """Pass 1: write this layer's q, k into the buffers, attend over them."""
+def collect_attention(q_BxTxNxD, k_BxTxNxD, v_BxTxNxD, state, weights_L, slot_ranges, *,
+                      mask=None, block=256):
+  """Pass 1: write this layer's q, k into the buffers, attend over them.
+  slot_ranges: `live_slots` (NumPy)."""
   length, layer = q_BxTxNxD.shape[1], state["layer"]
   buffers = [_slots_constraint(jax.lax.dynamic_update_index_in_dim(
       state[key], _heads_first(x).astype(state[key].dtype), layer, 0))
       for key, x in (("query_layers", q_BxTxNxD), ("key_layers", k_BxTxNxD))]
   mask_i8 = layerwise.dense_mask(mask, length, length)
-  out = _run(_collect_op, (weights_L[layer], layer, *buffers, _heads_first(v_BxTxNxD)),
-             mask_i8, _options(length, mask, block), num_slot_arrays=2)
+  args = (weights_L[layer], jnp.asarray(slot_ranges)[layer], layer, *buffers,
+          _heads_first(v_BxTxNxD))
+  out = _run(_collect_op, args, mask_i8, _options(length, mask, block, slot_ranges),
+             2, lambda b, h: P(b, h))
   return _heads_first(out), {"query_layers": buffers[0], "key_layers": buffers[1],
                              "layer": layer + 1, "hidden_weights": weights_L[layer]}
 
 
-def replay_attention(q_BxTxNxD, k_BxTxNxD, v_BxTxNxD, state, final_layers, weights_L, *,
-                     mask=None, block=128):
+def replay_attention(q_BxTxNxD, k_BxTxNxD, v_BxTxNxD, state, final_layers, weights_L,
+                     slot_ranges, *, mask=None, block=256):
   """Pass 2: attend over the final buffers (values of pass 1), gradients through
   the sinks (see the module docstring)."""
   length, layer = q_BxTxNxD.shape[1], state["layer"]
-  q, k = _heads_first(q_BxTxNxD), _heads_first(k_BxTxNxD)
+  sinks = state["query_sink"], state["key_sink"]
+  q, k = (_heads_first(x).astype(sink.dtype) for x, sink in zip((q_BxTxNxD, k_BxTxNxD), sinks))
   mask_i8 = layerwise.dense_mask(mask, length, length)
-  args = (weights_L[layer], layer, final_layers["query_layers"], final_layers["key_layers"],
-          state["query_sink"], state["key_sink"], q.astype(state["query_sink"].dtype),
-          k.astype(state["key_sink"].dtype), _heads_first(v_BxTxNxD))
-  out = _run(_replay_op, args, mask_i8, _options(length, mask, block), num_slot_arrays=4)
-  sinks = {}
-  for key, x in (("query_sink", q), ("key_sink", k)):
-    x = x.astype(state[key].dtype)
-    sinks[key] = _slots_constraint(state[key].at[layer].add(x - jax.lax.stop_gradient(x)))
-  return _heads_first(out), {**sinks, "layer": layer + 1}
+  args = (weights_L[layer], jnp.asarray(slot_ranges)[layer], layer,
+          final_layers["query_layers"], final_layers["key_layers"], *sinks, q, k,
+          _heads_first(v_BxTxNxD))
+  out, query_sink, key_sink = _run(
+      _replay_op, args, mask_i8, _options(length, mask, block, slot_ranges), 4,
+      lambda b, h: (P(b, h), P(None, b, h), P(None, b, h)))
+  return _heads_first(out), {"query_sink": _slots_constraint(query_sink),
+                             "key_sink": _slots_constraint(key_sink), "layer": layer + 1}
 
 
 def hidden_state(state):

@@ -13,7 +13,8 @@ since a Triton program cannot revisit an output block across grid steps:
             diagonal on under `causal`), Gᵏ_l in the output block, dV carried.
 
 Triton needs power-of-two tiles; the slot count W is only ever indexed, so any
-W works. Not run on a GPU here (none on these machines): its tests run it in
+W works. The slot loops run over the live range only, as on TPU; the gradient
+sinks are added to outside the kernels (G in float32 global memory, W slots). Not run on a GPU here (none on these machines): its tests run it in
 Pallas interpret mode on CPU, which checks the program logic, not the Triton
 lowering; on a CUDA machine, `tests/kernels/test_layerwise_kernel.py`'s GPU test
 compiles and runs it.
@@ -27,20 +28,14 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
-MASKED = float(jnp.finfo(jnp.float32).min)   # as attention.masked_softmax
+from mha_jax.kernels.layerwise_mosaic import dot, masked, over_live_slots
 
 
-def _dot(a, b, contract=((1,), (1,))):
-  return jax.lax.dot_general(a, b, (contract, ((), ())), preferred_element_type=jnp.float32)
-
-
-def _logits(w_ref, q_ref, k_ref, rows, cols):
-  s = None
-  for slot in range(q_ref.shape[0]):
+def _logits(w_ref, slots_ref, q_ref, k_ref, rows, cols, opts):
+  def add(slot, s):
     q = (q_ref[slot, rows, :].astype(jnp.float32) * w_ref[slot]).astype(q_ref.dtype)
-    term = _dot(q, k_ref[slot, cols, :])
-    s = term if s is None else s + term
-  return s
+    return s + dot(q, k_ref[slot, cols, :])
+  return over_live_slots(slots_ref, add, jnp.zeros((opts.block_q, opts.block_k), jnp.float32))
 
 
 def _allowed(mask_ref, q_start, k_start, mask_rows, mask_cols, opts):
@@ -55,11 +50,7 @@ def _allowed(mask_ref, q_start, k_start, mask_rows, mask_cols, opts):
   return allowed
 
 
-def _masked(s, allowed):
-  return s if allowed is None else jnp.where(allowed, s, MASKED)
-
-
-def _forward_kernel(w_ref, q_ref, k_ref, v_ref, *refs, opts):
+def _forward_kernel(w_ref, slots_ref, q_ref, k_ref, v_ref, *refs, opts):
   mask_ref = refs[0] if opts.has_mask else None
   o_ref, lse_ref = refs[opts.has_mask:]
   q_start = pl.program_id(0) * opts.block_q
@@ -68,12 +59,12 @@ def _forward_kernel(w_ref, q_ref, k_ref, v_ref, *refs, opts):
   def body(j, carry):
     acc, m_prev, l_prev = carry
     cols = pl.ds(j * opts.block_k, opts.block_k)
-    s = _masked(_logits(w_ref, q_ref, k_ref, rows, cols),
-                _allowed(mask_ref, q_start, j * opts.block_k, rows, cols, opts))
+    s = masked(_logits(w_ref, slots_ref, q_ref, k_ref, rows, cols, opts),
+               _allowed(mask_ref, q_start, j * opts.block_k, rows, cols, opts))
     m_new = jnp.maximum(m_prev, s.max(axis=-1))
     p = jnp.exp(s - m_new[:, None])
     correction = jnp.exp(m_prev - m_new)
-    acc = correction[:, None] * acc + _dot(p.astype(v_ref.dtype), v_ref[cols, :], ((1,), (0,)))
+    acc = correction[:, None] * acc + dot(p.astype(v_ref.dtype), v_ref[cols, :], ((1,), (0,)))
     return acc, m_new, correction * l_prev + p.sum(axis=-1)
 
   num_k = (pl.cdiv(q_start + opts.block_q, opts.block_k) if opts.causal
@@ -86,17 +77,19 @@ def _forward_kernel(w_ref, q_ref, k_ref, v_ref, *refs, opts):
   lse_ref[...] = m + jnp.log(l)
 
 
-def _score_cotangent(w_ref, q_ref, k_ref, v_ref, mask_ref, do, lse, delta, rows, cols,
-                     q_start, k_start, mask_rows, mask_cols, opts):
-  allowed = _allowed(mask_ref, q_start, k_start, mask_rows, mask_cols, opts)
-  p = jnp.exp(_masked(_logits(w_ref, q_ref, k_ref, rows, cols), allowed) - lse[:, None])
-  ds = p * (_dot(do, v_ref[cols, :]) - delta[:, None])
+def _score_cotangent(refs, do, lse, delta, rows, cols, q_start, k_start, opts):
+  w_ref, slots_ref, q_ref, k_ref, v_ref, mask_ref = refs
+  allowed = _allowed(mask_ref, q_start, k_start, rows, cols, opts)
+  p = jnp.exp(masked(_logits(w_ref, slots_ref, q_ref, k_ref, rows, cols, opts), allowed)
+              - lse[:, None])
+  ds = p * (dot(do, v_ref[cols, :]) - delta[:, None])
   return p, ds if allowed is None else jnp.where(allowed, ds, 0.0)
 
 
-def _dq_kernel(w_ref, q_ref, k_ref, v_ref, *refs, opts):
+def _dq_kernel(w_ref, slots_ref, q_ref, k_ref, v_ref, *refs, opts):
   mask_ref = refs[0] if opts.has_mask else None
   do_ref, lse_ref, delta_ref, gq_ref = refs[opts.has_mask:]
+  inputs = (w_ref, slots_ref, q_ref, k_ref, v_ref, mask_ref)
   q_start = pl.program_id(0) * opts.block_q
   rows = pl.ds(0, opts.block_q)
   for slot in range(gq_ref.shape[0]):   # per slot: Triton arrays are powers of two
@@ -105,10 +98,12 @@ def _dq_kernel(w_ref, q_ref, k_ref, v_ref, *refs, opts):
 
   def body(j, carry):
     cols = pl.ds(j * opts.block_k, opts.block_k)
-    _, ds = _score_cotangent(w_ref, q_ref, k_ref, v_ref, mask_ref, do, lse, delta, rows, cols,
-                             q_start, j * opts.block_k, rows, cols, opts)
-    for slot in range(k_ref.shape[0]):
-      gq_ref[slot] += _dot(ds.astype(k_ref.dtype), k_ref[slot, cols, :], ((1,), (0,)))
+    _, ds = _score_cotangent(inputs, do, lse, delta, rows, cols, q_start, j * opts.block_k,
+                             opts)
+
+    def add(slot, _):
+      gq_ref[slot] += dot(ds.astype(k_ref.dtype), k_ref[slot, cols, :], ((1,), (0,)))
+    over_live_slots(slots_ref, add, None)
     return carry
 
   num_k = (pl.cdiv(q_start + opts.block_q, opts.block_k) if opts.causal
@@ -116,9 +111,10 @@ def _dq_kernel(w_ref, q_ref, k_ref, v_ref, *refs, opts):
   jax.lax.fori_loop(0, num_k, body, 0)
 
 
-def _dkv_kernel(w_ref, q_ref, k_ref, v_ref, *refs, opts):
+def _dkv_kernel(w_ref, slots_ref, q_ref, k_ref, v_ref, *refs, opts):
   mask_ref = refs[0] if opts.has_mask else None
   do_ref, lse_ref, delta_ref, gk_ref, dv_ref = refs[opts.has_mask:]
+  inputs = (w_ref, slots_ref, q_ref, k_ref, v_ref, mask_ref)
   k_start = pl.program_id(0) * opts.block_k
   cols = pl.ds(0, opts.block_k)
   for slot in range(gk_ref.shape[0]):
@@ -126,12 +122,13 @@ def _dkv_kernel(w_ref, q_ref, k_ref, v_ref, *refs, opts):
 
   def body(i, dv):
     rows = pl.ds(i * opts.block_q, opts.block_q)
-    p, ds = _score_cotangent(w_ref, q_ref, k_ref, v_ref, mask_ref, do_ref[rows, :],
-                             lse_ref[rows], delta_ref[rows], rows, cols, i * opts.block_q,
-                             k_start, rows, cols, opts)
-    for slot in range(q_ref.shape[0]):
-      gk_ref[slot] += _dot(ds.astype(q_ref.dtype), q_ref[slot, rows, :], ((0,), (0,)))
-    return dv + _dot(p.astype(do_ref.dtype), do_ref[rows, :], ((0,), (0,)))
+    p, ds = _score_cotangent(inputs, do_ref[rows, :], lse_ref[rows], delta_ref[rows], rows,
+                             cols, i * opts.block_q, k_start, opts)
+
+    def add(slot, _):
+      gk_ref[slot] += dot(ds.astype(q_ref.dtype), q_ref[slot, rows, :], ((0,), (0,)))
+    over_live_slots(slots_ref, add, None)
+    return dv + dot(p.astype(do_ref.dtype), do_ref[rows, :], ((0,), (0,)))
 
   first_q = k_start // opts.block_q if opts.causal else 0
   dv = jax.lax.fori_loop(first_q, q_ref.shape[1] // opts.block_q, body,
@@ -178,7 +175,8 @@ class _Specs:
       v_spec = pl.BlockSpec((None, None, o.block_k, self.d), lambda j, b, n: (b, n, j, 0))
       mask_spec = pl.BlockSpec((None, None, self.t, o.block_k),
                                lambda j, b, n: self._bn(b, n) + (0, j))
-    specs = [pl.BlockSpec((self.slots,), lambda *_: (0,)), q_spec, k_spec, v_spec]
+    specs = [pl.BlockSpec((self.slots,), lambda *_: (0,)), pl.BlockSpec((2,), lambda *_: (0,)),
+             q_spec, k_spec, v_spec]
     return specs + ([mask_spec] if o.has_mask else [])
 
   def rows(self, width=None):
@@ -190,21 +188,21 @@ class _Specs:
     return pl.BlockSpec((None, None, size, width), lambda *g: tile(*g) + (0,))
 
 
-def forward(w, q, k, v, mask, opts):
+def forward(w, slots, q, k, v, mask, opts):
   """As layerwise.forward, lse [B, N, T] float32."""
   _, b, n, t, d = q.shape
   sp = _Specs(q, k, mask.shape, opts, rows_first=True)
-  operands = (w, q, k, v) + ((mask,) if opts.has_mask else ())
+  operands = (w, slots, q, k, v) + ((mask,) if opts.has_mask else ())
   return _call(_forward_kernel, (t // opts.block_q, b, n), sp.inputs(), [sp.rows(d), sp.rows()],
                [jax.ShapeDtypeStruct((b, n, t, d), v.dtype),
                 jax.ShapeDtypeStruct((b, n, t), jnp.float32)], opts)(*operands)
 
 
-def backward(w, q, k, v, mask, o, lse, do, opts):
-  """As layerwise.backward: (G, Gᵏ, dV, dw)."""
+def backward(w, slots, q, k, v, mask, o, lse, do, q_sink, k_sink, opts):
+  """As layerwise.backward: (q_sink + dq, k_sink + dk, dV, dw)."""
   _, b, n, t, d = q.shape
   delta = jnp.sum(do.astype(jnp.float32) * o.astype(jnp.float32), axis=-1)
-  operands = (w, q, k, v) + ((mask,) if opts.has_mask else ()) + (do, lse, delta)
+  operands = (w, slots, q, k, v) + ((mask,) if opts.has_mask else ()) + (do, lse, delta)
   rows = _Specs(q, k, mask.shape, opts, rows_first=True)
   gq_spec = pl.BlockSpec((q.shape[0], None, None, opts.block_q, d),
                          lambda i, b_, n_: (0, b_, n_, i, 0))
@@ -220,7 +218,11 @@ def backward(w, q, k, v, mask, o, lse, do, opts):
                  [jax.ShapeDtypeStruct(k.shape, jnp.float32),
                   jax.ShapeDtypeStruct(v.shape, v.dtype)], opts)(*operands)
   dw = jnp.sum(q.astype(jnp.float32) * gq, axis=(1, 2, 3, 4))
-  return gq.astype(q.dtype), gk.astype(k.dtype), dv, dw
+  index = jnp.arange(w.shape[0])
+  live = ((index >= slots[0]) & (index < slots[1]))[:, None, None, None, None]
+  into_sink = lambda sink, g: jnp.where(live, sink + w[:, None, None, None, None] * g,
+                                        sink).astype(sink.dtype)
+  return into_sink(q_sink, gq), into_sink(k_sink, gk), dv, jnp.where(live[:, 0, 0, 0, 0], dw, 0)
 
 
 def check_options(opts):

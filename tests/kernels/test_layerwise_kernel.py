@@ -6,6 +6,8 @@ crosses tile borders both ways; causal block skipping, a dense mask on top, and
 the Mosaic TPU lowering (compiled ahead of time with libtpu when installed).
 """
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -131,3 +133,63 @@ def test_triton_kernels_lower_for_cuda_without_a_gpu():
   module = exported.mlir_module()
   for kernel in ("_forward_kernel", "_dq_kernel", "_dkv_kernel"):
     assert f'name = "{kernel}"' in module
+
+
+@pytest.mark.parametrize("backend", ["mosaic", "triton"])
+def test_slots_outside_the_live_range_are_never_read(backend):
+  """A stack's layer n reads only its slots [first, n]: slots outside `live`
+  poisoned with NaN (0 · NaN would be NaN) leave the output and the gradients
+  of the live slots equal to the materialised attention over those slots, and
+  get exactly zero gradients themselves."""
+  q, k, v, w = inputs(seed=3, slots=4)
+  poison = lambda x: x.at[0].set(jnp.nan).at[3].set(jnp.nan)
+  mask = padded_causal_mask()
+  kernel = lambda q, k, v, w: layerwise.layerwise_attention(
+      q, k, v, w, mask=mask, causal=True, block=8, interpret=True, backend=backend, live=(1, 3))
+  out, (dq, dk, dv, dw) = value_and_grads(kernel, (poison(q), poison(k), v, w))
+  ref_out, (ref_dq, ref_dk, ref_dv, ref_dw) = value_and_grads(
+      lambda *a: reference(*a, attention.causal_mask(T) & mask), (q[1:3], k[1:3], v, w[1:3]))
+  assert_close((out, dq[1:3], dk[1:3], dv, dw[1:3]), (ref_out, ref_dq, ref_dk, ref_dv, ref_dw))
+  for grad in (dq[0], dq[3], dk[0], dk[3], dw[0], dw[3]):
+    assert float(jnp.abs(grad).max()) == 0.0
+
+
+@pytest.mark.parametrize("backend", ["mosaic", "triton"])
+def test_backward_adds_the_slot_gradients_into_the_sinks(backend):
+  """`backward` returns sink + w_l G_l on the live slots (the gradients of the
+  materialised attention) and the dead slots of the sinks untouched, NaN included."""
+  q, k, v, w = inputs(seed=4, slots=4)
+  live = (1, 3)
+  q_h, k_h, v_h = jnp.swapaxes(q, 2, 3), jnp.swapaxes(k, 2, 3), jnp.swapaxes(v, 1, 2)
+  opts = layerwise.options(T, T, has_mask=False, causal=True, block=8, interpret=True,
+                           backend=backend)
+  slots, mask = jnp.array(live, jnp.int32), layerwise.dense_mask(None, T, T)
+  o, lse = layerwise.forward(w, slots, q_h, k_h, v_h, mask, opts)
+  do = jax.random.normal(jax.random.key(5), o.shape)
+  sinks = [jax.random.normal(jax.random.key(6 + i), q_h.shape).at[3].set(jnp.nan)
+           for i in range(2)]
+  new_q_sink, new_k_sink, _, dw = layerwise.backward(w, slots, q_h, k_h, v_h, mask, o, lse, do,
+                                                     *sinks, opts)
+  attend = lambda q, k, w: jnp.swapaxes(reference(q, k, v, w, attention.causal_mask(T)), 1, 2)
+  ref_o, pullback = jax.vjp(attend, q[1:3], k[1:3], w[1:3])
+  ref_dq, ref_dk, ref_dw = pullback(do)
+  np.testing.assert_allclose(o, ref_o, atol=TOL)
+  for new, old, ref in ((new_q_sink, sinks[0], ref_dq), (new_k_sink, sinks[1], ref_dk)):
+    np.testing.assert_allclose(new[1:3], old[1:3] + jnp.swapaxes(ref, 2, 3), atol=TOL)
+    np.testing.assert_array_equal(new[0], old[0])
+    assert bool(jnp.isnan(new[3]).all())
+  np.testing.assert_allclose(dw[1:3], ref_dw, atol=TOL)
+
+
+def test_cost_estimate_counts_the_live_slots_and_visited_tiles():
+  """The kernel's CostEstimate (what XLA's roofline sees) follows the work done:
+  causal 16×16 in 8×8 tiles visits 3 of 4 tiles; the logits take one matmul
+  per live slot and PV one more."""
+  q, k, v, w = inputs()
+  costs = []
+  for live in ((0, 1), (0, 3)):
+    jaxpr = jax.make_jaxpr(lambda q, k, v, w, live=live: layerwise.layerwise_attention(
+        q, k, v, w, causal=True, block=8, interpret=True, live=live))(q, k, v, w)
+    costs += [int(f) for f in re.findall(r"CostEstimate\(flops=(\d+)", str(jaxpr))]
+  pairs = B * N * 3 * 8 * 8
+  assert costs == [2 * pairs * D * 2, 2 * pairs * D * 4]
