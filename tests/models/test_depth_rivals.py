@@ -127,9 +127,11 @@ def test_depth_rival_matches_numpy_equations(kind, skip, scan):
 
 
 @pytest.mark.parametrize("scan", [True, False])
-@pytest.mark.parametrize("kind,own", [("denseformer", ("dwa_delta",)),
-                                      ("hyper_connections", ("attention_hyper", "mlp_hyper"))])
-def test_rival_at_init_is_the_plain_stack(kind, own, scan):
+@pytest.mark.parametrize("kind,own,atol", [
+    ("denseformer", ("dwa_delta",), 1e-6),
+    # float32 σ(−log 5) and Sinkhorn row sums are 1 only to rounding: ~2e-6 at |x| ~ 3
+    ("hyper_connections", ("attention_hyper", "mlp_hyper"), 1e-5)])
+def test_rival_at_init_is_the_plain_stack(kind, own, atol, scan):
   """DenseFormer's a_l = identity, and mHC's equal streams read with weights summing to
   1, written with post = 1 and mixed by a doubly stochastic matrix: at init both
   compute what standard attention computes with the same weights; moving their own
@@ -139,7 +141,7 @@ def test_rival_at_init_is_the_plain_stack(kind, own, scan):
   params = nn.unbox(layers.LayerStack(cfg).init(jax.random.key(0), x))["params"]
   out, _ = layers.LayerStack(cfg).apply({"params": params}, x)
   expected, _ = layers.LayerStack(stack_config(scan)).apply({"params": _without(own, params)}, x)
-  np.testing.assert_allclose(out, expected, atol=1e-6)
+  np.testing.assert_allclose(out, expected, atol=atol)
   moved = jax.tree_util.tree_map_with_path(
       lambda path, p: p + 0.5 if any(name in str(path) for name in own) else p, params)
   out_moved, _ = layers.LayerStack(cfg).apply({"params": moved}, x)
