@@ -1,6 +1,7 @@
 """Train step and forward pass of standard attention vs MHA (naive | factorized |
 fused), the cross-layer rivals by kind name (e.g. denseformer, attention_residuals,
-which carry every earlier output through the scan) and Hopfield-energy heads
+which carry every earlier output through the scan, and hyper_connections, which
+carries n = 4 residual streams) and Hopfield-energy heads
 (`energy_steps1`, `energy_steps3`: attention.kind="hopfield_energy", softmax, 1 or 3
 updates ξ ← Kᵀ softmax(β K ξ) before the readout), side by side in one run: time, XLA's
 memory analysis, process RSS, MFU. The energy heads iterate in a `fori_loop`, whose body
@@ -20,8 +21,8 @@ a speed one), so outside --quick it is compiled for its memory analysis only.
     python benchmarks/step_cost.py --lengths=256,4096 --remat=full --repeats=2
     python benchmarks/step_cost.py --quick              # CI: shapes of the output
     python benchmarks/step_cost.py --models=gpt2 --lengths=128 --remat=none \
-        --implementations=standard,naive,attention_residuals,denseformer --layers=8 \
-        --tokens=256 --repeats=2 --json_out=sweeps/rivals_cost/step_cost.json
+        --implementations=standard,naive,attention_residuals,denseformer,hyper_connections \
+        --layers=8 --tokens=256 --repeats=2 --json_out=sweeps/rivals_cost/step_cost.json
     python benchmarks/step_cost.py --models=gpt2 --lengths=256 --remat=full --layers=2 \
         --tokens=512 --implementations=standard,naive,energy_steps1,energy_steps3 \
         --json_out=sweeps/step_cost_energy/step_cost.json   # issue 20 rows

@@ -81,7 +81,10 @@ ROW_NOTES = {
          "are expected) and MHA differs from it only by the carried H. AttnRes has no additive "
          "skip to remove (its depth softmax over the embedding and earlier outputs replaces "
          "it), so its `rivals_noskip` cells train the same model as its `rivals` cells; "
-         "DenseFormer without skips keeps its depth-weighted averages.",
+         "DenseFormer without skips keeps its depth-weighted averages. mHC (static "
+         "hyper-connections, n = 4 streams) likewise has no additive skip: its "
+         "doubly stochastic stream mixing is its skip, so its `rivals_noskip` cells train "
+         "the same model as its `rivals` cells; at init it is the plain x + F(x) stack.",
     "j": "Depth 2, residual x + u, width 32; ViT digits 200 steps, character GPT 150 steps, "
          "associative recall 500 steps (sized for 2 shared CPU cores). Hopfield-energy heads "
          "add no parameters (mha_jax/energy.py: ξ ← Kᵀ sep(β K ξ) from ξ⁰ = q, then "

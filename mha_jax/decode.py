@@ -1,7 +1,7 @@
 """Autoregressive generation for GPT-2 and LLaMA, standard attention and MHA.
 
 Cached decoding keeps, per layer, the keys and values of every token so far in a
-fixed-size "cache" collection (`models.layers.cached_keys_values`). A new token's
+fixed-size "cache" collection (`models.kv_cache.cached_keys_values`). A new token's
 row of the hidden state is rebuilt layer by layer from that token's queries and
 the cached keys,
 

@@ -28,6 +28,8 @@ RESIDUAL_RULES = {
     "depth softmax": "h ← Σ_i softmax_i(w·RMSNorm v_i) v_i before each sublayer, w learnable, "
                      "init 0; no additive skip",
     "x+u, then DWA": "x ← x + u, then x_l ← Σ_{j≤l} a_{l,j} x_j, a learnable, init identity",
+    "streams": "n streams x_i ← Σ_j R_ij x_j + P_i·F(Σ_j A_j x_j) around each sublayer F, "
+               "A = σ(·), P = 2σ(·), R doubly stochastic (Sinkhorn–Knopp); init x ← x + F(x)",
 }
 
 
@@ -114,6 +116,16 @@ KINDS = {kind.name: kind for kind in (
         reads=(), implementations=("naive",), residual="x+u, then DWA", score_update_flops=0,
         rival=True, decode=False, torch_reference=False, hf_export=False,
         citation="Pagliardini et al., 2024 (DWA every block; L+1 new weights per block)"),
+    # n = 4 residual streams mixed around every sublayer (mha_jax/hyper_connections.py);
+    # ~(n² + 2n)·2 FLOPs per feature and token per sublayer, not per score entry.
+    AttentionKind(
+        name="hyper_connections", label="mHC",
+        carries="streams [4, B, T, D]: n = 4 residual streams; layer index",
+        reads=(), implementations=("naive",), residual="streams", score_update_flops=0,
+        rival=True, decode=False, torch_reference=False, hf_export=False,
+        citation="Xie et al. (DeepSeek-AI), arXiv 2512.24880: static mHC on the "
+                 "hyper-connections of Zhu et al., ICLR 2025 (2n + n² = 24 weights per "
+                 "sublayer)"),
 )}
 
 

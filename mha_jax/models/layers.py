@@ -16,6 +16,7 @@ import numpy as np
 from jax.ad_checkpoint import checkpoint_name
 
 from mha_jax import attention, depth_mixing, energy, kernels, kinds
+from mha_jax.models import cross_layer, kv_cache
 from mha_jax.models.stack_config import REMAT_POLICIES, StackConfig
 
 def kernel_init(cfg: StackConfig, axes, residual_projection=False):
@@ -88,31 +89,6 @@ class Projection(nn.Module):
     return y
 
 
-def cached_keys_values(module, k_BxTxNxD, v_BxTxNxD, mask):
-  """Cached decoding: write this call's T keys/values into the layer's fixed-size
-  "cache" collection at its index; return all S cached keys/values and `mask`
-  ([B|1, 1, T|1, S]) and'ed with causality by cache slot.
-
-  Each new query row of H is rebuilt from these keys, so MHA needs no more cache
-  than standard attention. The cache's size S is the length the model was
-  initialised with (see mha_jax.decode.init_cache); writes past it are the caller's
-  to prevent.
-  """
-  # Named apart from the "key"/"value" projections, which own those names.
-  key = module.variable("cache", "cached_key", jnp.zeros, k_BxTxNxD.shape, k_BxTxNxD.dtype)
-  value = module.variable("cache", "cached_value", jnp.zeros, v_BxTxNxD.shape, v_BxTxNxD.dtype)
-  index = module.variable("cache", "cache_index", lambda: jnp.zeros((), jnp.int32))
-  start, length, size = index.value, k_BxTxNxD.shape[1], key.value.shape[1]
-  key.value = jax.lax.dynamic_update_slice(key.value, k_BxTxNxD.astype(key.value.dtype),
-                                           (0, start, 0, 0))
-  value.value = jax.lax.dynamic_update_slice(value.value, v_BxTxNxD.astype(value.value.dtype),
-                                             (0, start, 0, 0))
-  index.value = start + length
-  causal_TxS = jnp.arange(size)[None, :] <= (start + jnp.arange(length))[:, None]
-  mask = causal_TxS[None, None] if mask is None else mask & causal_TxS
-  return key.value, value.value, mask
-
-
 def retrieves(att):
   """MHA with Hopfield retrieval on top of H_n (energy_steps or a non-softmax head)."""
   return att.energy_steps > 0 or att.separation != "softmax"
@@ -125,7 +101,7 @@ def retrieval_options(att, mask):
 
 class SelfAttention(nn.Module):
   """Q/K/V/O projections around `attention.hopfield_attention`; with `decode`, keys
-  and values go through the layer's cache (`cached_keys_values`)."""
+  and values go through the layer's cache (`kv_cache.cached_keys_values`)."""
   cfg: StackConfig
   decode: bool = False
 
@@ -156,7 +132,7 @@ class SelfAttention(nn.Module):
       v_BxTxNxD = attention.value_residual_mix(v_first_BxTxNxD, v_BxTxNxD,
                                                att.value_residual_lambda)
     if self.decode:   # after the value mix: the cache holds the values attention uses
-      k_BxTxNxD, v_BxTxNxD, mask = cached_keys_values(self, k_BxTxNxD, v_BxTxNxD, mask)
+      k_BxTxNxD, v_BxTxNxD, mask = kv_cache.cached_keys_values(self, k_BxTxNxD, v_BxTxNxD, mask)
     use_dropout = not deterministic and cfg.attention_dropout > 0
     common = dict(mask=mask, scale=att.score_scale, dropout_rate=cfg.attention_dropout,
                   dropout_rng=self.make_rng("dropout") if use_dropout else None)
@@ -223,10 +199,19 @@ class Mlp(nn.Module):
     return dense(cfg.width, ("mlp", "embed"), "fc2", True)(hidden_BxTxF)
 
 
+def dropout_by_stream(dropout, layerwise_inputs, state):
+  """drop(y, stream): layerwise MHA folds the layer and stream into its shared key."""
+  if "dropout_key" not in layerwise_inputs:
+    return lambda y, stream: dropout(y)
+  layer_key = jax.random.fold_in(layerwise_inputs["dropout_key"], state["layer"])
+  return lambda y, stream: dropout(y, rng=jax.random.fold_in(layer_key, stream))
+
+
 class Block(nn.Module):
   """Pre-norm block. MHA: x ← residual(x, Attn(Norm x)); then x ← x + MLP(Norm x).
 
-  Standard attention and RealFormer use x ← x + Attn(Norm x).
+  Standard attention and RealFormer use x ← x + Attn(Norm x); the cross-layer rivals
+  that carry a history or residual streams take their steps from `cross_layer`.
 
   Called as ((x, state), restart, mask, deterministic, positions) → ((x, state),
   per-layer outputs), the signature `nn.scan` needs; state is the dict an attention
@@ -244,47 +229,37 @@ class Block(nn.Module):
     cfg, att = self.cfg, self.cfg.attention
     x_BxTxD, state = carry
     layerwise_inputs = layerwise_inputs or {}
-    if "depth_history" in state:
-      state = record_embedding(state, x_BxTxD)
-    dropout = nn.Dropout(cfg.dropout, deterministic=deterministic)
-    if "dropout_key" in layerwise_inputs:
-      layer_key = jax.random.fold_in(layerwise_inputs["dropout_key"], state["layer"])
-      drop = lambda y, stream: dropout(y, rng=jax.random.fold_in(layer_key, stream))
-    else:
-      drop = lambda y, stream: dropout(y)
+    state = cross_layer.enter_layer(state, x_BxTxD)
+    drop = dropout_by_stream(nn.Dropout(cfg.dropout, deterministic=deterministic),
+                             layerwise_inputs, state)
+    streams = att.kind in cross_layer.STREAM_KINDS
+    if streams:
+      x_BxTxD, mix = cross_layer.hyper_input(cfg, state, 0, "attention_hyper")
     u_BxTxD, state, query_key = SelfAttention(cfg, self.decode, name="attention")(
         make_norm(cfg, "attention_norm")(x_BxTxD), state, restart, mask, deterministic,
         positions_BxT, layerwise_inputs.get("final_layers"))
     u_BxTxD = drop(u_BxTxD, 0)
-    if att.kind == "attention_residuals":   # no additive skip: the depth softmax replaces it
-      state, filled = record_output(state, u_BxTxD, att.kind, 1)
-      x_BxTxD = DepthAttention(cfg, name="mlp_depth_attention")(state["depth_history"], filled)
-    elif not cfg.skip_connections:
-      x_BxTxD = u_BxTxD
-    elif att.kind == "hopfield":
-      x_BxTxD = attention.residual_update(x_BxTxD, u_BxTxD, state.get("alpha", att.alpha),
-                                          att.residual)
-    elif att.kind == "rezero":
-      gate = self.param("rezero_gate", nn.with_logical_partitioning(nn.initializers.zeros, ()),
-                        (), cfg.param_dtype)
-      x_BxTxD = attention.gated_residual(x_BxTxD, u_BxTxD, gate)
+    if streams:   # the stream mixing is the kind's skip: skip_connections changes nothing
+      state, _ = cross_layer.hyper_output(state, mix, u_BxTxD)
+      x_BxTxD, mix = cross_layer.hyper_input(cfg, state, 1, "mlp_hyper")
     else:
-      x_BxTxD = x_BxTxD + u_BxTxD
+      x_BxTxD, state = self.attention_residual(x_BxTxD, u_BxTxD, state)
     mlp_BxTxD = drop(Mlp(cfg, name="mlp")(make_norm(cfg, "mlp_norm")(x_BxTxD)), 1)
-    if att.kind == "attention_residuals":
-      state, filled = record_output(state, mlp_BxTxD, att.kind, 2)
-      x_BxTxD = DepthAttention(cfg, name="output_depth_attention")(state["depth_history"],
-                                                                  filled)
+    if streams:
+      state, x_BxTxD = cross_layer.hyper_output(state, mix, mlp_BxTxD)
+    elif att.kind == "attention_residuals":
+      state, filled = cross_layer.record_output(state, mlp_BxTxD, att.kind, 2)
+      x_BxTxD = cross_layer.DepthAttention(cfg, name="output_depth_attention")(
+          state["depth_history"], filled)
     else:
       x_BxTxD = x_BxTxD + mlp_BxTxD if cfg.skip_connections else mlp_BxTxD
     if att.kind == "denseformer":
-      state, filled = record_output(state, x_BxTxD, att.kind, 1)
+      state, filled = cross_layer.record_output(state, x_BxTxD, att.kind, 1)
       delta = self.param("dwa_delta", nn.with_logical_partitioning(nn.initializers.zeros, (None,)),
                          state["depth_history"].shape[:1], cfg.param_dtype)
       x_BxTxD = depth_mixing.depth_weighted_average(
           state["depth_history"], depth_mixing.dwa_weights(delta, filled))
-    if "depth_history" in state:
-      state = dict(state, depth_layer=state["depth_layer"] + 1)
+    state = cross_layer.leave_layer(state)
     x_BxTxD = nn.with_logical_constraint(x_BxTxD, ("batch", "length", "embed"))
     outputs = None
     if self.return_intermediates:
@@ -294,35 +269,23 @@ class Block(nn.Module):
         outputs["hidden_state"] = hidden
     return (x_BxTxD, state), outputs
 
-
-def record_embedding(state, x_BxTxD):
-  """Layer 1 writes the stack's input into history slot 0 (later layers keep it)."""
-  history = state["depth_history"]
-  slot_0 = jnp.where(state["depth_layer"] == 0, x_BxTxD.astype(history.dtype), history[0])
-  return dict(state, depth_history=depth_mixing.record(history, slot_0, 0))
-
-
-def record_output(state, x_BxTxD, kind, sublayer):
-  """Write this layer's `sublayer`-th output (1-based) after the embedding and the
-  earlier layers' outputs; returns the state and how many entries are now written."""
-  slot = 1 + depth_mixing.SLOTS_PER_LAYER[kind] * state["depth_layer"] + sublayer - 1
-  history = depth_mixing.record(state["depth_history"], x_BxTxD, slot)
-  return dict(state, depth_history=history), slot + 1
-
-
-class DepthAttention(nn.Module):
-  """AttnRes before one sublayer: a pseudo-query w [D] (init 0) and the scale [D] of the
-  keys' RMSNorm (init 1) — the kind's only parameters."""
-  cfg: StackConfig
-
-  @nn.compact
-  def __call__(self, history_HxBxTxD, filled):
-    cfg = self.cfg
-    query, key_scale = (self.param(name, nn.with_logical_partitioning(init, ("embed",)),
-                                   (cfg.width,), cfg.param_dtype)
-                        for name, init in (("query", nn.initializers.zeros),
-                                           ("key_scale", nn.initializers.ones)))
-    return depth_mixing.depth_attention(history_HxBxTxD, filled, query, key_scale, cfg.norm_eps)
+  def attention_residual(self, x_BxTxD, u_BxTxD, state):
+    """(x after the attention sublayer's residual rule, state)."""
+    cfg, att = self.cfg, self.cfg.attention
+    if att.kind == "attention_residuals":   # no additive skip: the depth softmax replaces it
+      state, filled = cross_layer.record_output(state, u_BxTxD, att.kind, 1)
+      return cross_layer.DepthAttention(cfg, name="mlp_depth_attention")(
+          state["depth_history"], filled), state
+    if not cfg.skip_connections:
+      return u_BxTxD, state
+    if att.kind == "hopfield":
+      return attention.residual_update(x_BxTxD, u_BxTxD, state.get("alpha", att.alpha),
+                                       att.residual), state
+    if att.kind == "rezero":
+      gate = self.param("rezero_gate", nn.with_logical_partitioning(nn.initializers.zeros, ()),
+                        (), cfg.param_dtype)
+      return attention.gated_residual(x_BxTxD, u_BxTxD, gate), state
+    return x_BxTxD + u_BxTxD, state
 
 
 OVERRIDES = "attention_overrides"     # variable collection read by LayerStack
@@ -332,20 +295,18 @@ OVERRIDABLE = ("alpha", "alpha_hidden")
 def initial_state(cfg: StackConfig, batch, length, positions_BxT=None, key_positions_BxS=None,
                   decode=False, replay=False):
   """The attention state before layer 1: {} for standard attention and ReZero,
-  {"value_first": placeholder V_1} for the value residual, {"depth_history": zeros
-  [slots, B, T, D], "depth_layer": 0} for the kinds that mix earlier outputs
-  (`depth_mixing`), a kernel's carry (see `kernels.initial_state`), else
-  {"hidden": H_0} ([B, N, T, S]; see
+  {"value_first": placeholder V_1} for the value residual, a history or residual
+  streams for the cross-layer rivals (`cross_layer.initial_state`), a kernel's carry
+  (see `kernels.initial_state`), else {"hidden": H_0} ([B, N, T, S]; see
   `attention.initial_hidden_state` for the positions)."""
   att = cfg.attention
   if kinds.get(att.kind).carries == "nothing":
     return {}
   if att.kind == "value_residual":   # replaced by layer 1's values (restart flag)
     return {"value_first": jnp.zeros((batch, length, cfg.num_heads, cfg.head_dim), cfg.dtype)}
-  slots = depth_mixing.history_slots(att.kind, cfg.num_layers)
-  if slots:   # slot 0 is written by layer 1 (record_embedding)
-    return {"depth_history": jnp.zeros((slots, batch, length, cfg.width), cfg.dtype),
-            "depth_layer": jnp.zeros((), jnp.int32)}
+  carried = cross_layer.initial_state(cfg, batch, length)
+  if carried is not None:
+    return carried
   stacked = kernels.initial_state(att, cfg.num_layers, batch, length, cfg.num_heads,
                                   cfg.head_dim, cfg.dtype, decode, replay)
   if stacked is not None:
@@ -374,7 +335,7 @@ class LayerStack(nn.Module):
   (arrays, so a sweep can trace and vmap them); they then ride in the carry.
 
   positions [B|1, T] (rotary embeddings, H_0 noise) default to 0 … T−1. With
-  `decode`, each layer attends over its K/V cache (`cached_keys_values`), `mask`
+  `decode`, each layer attends over its K/V cache (`kv_cache.cached_keys_values`), `mask`
   covers the S cache slots and key_positions [B, S] are the slots' positions.
   """
   cfg: StackConfig

@@ -26,6 +26,7 @@ EXPECTED_CARRY_BYTES = {
     # the history [slots, B, T, N·D] float32 and the int32 layer index
     "attention_residuals": (2 * L + 1) * B * T * N * D * 4 + 4,
     "denseformer": (L + 1) * B * T * N * D * 4 + 4,
+    "hyper_connections": 4 * B * T * N * D * 4 + 4,   # n = 4 streams [4, B, T, N·D]
 }
 
 
@@ -55,7 +56,8 @@ def test_flops_extra_is_the_table_rate_times_the_score_map(kind):
   counted = flops.training_flops(model, B, "text", seq_len=T)
   per_entry = kinds.KINDS[kind].score_update_flops
   assert counted.mha_extra == 3 * L * per_entry * B * N * T * T
-  if kind in ("standard", "rezero", "value_residual", "attention_residuals", "denseformer"):
+  if kind in ("standard", "rezero", "value_residual", "attention_residuals", "denseformer",
+              "hyper_connections"):
     assert counted.mha_extra == 0
 
 
@@ -91,6 +93,6 @@ def test_unknown_kind_names_the_allowed_ones():
 
 def test_names_filter_by_fact():
   assert kinds.names(rival=True) == ("realformer", "value_residual", "rezero",
-                                     "attention_residuals", "denseformer")
+                                     "attention_residuals", "denseformer", "hyper_connections")
   assert set(kinds.names(carries_hidden=True)) == {"hopfield", "realformer"}
   assert "value_residual" not in kinds.names(hf_export=True)

@@ -79,11 +79,12 @@ def tiny_models(kind, scan_layers=True):
 
 @pytest.mark.parametrize("family,kind", [("vit", "hopfield"), ("gpt2", "hopfield"),
                                          ("llama", "hopfield"), ("gpt2", "attention_residuals"),
-                                         ("vit", "denseformer")])
+                                         ("vit", "denseformer"), ("llama", "hyper_connections")])
 def test_scanned_and_looped_models_agree(family, kind):
   """The families wrap the stack in the same layout (both attention kinds under
   every remat policy: tests/models/test_layers.py); the rivals that carry a history
-  of earlier outputs give the same loss and gradients scanned and looped."""
+  of earlier outputs or residual streams give the same loss and gradients scanned and
+  looped."""
   model_s, x = tiny_models(kind)[family]
   model_l, _ = tiny_models(kind, scan_layers=False)[family]
   params = nn.unbox(model_s.init(jax.random.key(1), x))["params"]
