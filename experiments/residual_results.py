@@ -53,7 +53,9 @@ def pattern(rows, chance=CHANCE):
   word = (f"{', '.join(forms)} reproduce{'s' if len(forms) == 1 else ''} the paper's pattern"
           if forms else "no residual form reproduces the paper's whole pattern")
   word += f" (depths trained: {', '.join(map(str, depths))})"
-  note = (f"Chance = {chance:.3f}; \"at chance\" = mean ≤ chance + {CHANCE_MARGIN}. Under "
+  note = (f"Chance = {chance:.3f}; \"at chance\" = mean ≤ chance + {CHANCE_MARGIN}; part (2) "
+          "compares means (α = 0 and α = 0.5 are not tested against each other); part (3) is "
+          "the Holm-corrected verdict of the table below. Under "
           "x + u the residual reads no α, so its one setting fills the three α columns "
           "(its pattern cannot hold by construction).\n\n" + "\n".join(lines) + "\n")
   return note, word
