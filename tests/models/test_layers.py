@@ -90,10 +90,14 @@ def np_stack(params, x, att, causal, skip=True):
     if h is None:
       h = s if att.h0 == "first_scores" else np.zeros_like(s)
     h = h + s if att.kind == "realformer" else a_h * h + (1 - a_h) * s
-    logits = np.where(mask, h, -np.inf)
-    weights = np.exp(logits - logits.max(-1, keepdims=True))
-    weights /= weights.sum(-1, keepdims=True)
-    u = np.einsum("bnts,bsnh->btnh", weights, v)
+    if att.kind == "hopfield" and att.energy_steps:   # H_n as the step-0 logits
+      xi = np.einsum("bnts,bsnd->btnd", np_separate(h, mask, att.separation), k)
+      u = np_retrieve(xi, k, v, mask, att.energy_steps - 1, att.separation)
+    else:
+      logits = np.where(mask, h, -np.inf)
+      weights = np.exp(logits - logits.max(-1, keepdims=True))
+      weights /= weights.sum(-1, keepdims=True)
+      u = np.einsum("bnts,bsnh->btnh", weights, v)
     u = np.einsum("btnh,nhd->btd", u, p["attention"]["out"]["kernel"]) + p["attention"]["out"]["bias"]
     if not skip:
       x = u
@@ -121,6 +125,22 @@ def test_mha_stack_matches_numpy_equations(kind, h0, causal):
   np.testing.assert_allclose(out, expected_x, atol=1e-5)
   np.testing.assert_allclose(per_layer["hidden_state"][-1], expected_h, atol=1e-5)
   np.testing.assert_allclose(per_layer["residual"][-1], out, atol=0)
+
+
+@pytest.mark.parametrize("separation,steps", [("softmax", 1), ("sparsemax", 2)])
+def test_mha_with_retrieval_on_h_matches_numpy(separation, steps):
+  """kind=hopfield with energy_steps: ξ¹ = Kᵀ sep(H_n), then steps − 1 updates."""
+  cfg = stack_config(kind="hopfield", alpha=0.6, alpha_hidden=0.7, energy_steps=steps,
+                     separation=separation)
+  x = jax.random.normal(jax.random.key(1), (BATCH, LENGTH, WIDTH))
+  mask = attention.causal_mask(LENGTH)
+  params = init_stack(cfg, x, mask)
+  out, per_layer = layers.LayerStack(cfg).apply({"params": params}, x, mask,
+                                                return_intermediates=True)
+  expected_x, expected_h = np_stack(param_layout.unstack_layer_params(params),
+                                    np.asarray(x, np.float64), cfg.attention, causal=True)
+  np.testing.assert_allclose(out, expected_x, atol=2e-5)
+  np.testing.assert_allclose(per_layer["hidden_state"][-1], expected_h, atol=1e-5)
 
 
 @pytest.mark.parametrize("separation,steps", [("softmax", 0), ("softmax", 2), ("sparsemax", 3)])
