@@ -59,3 +59,22 @@ def pattern(rows, chance=CHANCE):
           "x + u the residual reads no α, so its one setting fills the three α columns "
           "(its pattern cannot hold by construction).\n\n" + "\n".join(lines) + "\n")
   return note, word
+
+
+def recipe_note(short_rows, long_rows):
+  """The convex settings that row (a) trains at depth 12 with its short recipe (400 steps,
+  lr 3e-3, 20 warm-up steps), beside the same settings here: recipe vs form."""
+  lines = []
+  for row in long_rows:
+    twin = [r for r in short_rows if r["kind"] == "hopfield" and r["residual"] == row["residual"]
+            and r["depth"] == row["depth"] and r["alpha"] == row["alpha"]
+            and r["alpha_hidden"] == row["alpha_hidden"] and r["h0"] == row["h0"]]
+    if row["kind"] == "hopfield" and twin:
+      lines.append(f"{row['residual']}, α = α′ = {row['alpha']}, depth {row['depth']}: "
+                   f"{twin[0]['mean']:.3f} ± {twin[0]['std']:.3f} with row (a)'s recipe, "
+                   f"{row['mean']:.3f} ± {row['std']:.3f} with this one")
+  if not lines:
+    return ""
+  return ("The same settings in row (a) (400 steps, lr 3e-3, 20 warm-up steps): "
+          + "; ".join(lines) + ".\n")
+

@@ -313,7 +313,8 @@ def write_report():
     note = f"{ROW_NOTES[row_id]}\n\n" if row_id in ROW_NOTES else ""
     if row_id == "k":   # the row's question is a pattern across α, not a Δ per setting
       pattern_text, pattern_word = residual_results.pattern(state[presets[0]][0] or [])
-      note += pattern_text + "\n"
+      note += pattern_text + "\n" + residual_results.recipe_note(
+          summarize_preset("vit_depth")[0] or [], state[presets[0]][0] or []) + "\n"
       summary = [pattern_word]
     if row_id in ALL_KINDS_ROWS:
       note += energy_results.divergence_note({p: preset_results(p) for p in presets},

@@ -48,3 +48,15 @@ def test_a_form_failing_at_one_depth_does_not_reproduce_it():
 def test_missing_settings_leave_the_row_not_yet_run():
   assert residual_results.pattern([row("standard", None, None, 12, 0.9)]) == ("", "not yet run")
   assert math.isclose(residual_results.CHANCE, 0.1)
+
+
+def test_recipe_note_pairs_the_same_setting_across_recipes():
+  short = [row("hopfield", "convex", 0.5, 12, 0.078), row("hopfield", "convex", 0.7, 12, 0.7)]
+  for r in short:
+    r.update(alpha_hidden=r["alpha"], h0="zeros")
+  long = [dict(row("hopfield", "convex", 0.5, 12, 0.903), alpha_hidden=0.5, h0="zeros"),
+          dict(row("hopfield", "convex", 0.0, 12, 0.861), alpha_hidden=0.5, h0="zeros")]
+  note = residual_results.recipe_note(short, long)
+  assert "convex, α = α′ = 0.5, depth 12: 0.078 ± 0.010 with row (a)'s recipe, " \
+         "0.903 ± 0.010 with this one" in note
+  assert "α = α′ = 0.0" not in note and residual_results.recipe_note(short, []) == ""
