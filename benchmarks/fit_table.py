@@ -1,6 +1,8 @@
-"""The README's fit table: GPT-2 S/M/L/XL (T=1024), LLaMA 60m…1b (T=1024, 2048),
-ViT-B/L (224²), standard vs MHA, compiled by `python -m mha_jax.aot` for TPU
-topologies (needs libtpu; nothing runs on a TPU).
+"""The README's fit table: GPT-2 S/M/L/XL (T=1024), LLaMA 60m…1b (T=1024, 2048, 8192),
+ViT-B/L (224²), standard attention (`flash`, the platform's flash kernel) vs MHA
+(`auto`: materialised H where its saved H is within a quarter of HBM, the layer-wise
+O(L·T·D) path where not), compiled by `python -m mha_jax.aot` for TPU topologies
+(needs libtpu; nothing runs on a TPU).
 
   python benchmarks/fit_table.py --out=runs/fit --topologies=v5e:4x4,v5p:2x2x1   # compile
   python benchmarks/fit_table.py --out=runs/fit --table                          # markdown
@@ -39,8 +41,8 @@ MODELS = [
     ("GPT-2 M T=1024", "gpt2_wikitext103.py:size=medium", 4),
     ("GPT-2 L T=1024", "gpt2_wikitext103.py:size=large", 4),
     ("GPT-2 XL T=1024", "gpt2_wikitext103.py:size=xl", 4),
-    *[(f"LLaMA {size} T={t}", f"llama_lm.py:size={size},seq_len={t}", 4 * 1024 // t)
-      for t in (1024, 2048) for size in ("60m", "130m", "350m", "1b")],
+    *[(f"LLaMA {size} T={t}", f"llama_lm.py:size={size},seq_len={t}", max(1, 4 * 1024 // t))
+      for t in (1024, 2048, 8192) for size in ("60m", "130m", "350m", "1b")],
     ("ViT-B/16 224²", "vit_imagenet.py:variant=B/16", 32),
     ("ViT-L/16 224²", "vit_imagenet.py:variant=L/16", 32),
 ]
@@ -55,16 +57,20 @@ def quick_estimate():
   """Judge by XLA:TPU's memory check instead of full compiles (aot.fit.target_devices
   quick=True): with --quick, or FIT_TABLE_QUICK set for the whole table."""
   return FLAGS.quick or bool(os.environ.get("FIT_TABLE_QUICK"))
-ATTENTION = {"standard": "attention=standard", "MHA": "attention=hopfield,alpha=0.5"}
+# name: (config argument, attention.implementation)
+ATTENTION = {"standard": ("attention=standard", "flash"),
+             "MHA": ("attention=hopfield,alpha=0.5", "auto")}
 
 
 def entry_name(row, attention, topology):
-  safe = "".join(c if c.isalnum() else "_" for c in f"{row}_{attention}_{topology}")
+  safe = "".join(c if c.isascii() and c.isalnum() else "_"
+                 for c in f"{row}_{attention}_{topology}")
   return f"{safe}.json"
 
 
 def compile_entry(out, row, spec, per_chip, attention, topology):
-  """What `python -m mha_jax.aot --config=configs/<spec>,<attention> --config.mesh.data=1
+  """What `python -m mha_jax.aot --config=configs/<spec>,<attention argument>
+  --config.model.attention.implementation=<flash | auto> --config.mesh.data=1
   --config.mesh.fsdp=-1 --config.batch_size=<per_chip × chips> --config.model.dtype=bfloat16
   --topology=<topology> --remat=none --noxla_flops --json=<entry>` does, in this
   process (one JAX start-up for the whole table)."""
@@ -76,7 +82,9 @@ def compile_entry(out, row, spec, per_chip, attention, topology):
     return
   quick = quick_estimate()
   devices, label, chip = fit.target_devices(topology=topology, quick=quick)
-  config = config_util.load_config(f"{ROOT}/configs/{spec},{ATTENTION[attention]}")
+  argument, implementation = ATTENTION[attention]
+  config = config_util.load_config(f"{ROOT}/configs/{spec},{argument}")
+  config.model.attention.implementation = implementation
   config.mesh = dict(data=1, fsdp=-1, tensor=1)
   config.batch_size = per_chip * len(devices)
   config.model.dtype = "bfloat16"
@@ -107,7 +115,8 @@ def _load(out, row, attention, topology):
 
 def table(out, topologies, models=MODELS):
   """Markdown: per topology, standard and MHA: ✓/✗, the remat policy, bytes per chip."""
-  header = ("| model | batch per chip | MHA's carry per chip (L × eval_shape of the initial state) | "
+  header = ("| model | batch per chip | MHA's attention state per chip (H: L × one layer's; "
+            "layerwise: the q, k buffers once) | "
             + " | ".join(f"{t} standard | {t} MHA" for t in topologies) + " |")
   lines = [header, "|" + "---|" * (3 + 2 * len(topologies))]
   for row, _, per_chip in models:
@@ -130,7 +139,7 @@ def _derived_cell(source, topology):
     return "–"
   from mha_jax import chips
   hbm = chips.chip(topology.split(":")[0]).hbm_bytes
-  total, policy = source["total_bytes"], source["remat_policy"]
+  total, policy = source["total_bytes"], _policy(source)
   if source["fits"]:
     return f"✓ {policy}†"
   if total and total <= hbm:
@@ -138,12 +147,20 @@ def _derived_cell(source, topology):
   return f"✗ needs {total / GiB:.0f} GiB ({policy})†" if total else "–"
 
 
+def _policy(result):
+  """The remat policy, and for MHA `auto` the implementation it chose."""
+  choice = result.get("attention_choice", "")
+  chosen = f" · {choice.split('→ ')[1].split(' ')[0]}" if choice else ""
+  return result["remat_policy"] + chosen
+
+
 def _cell(result):
   """'✓ dots_no_batch 9.1 GiB (57%)' / '✗ needs 31 GiB (full)' / '–' (not compiled);
-  ‡ = quick estimate (XLA's memory check, not a full compile)."""
+  ‡ = quick estimate (XLA's memory check, not a full compile); MHA's policy is
+  followed by what `auto` chose (· layerwise)."""
   if result is None:
     return "–"
-  total, policy = result["total_bytes"], result["remat_policy"]
+  total, policy = result["total_bytes"], _policy(result)
   quick = "‡" if result["error"].startswith("quick") else ""
   if result["fits"]:
     share = total / result["hbm_bytes"]
@@ -197,8 +214,9 @@ def main(argv):
 def _priority(row):
   """The largest models first: they decide what a pod can train (one compile takes
   minutes on 2 busy CPU cores, so a run may be cut short)."""
-  order = ["GPT-2 S", "GPT-2 M", "GPT-2 L", "GPT-2 XL", "LLaMA 1b T=2048", "LLaMA 1b T=1024",
-           "ViT-L", "ViT-B", "LLaMA 350m T=2048", "LLaMA 350m T=1024"]
+  order = ["GPT-2 S", "GPT-2 M", "GPT-2 L", "GPT-2 XL", "LLaMA 1b T=8192", "LLaMA 1b T=2048",
+           "LLaMA 1b T=1024", "LLaMA 350m T=8192", "ViT-L", "ViT-B", "LLaMA 350m T=2048",
+           "LLaMA 350m T=1024"]
   return next((i for i, prefix in enumerate(order) if row.startswith(prefix)), len(order))
 
 

@@ -83,7 +83,8 @@ def measure(mesh, row, length):
   model = model_for(row, length)
   cfg = model.stack
   result = {"length": length, "row": row, "resolved": (
-      kernels.resolve(cfg.attention, cfg.num_layers, length, cfg.head_dim)
+      kernels.resolve(cfg.attention, cfg.num_layers, FLAGS.batch, length, cfg.num_heads,
+                      cfg.head_dim)
       if cfg.attention.kind == "hopfield" else cfg.attention.implementation)}
   start = time.time()
   try:

@@ -58,12 +58,13 @@ PRESETS = {
                                         depth=(6, 12), seeds=5)),
     # (b) small GPT on Shakespeare characters, same grid
     "gpt_char": (gpt_char(300), dict(kind=MHA, alpha=(0.5, 0.7), residual=RESIDUALS,
-                                     depth=(6, 12))),
+                                     depth=(6, 12), seeds=5)),
     # (b) the same GPT on Shakespeare GPT-2 BPE tokens: the 50k-entry vocabulary makes a
     # token ~15× a character token on CPU, so batch 8, one α, the paper's convex form and
     # x + u, depth 6
     "gpt_bpe": (gpt_on("shakespeare_bpe", 300, 64, batch_size=8),
-                dict(kind=MHA, alpha=(0.5,), residual=("convex", "standard"), depth=(6,))),
+                dict(kind=MHA, alpha=(0.5,), residual=("convex", "standard"), depth=(6,),
+                     seeds=5)),
     # (g) multi-query associative recall (mha_jax/data/recall.py), every kind
     "recall": (gpt_on("associative_recall", 1000, 16, eval_steps=16, num_keys=16,
                       num_values=16, optim=dict(learning_rate=1e-2, warmup_steps=50)),

@@ -3,10 +3,11 @@ from the artefacts of experiments/energy_capacity.py and experiments/context_wel
 row (j) is a sweep row of results.py. Every number here comes from those JSON files.
 """
 
-import json
 import os
 
 import numpy as np
+
+import _artefact
 
 CAPACITY = ("python experiments/energy_capacity.py --json={o}/energy_capacity/energy_capacity.json "
             "--plot={o}/energy_capacity/energy_capacity.png")
@@ -17,13 +18,6 @@ CAPACITY_CLAIM = ("retrieval capacity of the energy heads: stored patterns vs di
 WELLS_CLAIM = ("context wells in trained models: per layer and head, updates to a fixed point, "
                "energy drop and well types")
 PAPER = "— (abstract only: no numbers; the reading is this codebase's, mha_jax/energy.py)"
-
-
-def _load(path):
-  if not os.path.exists(path):
-    return None
-  with open(path, encoding="utf-8") as f:
-    return json.load(f)
 
 
 def _curve_key(row):
@@ -64,9 +58,9 @@ def capacity_section(outdir):
   """(markdown, verdict) of row (h)."""
   command = CAPACITY.format(o=outdir)
   path = os.path.join(outdir, "energy_capacity", "energy_capacity.json")
-  data = _load(path)
-  if data is None:
-    return f"```\n{command}\n```\nnot yet run.\n", "not yet run"
+  data, pending = _artefact.load_or_pending(path, command)
+  if pending:
+    return pending
   verdict = capacity_verdict(data["capacity"])
   overflowed = sum(r["overflowed"] > 0 for r in data["rows"])
   png = os.path.join(outdir, "energy_capacity", "energy_capacity.png")
@@ -106,9 +100,9 @@ def wells_section(outdir):
   """(markdown, verdict) of row (i)."""
   command = WELLS.format(o=outdir)
   path = os.path.join(outdir, "context_wells", "context_wells.json")
-  data = _load(path)
-  if data is None:
-    return f"```\n{command}\n```\nnot yet run.\n", "not yet run"
+  data, pending = _artefact.load_or_pending(path, command)
+  if pending:
+    return pending
   parts, words = [], []
   for record in data["models"]:
     table, means = head_table(record, data["well_types"])

@@ -1,8 +1,9 @@
 """Row (f), random weights: the rank-collapse run of experiments/rank_collapse.py,
 read from its JSON and Markdown table (results.py places it in RESULTS.md)."""
 
-import json
 import os
+
+import _artefact
 
 RANK = ("python experiments/rank_collapse.py --layers=12 --seeds=5 --float64 "
         "--alpha_hidden=0,0.5,0.9 --h0=zeros,first_scores --weight_scale=1,2 "
@@ -37,10 +38,9 @@ def section(outdir):
   """(markdown, verdict) of the rank-collapse run."""
   command = RANK.format(o=outdir)
   path = os.path.join(outdir, "rank_collapse", "rank.json")
-  if not os.path.exists(path):
-    return f"```\n{command}\n```\nnot yet run.\n", "not yet run"
-  with open(path, encoding="utf-8") as f:
-    data = json.load(f)
+  data, pending = _artefact.load_or_pending(path, command)
+  if pending:
+    return pending
   with open(os.path.splitext(path)[0] + ".md", encoding="utf-8") as f:
     table = f.read()
   verdict = rank_verdict(data)

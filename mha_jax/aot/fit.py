@@ -129,21 +129,36 @@ def sequence_length(model, info):
 def carry_bytes(model, info, per_device_batch):
   """The attention state one layer hands the next (measured by `layers.carry_bytes`
   with jax.eval_shape of the real initial state), once per layer: what the scan keeps
-  for backward. 0 for kinds that carry nothing."""
-  length = sequence_length(model, info)
-  return model.stack.num_layers * layers.carry_bytes(model.stack, per_device_batch, length)
+  for backward; the layer-wise q, k buffers [L, …] once (every layer fills its own
+  slot). 0 for kinds that carry nothing."""
+  stack, length = model.stack, sequence_length(model, info)
+  once = kernels.resolve(stack.attention, stack.num_layers, per_device_batch, length,
+                         stack.num_heads, stack.head_dim) == "layerwise"
+  return (1 if once else stack.num_layers) * layers.carry_bytes(stack, per_device_batch, length)
 
 
-def attention_choice(model, info):
+def attention_choice(model, info, global_batch, mesh):
   """The line "attention: auto → CHOICE (why)", by `kernels.choose` at the compiled
-  length, for MHA with implementation "auto"; "" otherwise."""
+  shape and mesh, for MHA with implementation "auto"; "" otherwise."""
   stack = model.stack
   att = stack.attention
   if att.kind != "hopfield" or att.implementation != "auto":
     return ""
-  choice, why = kernels.choose(att, stack.num_layers, sequence_length(model, info),
-                               stack.head_dim)
+  with jax.set_mesh(mesh):
+    choice, why = kernels.choose(att, stack.num_layers, global_batch,
+                                 sequence_length(model, info), stack.num_heads, stack.head_dim)
   return f"attention: auto → {choice} ({why})"
+
+
+def with_chip_budget(config, hbm_bytes):
+  """MHA `auto` judges the saved H against a quarter of the target chip's HBM (the
+  host compiling it reports no device memory); an explicit budget is kept."""
+  att = config.model.get("attention", {})
+  if hbm_bytes is None or att.get("implementation") != "auto" or att.get("hidden_budget_bytes"):
+    return config
+  config = config.copy_and_resolve_references()
+  config.model.attention.hidden_budget_bytes = hbm_bytes // 4
+  return config
 
 
 def compile_step(config, devices, info):
@@ -200,6 +215,7 @@ def _oom_temp_bytes(message):
 
 def measure(config, devices, device_label, hbm_bytes=None, with_xla_flops=True) -> Fit:
   """Compile `config`'s train step on `devices`; figures per device."""
+  config = with_chip_budget(config, hbm_bytes)
   info = dataset_info(config)
   compiled, model, abstract, state_sh, mesh = compile_step(config, devices, info)
   step_flops = flops_lib.training_flops(model, config.batch_size, info.modality,
@@ -216,7 +232,8 @@ def measure(config, devices, device_label, hbm_bytes=None, with_xla_flops=True) 
       total_bytes=None, carry_bytes=carry_bytes(model, info, per_device_batch),
       model_flops=step_flops.model, mha_extra_flops=step_flops.mha_extra,
       xla_flops_per_device=None, items_per_step=step_flops.items,
-      item_name=step_flops.item_name, attention_choice=attention_choice(model, info))
+      item_name=step_flops.item_name,
+      attention_choice=attention_choice(model, info, config.batch_size, mesh))
   if isinstance(compiled, Exception):
     fit.error = str(compiled).strip().splitlines()[0][:300]
     fit.temp_bytes = _oom_temp_bytes(str(compiled))

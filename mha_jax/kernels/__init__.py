@@ -13,9 +13,11 @@
     cudnn       bias_attention.py: H_n materialised, attention by cuDNN's flash
                 kernel with bias α′H_{n−1} (GPU; the probabilities are never stored).
     auto        `resolve`: layerwise when the stored features are wider than H,
-                i.e. T > W·D (W = window or depth, D = head dim), else naive;
-                naive for a random H_0 (h0="noise"), which has no factorised form,
-                and for cached decoding (`choose` says which and why).
+                i.e. T > W·D (W = window or depth, D = head dim), or when the
+                materialised H of all layers would take more than its memory
+                budget per device (`hidden_budget`), else naive; naive for a
+                random H_0 (h0="noise"), which has no factorised form, and for
+                cached decoding (`choose` says which and why).
 
 Standard attention's `implementation="flash"` is `flash_attention` (flash.py).
 
@@ -25,6 +27,7 @@ their AttentionConfig; this package knows only mha_jax.attention.
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 
 from mha_jax.kernels import bias_attention, factorized, fused, layerwise_stack
@@ -37,7 +40,25 @@ def window_slots(att, num_layers):
   return num_layers if not window or window >= num_layers else window
 
 
-def choose(att, num_layers, length, head_dim, decode=False):
+def hidden_budget(att):
+  """Bytes per device the materialised H may take under `auto`: the configured
+  `hidden_budget_bytes`, else a quarter of the device's memory where JAX reports it
+  (GPU, TPU; the rest holds parameters, optimizer state and activations); 0 = no limit
+  (CPU reports none). The AOT tool sets the target chip's quarter explicitly."""
+  if att.hidden_budget_bytes:
+    return att.hidden_budget_bytes
+  stats = jax.local_devices()[0].memory_stats() or {}
+  return stats.get("bytes_limit", 0) // 4
+
+
+def hidden_bytes_per_device(num_layers, batch, length, num_heads):
+  """The float32 H [B, N, T, T] the scan saves for every layer, shared by the devices
+  of the mesh the step is traced under (batch and heads are what it shards)."""
+  mesh = jax.sharding.get_abstract_mesh()
+  return num_layers * batch * num_heads * length * length * 4 // (1 if mesh.empty else mesh.size)
+
+
+def choose(att, num_layers, batch, length, num_heads, head_dim, decode=False):
   """(implementation, why): the rule `resolve` applies, with its reason in words."""
   if att.kind != "hopfield":
     return "naive", f"kind {att.kind!r} has one implementation here"
@@ -50,22 +71,27 @@ def choose(att, num_layers, length, head_dim, decode=False):
   if decode:
     return "naive", "cached decoding carries H's new rows"
   width = window_slots(att, num_layers) * head_dim
-  if length <= width:
-    return "naive", f"T={length} <= W·D={width}: H is no larger than the carried q, k"
-  return "layerwise", f"T={length} > W·D={width}: the carried q, k are smaller than H"
+  if length > width:
+    return "layerwise", f"T={length} > W·D={width}: the carried q, k are smaller than H"
+  hidden, budget = hidden_bytes_per_device(num_layers, batch, length, num_heads), hidden_budget(att)
+  if budget and hidden > budget:
+    return "layerwise", (f"the saved H needs {hidden / 2**30:.2f} GiB per device, over its "
+                         f"budget of {budget / 2**30:.2f} GiB")
+  return "naive", (f"T={length} <= W·D={width} and the saved H ({hidden / 2**30:.2f} GiB per "
+                   "device) is within budget")
 
 
-def resolve(att, num_layers, length, head_dim, decode=False):
+def resolve(att, num_layers, batch, length, num_heads, head_dim, decode=False):
   """The implementation `auto` stands for at this shape (others map to themselves;
   layerwise, a two-pass stack, and cudnn decode one token at a time as naive)."""
-  return choose(att, num_layers, length, head_dim, decode)[0]
+  return choose(att, num_layers, batch, length, num_heads, head_dim, decode)[0]
 
 
 def initial_state(att, num_layers, batch, length, num_heads, head_dim, dtype, decode=False,
                   replay=False):
   """The factorised carry or the layer-wise buffers (sinks with `replay`) before
   layer 1, or None where the layers carry H."""
-  impl = resolve(att, num_layers, length, head_dim, decode)
+  impl = resolve(att, num_layers, batch, length, num_heads, head_dim, decode)
   if impl == "layerwise":
     return layerwise_stack.initial_state(batch, length, num_heads, head_dim, num_layers, dtype,
                                          replay=replay)
@@ -79,7 +105,7 @@ def hopfield_attention(att, num_layers, q_BxTxNxD, k_BxSxNxD, v_BxSxNxD, state, 
                        mask, final_layers=None):
   """One MHA layer by the configured implementation: (out [B, T, N, D], next state).
   layerwise: the collect pass, or with `final_layers` (its buffers) the replay."""
-  impl = resolve(att, num_layers, q_BxTxNxD.shape[1], q_BxTxNxD.shape[-1])
+  impl = resolve(att, num_layers, *q_BxTxNxD.shape)
   if impl == "layerwise":
     return _layerwise(att, num_layers, q_BxTxNxD, k_BxSxNxD, v_BxSxNxD, state, att.chain_start,
                       mask, final_layers)

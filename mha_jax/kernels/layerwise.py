@@ -162,9 +162,43 @@ def layerwise_attention(q_WxBxTxNxD, k_WxBxSxNxD, v_BxSxNxD, weights_W, *, mask=
   if not 0 <= live[0] < live[1] <= num_slots:
     raise ValueError(f"live={live}; allowed: 0 <= first < end <= {num_slots}")
   mask_i8 = dense_mask(mask, length, s_len)
+  padded = padded_length(length, block), padded_length(s_len, block)
+  if padded != (length, s_len):   # e.g. ViT's 197 tokens: the appended keys are masked out
+    if mask is None and not causal:   # (a causal mask already hides them from real queries)
+      mask, mask_i8 = True, jnp.ones((1, 1, length, s_len), jnp.int8)
+    q_WxBxTxNxD, k_WxBxSxNxD, v_BxSxNxD = (
+        pad_axis(x, axis, size) for x, axis, size in
+        ((q_WxBxTxNxD, 2, padded[0]), (k_WxBxSxNxD, 2, padded[1]), (v_BxSxNxD, 1, padded[1])))
+    if mask is not None:
+      mask_i8 = pad_axis(pad_axis(mask_i8, 2, padded[0]), 3, padded[1])
+  return jnp.swapaxes(_layerwise_padded(
+      q_WxBxTxNxD, k_WxBxSxNxD, v_BxSxNxD, weights_W, live, mask_i8, mask is not None, causal,
+      block, interpret, backend), 1, 2)[:, :length]
+
+
+def padded_length(length, block):
+  """`length`, or where no tile of `tile` divides it, rounded up to a power of two
+  (below `block`) or to a multiple of `block`: Triton tiles must be powers of two."""
+  if tile(length, block) != length or length & (length - 1) == 0:
+    return length
+  size = min(block, 1 << (length - 1).bit_length())
+  return -(-length // size) * size
+
+
+def pad_axis(x, axis, size):
+  """x with zeros appended along `axis` up to `size`."""
+  widths = [(0, 0)] * x.ndim
+  widths[axis] = (0, size - x.shape[axis])
+  return jnp.pad(x, widths)
+
+
+def _layerwise_padded(q_WxBxTxNxD, k_WxBxSxNxD, v_BxSxNxD, weights_W, live, mask_i8,
+                      has_mask, causal, block, interpret, backend):
+  """layerwise_attention on tile-aligned lengths: out [B, N, T, D]."""
+  length, s_len = q_WxBxTxNxD.shape[2], k_WxBxSxNxD.shape[2]
 
   def run(w, slots, q, k, v, m, interpret, backend):
-    opts = options(length, s_len, has_mask=mask is not None, causal=causal, block=block,
+    opts = options(length, s_len, has_mask=has_mask, causal=causal, block=block,
                    interpret=interpret, backend=backend, mean_slots=float(live[1] - live[0]))
     slot_spec = lambda b, h: jax.sharding.PartitionSpec(None, b, h, None, None)
     row_spec = lambda b, h: jax.sharding.PartitionSpec(b, h, None, None)
@@ -178,7 +212,5 @@ def layerwise_attention(q_WxBxTxNxD, k_WxBxSxNxD, v_BxSxNxD, weights_W, *, mask=
   args = (weights_W, jnp.asarray(live, jnp.int32), jnp.swapaxes(q_WxBxTxNxD, 2, 3),
           jnp.swapaxes(k_WxBxSxNxD, 2, 3), jnp.swapaxes(v_BxSxNxD, 1, 2), mask_i8)
   if interpret is None:
-    out = on_platform(run, *args)
-  else:
-    out = run(*args, interpret, backend or "mosaic")
-  return jnp.swapaxes(out, 1, 2)
+    return on_platform(run, *args)
+  return run(*args, interpret, backend or "mosaic")

@@ -136,7 +136,7 @@ class SelfAttention(nn.Module):
     use_dropout = not deterministic and cfg.attention_dropout > 0
     common = dict(mask=mask, scale=att.score_scale, dropout_rate=cfg.attention_dropout,
                   dropout_rng=self.make_rng("dropout") if use_dropout else None)
-    if kernels.resolve(att, cfg.num_layers, x_BxTxD.shape[1], cfg.head_dim,
+    if kernels.resolve(att, cfg.num_layers, *x_BxTxD.shape[:2], cfg.num_heads, cfg.head_dim,
                        self.decode) != "naive":
       out_BxTxNxD, kernel_state = kernels.hopfield_attention(
           att, cfg.num_layers, q_BxTxNxD, k_BxTxNxD, v_BxTxNxD, state, restart=restart,
@@ -384,8 +384,8 @@ class LayerStack(nn.Module):
       return stack((x_BxTxD, {**state, **self.overrides()}), restarts_L, mask, deterministic,
                    positions, layerwise_inputs)
 
-    if kernels.resolve(cfg.attention, cfg.num_layers, length, cfg.head_dim,
-                       decode) != "layerwise":
+    if kernels.resolve(cfg.attention, cfg.num_layers, batch, length, cfg.num_heads,
+                       cfg.head_dim, decode) != "layerwise":
       carry, outputs = run()
       return carry[0], outputs
     # Layerwise MHA (kernels/layerwise_stack.py): a collect pass fills every layer's

@@ -69,6 +69,8 @@ class AttentionConfig:
   implementation: str = "naive"   # allowed per kind: kinds.KINDS[kind].implementations
   hidden_window: int = 0          # factorized MHA: keep the last W layers' features (0: all)
   hidden_dtype: str = "float32"   # fused MHA: dtype of the stored H (bfloat16 halves it)
+  hidden_budget_bytes: int = 0    # auto: most bytes per device for the saved H (0: a quarter
+  #                                 of the device's memory where JAX reports it; kernels.choose)
   value_residual_lambda: float = 0.5  # λ of kind="value_residual"
   # Hopfield retrieval (mha_jax/energy.py): kind="hopfield_energy", or MHA's H_n as the
   # step-0 logits with kind="hopfield" (this codebase's combination, in neither paper).
@@ -86,6 +88,10 @@ class AttentionConfig:
     check_choice("attention.hidden_dtype", self.hidden_dtype, HIDDEN_DTYPES)
     if self.hidden_window < 0:
       raise ValueError(f"attention.hidden_window={self.hidden_window} must be >= 0")
+    if self.hidden_budget_bytes < 0 or (self.hidden_budget_bytes
+                                         and self.implementation != "auto"):
+      raise ValueError(f"attention.hidden_budget_bytes={self.hidden_budget_bytes} must be 0, "
+                       f"or > 0 with implementation 'auto' (got {self.implementation!r})")
     if self.hidden_window and self.implementation not in ("factorized", "layerwise", "auto"):
       raise ValueError(f"attention.hidden_window={self.hidden_window} needs implementation "
                        f"'factorized', 'layerwise' or 'auto', got {self.implementation!r}")

@@ -129,7 +129,7 @@ def test_model_alpha_gradients(implementation, model_inputs):
   alphas, params, x, naive_grad = model_inputs
   if implementation == "auto":
     att = stack_config.AttentionConfig(kind="hopfield", implementation="auto")
-    assert kernels.resolve(att, MODEL["num_layers"], MODEL_T,
+    assert kernels.resolve(att, MODEL["num_layers"], 1, MODEL_T, MODEL["num_heads"],
                            MODEL["width"] // MODEL["num_heads"]) == "layerwise"
   grad = jax.jit(jax.grad(model_loss), static_argnums=(1,))(alphas, implementation, params, x)
   np.testing.assert_allclose(grad, naive_grad, rtol=1e-4, atol=1e-6)

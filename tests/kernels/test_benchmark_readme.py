@@ -7,6 +7,7 @@ import json
 import pathlib
 import re
 import statistics
+import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -18,9 +19,37 @@ MEASURED = re.compile(r"^\s*[\d.,e+-]+\s*(MiB|GiB|s|ms|×|%)?\s*$")
 
 
 def test_every_table_block_matches_its_artefact():
-  names = [m.group(2) for m in readme_tables.BLOCK.finditer(TEXT)]
-  assert sorted(names) == sorted(readme_tables.TABLES)   # each table is in the README once
-  assert readme_tables.rendered(TEXT) == TEXT, "run: python benchmarks/_readme.py"
+  texts = [doc.read_text() for doc in readme_tables.DOCS]
+  names = [m.group(2) for text in texts for m in readme_tables.BLOCK.finditer(text)]
+  assert sorted(names) == sorted(readme_tables.TABLES)   # each table is in a README once
+  for text in texts:
+    assert readme_tables.rendered(text) == text, "run: python benchmarks/_readme.py"
+
+
+def test_fit_table_follows_from_the_committed_compiles():
+  """The README's fit table is fit_table.py's rendering of the per-entry compiles in
+  benchmarks/results/fit/, and its verdict follows from their bytes against HBM."""
+  sys.path.insert(0, str(ROOT / "benchmarks"))
+  fit_spec = importlib.util.spec_from_file_location("fit_table", ROOT / "benchmarks" / "fit_table.py")
+  fit_table = importlib.util.module_from_spec(fit_spec)
+  fit_spec.loader.exec_module(fit_table)
+  artefact = json.loads((RESULTS / "fit_table.json").read_text())
+  topologies = sorted({row["topology"] for row in artefact["rows"]},
+                      key=[t for t in ("v5e:4x4", "v4:2x2x4", "v5p:2x2x1")].index)
+  assert fit_table.table(RESULTS / "fit", topologies) == artefact["table"]
+  entries = {}
+  for path in (RESULTS / "fit").glob("*.json"):
+    verdict = json.loads(path.read_text())[0]   # the policy that fits, or the last tried
+    assert verdict["fits"] == (verdict["total_bytes"] <= verdict["hbm_bytes"]), path.name
+    model, attention = verdict["label"].rsplit(" ", 1)
+    entries[model, verdict["devices"], attention] = verdict
+  pairs = [(entries[key], entries[key[:2] + ("MHA",)]) for key in entries
+           if key[2] == "standard" and key[:2] + ("MHA",) in entries]
+  fitting = [(standard, mha) for standard, mha in pairs if standard["fits"]]
+  assert len(fitting) >= 40
+  mha_fits = sum(mha["fits"] for _, mha in fitting)
+  readme = (ROOT / "README.md").read_text()
+  assert f"MHA fits in {mha_fits} of the {len(fitting)} compiled cells" in readme
 
 
 def test_no_numeric_table_outside_the_rendered_blocks():

@@ -57,7 +57,8 @@ def check_fit_table(result, tmp_path):
   cli_json = tmp_path / "cli.json"
   subprocess.run([sys.executable, "-m", "mha_jax.aot",
                   f"--config={BENCHMARKS.parent}/configs/gpt2_wikitext103.py:smoke,"
-                  "attention=hopfield,alpha=0.5", "--config.mesh.data=1",
+                  "attention=hopfield,alpha=0.5", "--config.model.attention.implementation=auto",
+                  "--config.mesh.data=1",
                   "--config.mesh.fsdp=-1", "--config.batch_size=16",
                   "--config.model.dtype=bfloat16", f"--topology={mha['topology']}",
                   f"--remat={mha['remat_policy']}", "--noxla_flops", "--quick",

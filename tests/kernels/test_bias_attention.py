@@ -104,8 +104,8 @@ def test_cudnn_is_refused_off_gpu_in_one_line():
 
 def test_cudnn_decodes_as_naive():
   att = stack_config.AttentionConfig(kind="hopfield", implementation="cudnn")
-  assert kernels.choose(att, 4, 64, 16) == ("cudnn", "configured")
-  assert kernels.resolve(att, 4, 1, 16, decode=True) == "naive"
+  assert kernels.choose(att, 4, 1, 64, 1, 16) == ("cudnn", "configured")
+  assert kernels.resolve(att, 4, 1, 1, 1, 16, decode=True) == "naive"
 
 
 @pytest.mark.skipif(jax.default_backend() != "gpu", reason="cuDNN needs an NVIDIA GPU")

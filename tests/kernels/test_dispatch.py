@@ -34,11 +34,37 @@ def test_bad_implementation_options_name_the_value(kw, message):
 
 def test_auto_picks_layerwise_when_the_features_are_smaller_than_h():
   # depth 4, head dim 16: the stacked features are 64 wide.
-  assert kernels.resolve(att(implementation="auto"), 4, 64, 16) == "naive"
-  assert kernels.resolve(att(implementation="auto"), 4, 65, 16) == "layerwise"
-  assert kernels.resolve(att(implementation="auto", hidden_window=2), 4, 33, 16) == "layerwise"
-  assert kernels.resolve(att(implementation="auto", h0="noise"), 4, 4096, 16) == "naive"
-  assert kernels.resolve(att(implementation="fused"), 4, 8, 16) == "fused"
+  assert kernels.resolve(att(implementation="auto"), 4, 1, 64, 1, 16) == "naive"
+  assert kernels.resolve(att(implementation="auto"), 4, 1, 65, 1, 16) == "layerwise"
+  assert kernels.resolve(att(implementation="auto", hidden_window=2), 4, 1, 33, 1, 16) == (
+      "layerwise")
+  assert kernels.resolve(att(implementation="auto", h0="noise"), 4, 1, 4096, 1, 16) == "naive"
+  assert kernels.resolve(att(implementation="fused"), 4, 1, 8, 1, 16) == "fused"
+
+
+def test_auto_picks_layerwise_when_the_saved_h_is_over_its_budget():
+  # depth 4, batch 2, 3 heads, T = 64: H is 4·2·3·64²·4 = 393,216 bytes.
+  saved_h = 4 * 2 * 3 * 64 * 64 * 4
+  assert kernels.hidden_bytes_per_device(4, 2, 64, 3) == saved_h
+  within = att(implementation="auto", hidden_budget_bytes=saved_h)
+  over = att(implementation="auto", hidden_budget_bytes=saved_h - 1)
+  assert kernels.resolve(within, 4, 2, 64, 3, 16) == "naive"
+  choice, why = kernels.choose(over, 4, 2, 64, 3, 16)
+  assert choice == "layerwise" and "budget" in why
+  # Traced under an 8-device mesh, each device holds an eighth of it.
+  mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+  with jax.set_mesh(mesh):
+    assert kernels.hidden_bytes_per_device(4, 2, 64, 3) == saved_h // 8
+    assert kernels.resolve(att(implementation="auto", hidden_budget_bytes=saved_h // 8),
+                           4, 2, 64, 3, 16) == "naive"
+
+
+def test_hidden_budget_is_read_only_by_auto():
+  with pytest.raises(ValueError, match="hidden_budget_bytes=1024 must be 0, or > 0 with "
+                                       "implementation 'auto'"):
+    att(implementation="naive", hidden_budget_bytes=1024)
+  with pytest.raises(ValueError, match="hidden_budget_bytes=-1"):
+    att(implementation="auto", hidden_budget_bytes=-1)
 
 
 def test_factorized_stack_returns_the_hidden_state_on_request():

@@ -5,6 +5,7 @@ layer-wise Pallas kernel, interpret mode) equals jax.nn.dot_product_attention.""
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from mha_jax import attention
 from mha_jax.kernels import layerwise
@@ -41,3 +42,35 @@ def test_one_slot_kernel_is_dot_product_attention():
                                       block=8, interpret=True)
   want = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="xla")
   np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+@pytest.mark.parametrize("masking", ["none", "padding", "causal"])
+@pytest.mark.parametrize("backend", ["mosaic", "triton"])
+def test_lengths_no_power_of_two_tile_divides_are_padded(masking, backend):
+  """T = 13 (ViT's 197 in small): the kernels get 16 rows, the appended keys masked
+  out; values and gradients equal dot-product attention on the 13 real rows. Before
+  the padding, the Triton branch refused any such length (block_q=13), even while
+  lowering for TPU, since platform_dependent traces every branch."""
+  assert layerwise.padded_length(13, 8) == 16 and layerwise.padded_length(197, 256) == 256
+  assert layerwise.padded_length(300, 256) == 512 and layerwise.padded_length(24, 8) == 24
+  keys = jax.random.split(jax.random.key(3), 4)
+  q, k, v, cotangent = (jax.random.normal(key, (2, 13, 2, 8)) for key in keys)
+  mask = {"none": None, "causal": None,
+          "padding": attention.padding_mask(jnp.arange(13)[None] < jnp.array([[13], [7]]))
+          }[masking]
+  causal = masking == "causal"
+
+  def kernel(q, k, v):
+    return layerwise.layerwise_attention(q[None], k[None], v, jnp.full((1,), 8 ** -0.5),
+                                         mask=mask, causal=causal, block=8, interpret=True,
+                                         backend=backend)
+
+  def reference(q, k, v):
+    full = attention.causal_mask(13) if causal else mask
+    return jax.nn.dot_product_attention(q, k, v, mask=full, implementation="xla")
+
+  (got, got_vjp), (want, want_vjp) = (jax.vjp(f, q, k, v) for f in (kernel, reference))
+  assert got.shape == want.shape == (2, 13, 2, 8)
+  np.testing.assert_allclose(got, want, atol=1e-5)
+  for a, b in zip(got_vjp(cotangent), want_vjp(cotangent)):
+    np.testing.assert_allclose(a, b, atol=1e-5)

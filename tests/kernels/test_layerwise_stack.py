@@ -105,10 +105,10 @@ def test_window_output_stays_within_its_bound():
 
 def test_auto_picks_layerwise_where_h_is_wider_than_the_features():
   att = config("auto").attention
-  assert kernels.resolve(att, 4, 64, 16) == "naive"
-  assert kernels.resolve(att, 4, 65, 16) == "layerwise"
-  assert kernels.resolve(att, 4, 65, 16, decode=True) == "naive"
-  assert kernels.resolve(config("layerwise").attention, 4, 8, 16, decode=True) == "naive"
+  assert kernels.resolve(att, 4, 1, 64, 1, 16) == "naive"
+  assert kernels.resolve(att, 4, 1, 65, 1, 16) == "layerwise"
+  assert kernels.resolve(att, 4, 1, 65, 1, 16, decode=True) == "naive"
+  assert kernels.resolve(config("layerwise").attention, 4, 1, 8, 1, 16, decode=True) == "naive"
 
 
 def test_training_dropout_masks_agree_between_the_passes():

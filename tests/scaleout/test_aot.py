@@ -45,6 +45,26 @@ def test_cpu_fit_bytes_equal_parameter_count_times_dtype_times_adam():
     assert row in table
 
 
+def test_auto_names_its_choice_and_counts_the_layerwise_buffers_once():
+  config = config_util.load_config(SMOKE)
+  config.model.attention.implementation = "auto"
+  info = fit_lib.dataset_info(config)
+  model = fit_lib.train.make_model(config.model, fit_lib.tasks.make_task(config, info))
+  stack, length = model.stack, config.data.seq_len
+  layers_, heads, head_dim = stack.num_layers, stack.num_heads, stack.head_dim
+  assert length > layers_ * head_dim   # the smoke model resolves to layerwise by shape
+  # q and k buffers [L, B, N, T, D] in float32, the layer counter and the weights row.
+  assert fit_lib.carry_bytes(model, info, 4) == (
+      2 * layers_ * 4 * heads * length * head_dim * 4 + 4 + 4 * layers_)
+  mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+  assert fit_lib.attention_choice(model, info, 32, mesh) == (
+      f"attention: auto → layerwise (T={length} > W·D={layers_ * head_dim}: the carried q, k "
+      "are smaller than H)")
+  budgeted = fit_lib.with_chip_budget(config, 16 * 2**30)   # a quarter of the chip's HBM
+  assert budgeted.model.attention.hidden_budget_bytes == 4 * 2**30
+  assert config.model.attention.hidden_budget_bytes == 0   # the caller's config is kept
+
+
 @pytest.mark.slow
 def test_tpu_v5e_2x2_compiles_with_libtpu(tmp_path):
   pytest.importorskip("libtpu", reason="TPU compilation needs the [tpu] extra")

@@ -61,5 +61,6 @@ def test_a_preset_names_its_own_seed_count_and_seeds_overrides_it():
   def seeds(arg):
     return config_util.load_config(f"{ROOT}/configs/sweep.py:{arg}").grid.seed
   assert seeds("preset=vit_depth") == (0, 1, 2, 3, 4)
-  assert seeds("preset=gpt_char") == (0, 1, 2)
+  assert seeds("preset=gpt_char") == (0, 1, 2, 3, 4)
+  assert seeds("preset=recall") == (0, 1, 2)
   assert seeds("preset=vit_depth,seeds=2") == (0, 1)
