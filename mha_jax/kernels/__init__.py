@@ -77,8 +77,9 @@ def choose(att, num_layers, batch, length, num_heads, head_dim, decode=False):
   if budget and hidden > budget:
     return "layerwise", (f"the saved H needs {hidden / 2**30:.2f} GiB per device, over its "
                          f"budget of {budget / 2**30:.2f} GiB")
-  return "naive", (f"T={length} <= W·D={width} and the saved H ({hidden / 2**30:.2f} GiB per "
-                   "device) is within budget")
+  within = (f"; the saved H ({hidden / 2**30:.2f} GiB per device) is within its budget of "
+            f"{budget / 2**30:.2f} GiB" if budget else "")
+  return "naive", f"T={length} <= W·D={width}: H is no larger than the carried q, k{within}"
 
 
 def resolve(att, num_layers, batch, length, num_heads, head_dim, decode=False):
@@ -102,13 +103,14 @@ def initial_state(att, num_layers, batch, length, num_heads, head_dim, dtype, de
 
 
 def hopfield_attention(att, num_layers, q_BxTxNxD, k_BxSxNxD, v_BxSxNxD, state, *, restart,
-                       mask, final_layers=None):
+                       mask, final_layers=None, causal=False):
   """One MHA layer by the configured implementation: (out [B, T, N, D], next state).
-  layerwise: the collect pass, or with `final_layers` (its buffers) the replay."""
+  layerwise: the collect pass, or with `final_layers` (its buffers) the replay;
+  `causal` (the mask includes the causal one) lets its kernels skip those tiles."""
   impl = resolve(att, num_layers, *q_BxTxNxD.shape)
   if impl == "layerwise":
     return _layerwise(att, num_layers, q_BxTxNxD, k_BxSxNxD, v_BxSxNxD, state, att.chain_start,
-                      mask, final_layers)
+                      mask, final_layers, causal)
   common = dict(alpha_hidden=state.get("alpha_hidden", att.alpha_hidden), restart=restart,
                 h0=att.chain_start, mask=mask, scale=att.score_scale)
   if impl == "factorized":
@@ -124,7 +126,7 @@ def hopfield_attention(att, num_layers, q_BxTxNxD, k_BxSxNxD, v_BxSxNxD, state, 
 
 
 def _layerwise(att, num_layers, q_BxTxNxD, k_BxTxNxD, v_BxTxNxD, state, h0, mask,
-               final_layers):
+               final_layers, causal):
   scale = q_BxTxNxD.shape[-1] ** -0.5 if att.score_scale is None else att.score_scale
   structure = dict(reset_every=att.reset_every, window=window_slots(att, num_layers))
   weights_LxL = layerwise_stack.weight_matrix(
@@ -132,9 +134,11 @@ def _layerwise(att, num_layers, q_BxTxNxD, k_BxTxNxD, v_BxTxNxD, state, h0, mask
   slot_ranges_Lx2 = layerwise_stack.live_slots(num_layers, **structure)
   if final_layers is None:
     return layerwise_stack.collect_attention(q_BxTxNxD, k_BxTxNxD, v_BxTxNxD, state,
-                                             weights_LxL, slot_ranges_Lx2, mask=mask)
+                                             weights_LxL, slot_ranges_Lx2, mask=mask,
+                                             causal=causal)
   return layerwise_stack.replay_attention(q_BxTxNxD, k_BxTxNxD, v_BxTxNxD, state, final_layers,
-                                          weights_LxL, slot_ranges_Lx2, mask=mask)
+                                          weights_LxL, slot_ranges_Lx2, mask=mask,
+                                          causal=causal)
 
 
 def hidden_state(state):

@@ -22,9 +22,11 @@ import jax.numpy as jnp
 from mha_jax.kernels import layerwise
 
 
-def flash_attention(q_BxTxNxD, k_BxSxNxD, v_BxSxNxD, *, mask=None, scale=None, block=256):
+def flash_attention(q_BxTxNxD, k_BxSxNxD, v_BxSxNxD, *, mask=None, scale=None, block=256,
+                    causal=False):
   """softmax(mask(scale · Q Kᵀ)) V, out [B, T, N, D]; mask True = may attend,
-  broadcastable to [B, N, T, S]."""
+  broadcastable to [B, N, T, S]; `causal` adds the causal mask (the Pallas kernels
+  skip the tiles above the diagonal: no copy, no work)."""
   if scale is None:
     scale = q_BxTxNxD.shape[-1] ** -0.5
   operands = (q_BxTxNxD, k_BxSxNxD, v_BxSxNxD) + (() if mask is None else (mask,))
@@ -38,7 +40,7 @@ def flash_attention(q_BxTxNxD, k_BxSxNxD, v_BxSxNxD, *, mask=None, scale=None, b
   def pallas(interpret, backend):
     def run(q, k, v, *m):
       return layerwise.layerwise_attention(q[None], k[None], v, jnp.full((1,), scale),
-                                           mask=m[0] if m else None, block=block,
+                                           mask=m[0] if m else None, block=block, causal=causal,
                                            interpret=interpret, backend=backend)
     return run
 

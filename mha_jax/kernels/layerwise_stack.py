@@ -146,16 +146,17 @@ def _replay_bwd(opts, residuals, cotangents):
 _replay_op.defvjp(_replay_fwd, _replay_bwd)
 
 
-def _options(length, mask, block, slot_ranges):
+def _options(length, mask, block, slot_ranges, causal):
   return dict(block_q=layerwise.tile(length, block), block_k=layerwise.tile(length, block),
-              causal=False, has_mask=mask is not None,
+              causal=causal, has_mask=mask is not None,
               mean_slots=float(np.mean(slot_ranges[:, 1] - slot_ranges[:, 0])))
 
 
 def collect_attention(q_BxTxNxD, k_BxTxNxD, v_BxTxNxD, state, weights_L, slot_ranges, *,
-                      mask=None, block=256):
+                      mask=None, block=256, causal=False):
   """Pass 1: write this layer's q, k into the buffers, attend over them.
-  slot_ranges: `live_slots` (NumPy)."""
+  slot_ranges: `live_slots` (NumPy); `causal` adds the causal mask and skips the
+  tiles above the diagonal."""
   length, layer = q_BxTxNxD.shape[1], state["layer"]
   buffers = [_slots_constraint(jax.lax.dynamic_update_index_in_dim(
       state[key], _heads_first(x).astype(state[key].dtype), layer, 0))
@@ -163,14 +164,14 @@ def collect_attention(q_BxTxNxD, k_BxTxNxD, v_BxTxNxD, state, weights_L, slot_ra
   mask_i8 = layerwise.dense_mask(mask, length, length)
   args = (weights_L[layer], jnp.asarray(slot_ranges)[layer], layer, *buffers,
           _heads_first(v_BxTxNxD))
-  out = _run(_collect_op, args, mask_i8, _options(length, mask, block, slot_ranges),
+  out = _run(_collect_op, args, mask_i8, _options(length, mask, block, slot_ranges, causal),
              2, lambda b, h: P(b, h))
   return _heads_first(out), {"query_layers": buffers[0], "key_layers": buffers[1],
                              "layer": layer + 1, "hidden_weights": weights_L[layer]}
 
 
 def replay_attention(q_BxTxNxD, k_BxTxNxD, v_BxTxNxD, state, final_layers, weights_L,
-                     slot_ranges, *, mask=None, block=256):
+                     slot_ranges, *, mask=None, block=256, causal=False):
   """Pass 2: attend over the final buffers (values of pass 1), gradients through
   the sinks (see the module docstring)."""
   length, layer = q_BxTxNxD.shape[1], state["layer"]
@@ -181,7 +182,7 @@ def replay_attention(q_BxTxNxD, k_BxTxNxD, v_BxTxNxD, state, final_layers, weigh
           final_layers["query_layers"], final_layers["key_layers"], *sinks, q, k,
           _heads_first(v_BxTxNxD))
   out, query_sink, key_sink = _run(
-      _replay_op, args, mask_i8, _options(length, mask, block, slot_ranges), 4,
+      _replay_op, args, mask_i8, _options(length, mask, block, slot_ranges, causal), 4,
       lambda b, h: (P(b, h), P(None, b, h), P(None, b, h)))
   return _heads_first(out), {"query_sink": _slots_constraint(query_sink),
                              "key_sink": _slots_constraint(key_sink), "layer": layer + 1}

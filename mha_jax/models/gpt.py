@@ -15,7 +15,7 @@ VARIANTS = {
     "xl": dict(num_layers=48, width=1600, num_heads=25, mlp_dim=6400),
 }
 STACK_DEFAULTS = dict(norm="layernorm", norm_eps=1e-5, mlp="gelu_tanh", use_bias=True,
-                      init_std=0.02, scale_residual_init=True)
+                      init_std=0.02, scale_residual_init=True, causal=True)
 
 
 class GPT(nn.Module):

@@ -140,7 +140,7 @@ class SelfAttention(nn.Module):
                        self.decode) != "naive":
       out_BxTxNxD, kernel_state = kernels.hopfield_attention(
           att, cfg.num_layers, q_BxTxNxD, k_BxTxNxD, v_BxTxNxD, state, restart=restart,
-          mask=mask, final_layers=final_layers)
+          mask=mask, final_layers=final_layers, causal=cfg.causal and not self.decode)
       new_state.update(kernel_state)
       h_BxNxTxT = new_state.pop("hidden", None)
     elif att.kind == "hopfield":
@@ -160,8 +160,8 @@ class SelfAttention(nn.Module):
           q_BxTxNxD, k_BxTxNxD, v_BxTxNxD, h_prev, alpha_hidden=1.0, score_weight=1.0,
           restart=restart, **common)
     elif att.implementation == "flash":
-      out_BxTxNxD, h_BxNxTxT = kernels.flash_attention(
-          q_BxTxNxD, k_BxTxNxD, v_BxTxNxD, mask=mask, scale=att.score_scale), None
+      out_BxTxNxD, h_BxNxTxT = kernels.flash_attention(q_BxTxNxD, k_BxTxNxD, v_BxTxNxD, mask=mask,
+          scale=att.score_scale, causal=cfg.causal and not self.decode), None
     elif att.implementation != "naive":
       out_BxTxNxD, h_BxNxTxT = jax.nn.dot_product_attention(
           q_BxTxNxD, k_BxTxNxD, v_BxTxNxD, mask=mask, scale=att.score_scale,
@@ -350,6 +350,8 @@ class LayerStack(nn.Module):
     cfg = self.cfg
     batch, length = x_BxTxD.shape[:2]
     x_BxTxD = x_BxTxD.astype(cfg.dtype)  # the scan carry keeps one dtype
+    if cfg.causal and not decode:   # (decoding masks the cache by positions)
+      mask = attention.causal_mask(length) & (True if mask is None else mask)
     restarts_L = jnp.asarray(attention.restart_flags(
         cfg.num_layers, reset_every=cfg.attention.reset_every,
         carried_h0=cfg.attention.h0 == "noise"))

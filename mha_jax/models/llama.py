@@ -20,7 +20,7 @@ VARIANTS = {
     "1b": dict(num_layers=24, width=2048, num_heads=32, mlp_dim=5461),
 }
 STACK_DEFAULTS = dict(norm="rmsnorm", norm_eps=1e-6, mlp="swiglu", use_bias=False,
-                      rope_theta=10000.0, init_std=0.02)
+                      rope_theta=10000.0, init_std=0.02, causal=True)
 
 
 class Llama(nn.Module):

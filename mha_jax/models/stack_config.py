@@ -153,6 +153,9 @@ class StackConfig:
   scan_layers: bool = True
   remat_policy: str = "none"
   skip_connections: bool = True      # False: x ← Attn(Norm x); x ← MLP(Norm x) (depth study)
+  causal: bool = False               # decoders: the stack ANDs the causal mask into the
+  #                                    model's, and the Pallas kernels skip the tiles above
+  #                                    the diagonal (no copy, no work)
 
   def __post_init__(self):
     if isinstance(self.attention, dict):

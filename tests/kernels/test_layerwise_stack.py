@@ -19,7 +19,8 @@ TOL = 1e-5
 
 
 def config(implementation, **kw):
-  stack_kw = {k: kw.pop(k) for k in ("scan_layers", "remat_policy", "dropout") if k in kw}
+  stack_kw = {k: kw.pop(k) for k in ("scan_layers", "remat_policy", "dropout", "causal")
+              if k in kw}
   att = stack_config.AttentionConfig(kind="hopfield", alpha=0.5, alpha_hidden=0.4,
                                      implementation=implementation, **kw)
   return stack_config.StackConfig(num_layers=DEPTH, width=WIDTH, num_heads=HEADS, mlp_dim=32,
@@ -64,6 +65,21 @@ def test_layerwise_stack_equals_naive(kw):
   assert hs.shape == (DEPTH, B, HEADS, T, T)
   assert_close((out, hs * mask, grads), (out_ref, hs_ref * mask, grads_ref))
   assert abs(float(grads[2])) > 1e-3   # d/dα′ is exercised, not trivially zero
+
+
+def test_a_causal_stack_tells_the_kernels(monkeypatch):
+  """StackConfig.causal (GPT, LLaMA set it): without a mask the stack is causal, equal
+  to the naive stack given the causal mask, and both passes' kernels are told so
+  (they then skip the tiles above the diagonal)."""
+  told = []
+  options = layerwise_stack._options
+  monkeypatch.setattr(layerwise_stack, "_options", lambda *a: told.append(a[-1]) or options(*a))
+  x, _, params = stack_and_inputs()
+  (out, hs), grads = value_and_grads("layerwise", x, None, params, causal=True)
+  (out_ref, hs_ref), grads_ref = value_and_grads("naive", x, attention.causal_mask(T), params)
+  assert_close((out, hs * attention.causal_mask(T), grads),
+               (out_ref, hs_ref * attention.causal_mask(T), grads_ref))
+  assert told and all(told)
 
 
 def test_alpha_hidden_gradient_matches_finite_differences():

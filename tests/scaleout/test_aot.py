@@ -45,7 +45,7 @@ def test_cpu_fit_bytes_equal_parameter_count_times_dtype_times_adam():
     assert row in table
 
 
-def test_auto_names_its_choice_and_counts_the_layerwise_buffers_once():
+def test_auto_counts_the_layerwise_buffers_once_and_takes_the_chips_budget():
   config = config_util.load_config(SMOKE)
   config.model.attention.implementation = "auto"
   info = fit_lib.dataset_info(config)
@@ -56,10 +56,6 @@ def test_auto_names_its_choice_and_counts_the_layerwise_buffers_once():
   # q and k buffers [L, B, N, T, D] in float32, the layer counter and the weights row.
   assert fit_lib.carry_bytes(model, info, 4) == (
       2 * layers_ * 4 * heads * length * head_dim * 4 + 4 + 4 * layers_)
-  mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
-  assert fit_lib.attention_choice(model, info, 32, mesh) == (
-      f"attention: auto → layerwise (T={length} > W·D={layers_ * head_dim}: the carried q, k "
-      "are smaller than H)")
   budgeted = fit_lib.with_chip_budget(config, 16 * 2**30)   # a quarter of the chip's HBM
   assert budgeted.model.attention.hidden_budget_bytes == 4 * 2**30
   assert config.model.attention.hidden_budget_bytes == 0   # the caller's config is kept
@@ -150,7 +146,8 @@ def test_attention_line_says_what_auto_chose_and_why(num_heads, window):
   model = fit_lib.train.make_model(config.model, fit_lib.tasks.make_task(config, info))
   length, layers = config.data.seq_len, config.model.num_layers
   width = (window or layers) * config.model.width // num_heads   # W·D
-  line = fit_lib.attention_choice(model, info)
+  mesh = jax.make_mesh((1,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+  line = fit_lib.attention_choice(model, info, 4, mesh)
   if length > width:
     assert line == (f"attention: auto → layerwise (T={length} > W·D={width}: the carried q, k "
                     "are smaller than H)")
@@ -159,7 +156,7 @@ def test_attention_line_says_what_auto_chose_and_why(num_heads, window):
                    "the carried q, k)"
   config.model.attention.implementation = "layerwise"   # configured, not chosen: no line
   model = fit_lib.train.make_model(config.model, fit_lib.tasks.make_task(config, info))
-  assert fit_lib.attention_choice(model, info) == ""
+  assert fit_lib.attention_choice(model, info, 4, mesh) == ""
 
 
 def test_aot_tool_prints_the_auto_choice():
