@@ -4,8 +4,9 @@ the fair memory baseline for MHA: no T×T scores in memory on GPU/TPU.
   CPU   jax.nn.dot_product_attention(implementation="xla") (the scores exist
         per layer; XLA:CPU has no flash kernel).
   TPU   the layer-wise Pallas kernel (layerwise.py) with one slot and weight
-        = scale: a Mosaic flash kernel that takes the models' dense masks (and
-        skips all-masked tiles, i.e. half the work of a causal mask). JAX's
+        = scale: a Mosaic flash kernel that takes the models' dense masks, skips
+        all-masked tiles, and under `causal` (decoders) does not even copy the
+        tiles above the diagonal. JAX's
         Pallas flash/splash kernels take only causal or static masks and segment
         ids, not a traced [B, 1, T, S] mask. MHA's layerwise path runs the same
         kernel with L slots, so the comparison isolates the slots' cost.
