@@ -71,8 +71,20 @@ def check_fit_table(result, tmp_path):
   assert table_row.split(" | ")[-2:] == [standard["cell"], mha["cell"] + " |"]
 
 
+def check_layerwise_memory(result, _):
+  """The quick TPU AOT run compiled the flash and layer-wise steps with Mosaic kernels
+  and its ratios follow from its own bytes."""
+  from tests.kernels.test_layerwise_memory import check_rows
+  by_row = check_rows(result["rows"])
+  assert by_row[(256, "auto")]["resolved"] == "layerwise"
+  # flash: the one-slot kernel's forward + two backward calls; layerwise: the collect
+  # pass's forward, the replay's forward and two backward kernels
+  assert by_row[(256, "standard_flash")]["pallas_kernels"] >= 3
+  assert by_row[(256, "layerwise")]["pallas_kernels"] >= 4
+
+
 CHECKS = {"tpu_aot": check_tpu_aot, "sweep_vmap": check_sweep_vmap,
-          "fit_table": check_fit_table}
+          "fit_table": check_fit_table, "layerwise_memory": check_layerwise_memory}
 
 
 @pytest.mark.slow   # each compiles a few tiny steps in a fresh process

@@ -49,7 +49,7 @@ def run_cli(capsys, *args):
      "model: remat_policy='fulll' is not allowed; choose one of ('none', 'full'"),
     ([SMOKE, "--config.model.remat_polcy=full"],
      "no field model.remat_polcy (did you mean model.remat_policy?); allowed: attention, "
-     "attention_dropout, dropout, dtype, "),
+     "attention_dropout, causal, dropout, dtype, "),
     ([SMOKE, "--config.model.rope_theta=x"], "--config.model.rope_theta='x' is not a number"),
 ])
 def test_expected_failures_are_one_line(args, message, capsys, tmp_path):
