@@ -56,9 +56,8 @@ def capacity_table(capacity):
 
 def capacity_section(outdir):
   """(markdown, verdict) of row (h)."""
-  command = CAPACITY.format(o=outdir)
-  path = os.path.join(outdir, "energy_capacity", "energy_capacity.json")
-  data, pending = _artefact.load_or_pending(path, command)
+  data, command, path, pending = _artefact.read(CAPACITY, outdir, "energy_capacity",
+                                                "energy_capacity.json")
   if pending:
     return pending
   verdict = capacity_verdict(data["capacity"])
@@ -98,9 +97,8 @@ def head_table(record, wells):
 
 def wells_section(outdir):
   """(markdown, verdict) of row (i)."""
-  command = WELLS.format(o=outdir)
-  path = os.path.join(outdir, "context_wells", "context_wells.json")
-  data, pending = _artefact.load_or_pending(path, command)
+  data, command, path, pending = _artefact.read(WELLS, outdir, "context_wells",
+                                                "context_wells.json")
   if pending:
     return pending
   parts, words = [], []

@@ -36,9 +36,7 @@ def rank_verdict(data):
 
 def section(outdir):
   """(markdown, verdict) of the rank-collapse run."""
-  command = RANK.format(o=outdir)
-  path = os.path.join(outdir, "rank_collapse", "rank.json")
-  data, pending = _artefact.load_or_pending(path, command)
+  data, command, path, pending = _artefact.read(RANK, outdir, "rank_collapse", "rank.json")
   if pending:
     return pending
   with open(os.path.splitext(path)[0] + ".md", encoding="utf-8") as f:
