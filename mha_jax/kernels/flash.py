@@ -20,6 +20,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from mha_jax import attention
 from mha_jax.kernels import layerwise
 
 
@@ -34,7 +35,11 @@ def flash_attention(q_BxTxNxD, k_BxSxNxD, v_BxSxNxD, *, mask=None, scale=None, b
 
   def library(implementation):
     def run(q, k, v, *m):
-      return jax.nn.dot_product_attention(q, k, v, mask=m[0] if m else None, scale=scale,
+      allowed = m[0] if m else None
+      if causal:   # the Pallas kernels apply it themselves, tile by tile
+        below = attention.causal_mask(q.shape[1])
+        allowed = below if allowed is None else allowed & below
+      return jax.nn.dot_product_attention(q, k, v, mask=allowed, scale=scale,
                                           implementation=implementation)
     return run
 

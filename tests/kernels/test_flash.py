@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from mha_jax import attention
-from mha_jax.kernels import layerwise
+from mha_jax.kernels import flash, layerwise
 from mha_jax.models import layers, stack_config
 
 
@@ -74,3 +74,15 @@ def test_lengths_no_power_of_two_tile_divides_are_padded(masking, backend):
   np.testing.assert_allclose(got, want, atol=1e-5)
   for a, b in zip(got_vjp(cotangent), want_vjp(cotangent)):
     np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_causal_flag_means_the_same_on_every_branch():
+  """flash_attention(causal=True) without a mask is causal on CPU's library branch too,
+  as in the Pallas kernels (interpret mode): both equal the explicit causal mask."""
+  keys = jax.random.split(jax.random.key(4), 3)
+  q, k, v = (jax.random.normal(key, (2, 16, 2, 8)) for key in keys)
+  want = jax.nn.dot_product_attention(q, k, v, mask=attention.causal_mask(16), implementation="xla")
+  np.testing.assert_allclose(flash.flash_attention(q, k, v, causal=True), want, atol=1e-5)
+  kernel = layerwise.layerwise_attention(q[None], k[None], v, jnp.full((1,), 8 ** -0.5),
+                                         causal=True, block=8, interpret=True)
+  np.testing.assert_allclose(kernel, want, atol=1e-5)
