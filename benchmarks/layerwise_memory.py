@@ -1,6 +1,7 @@
 """TPU ahead-of-time per-device memory of the GPT-2 small train step: standard
 attention (flash, xla) against MHA materialised (naive) and layer-wise
-(`implementation="layerwise"`, exact, O(L·T·D)) and what `auto` picks.
+(`implementation="layerwise"`, exact, O(L·T·D)) and what `auto` picks; a row
+`auto_keep` is `auto` with `layerwise_keep_outputs`.
 
 libtpu compiles for a v5e:2x2 slice from this CPU host (no TPU needed), batch
 split over the 4 chips, bf16 compute, full remat. Per row: XLA's memory analysis
@@ -16,7 +17,7 @@ row with the temporaries XLA says it needs ("does not fit"); any other compile
 error stops the script. The JSON is rewritten after every row; the markdown
 table it prints is the one in benchmarks/README.md.
 
-    python benchmarks/layerwise_memory.py --lengths=4096 --rows=standard_flash,auto \
+    python benchmarks/layerwise_memory.py --lengths=4096 --rows=standard_flash,auto,auto_keep \
         --json_out=benchmarks/results/layerwise_memory_v5e.json
     python benchmarks/layerwise_memory.py --quick      # CI: 2 layers, width 128, T = 256
 """
@@ -46,7 +47,8 @@ from mha_jax.train import sharding  # noqa: E402
 flags.DEFINE_list("lengths", ["4096"], "sequence lengths")
 flags.DEFINE_integer("batch", 8, "global batch (split over the 4 chips)")
 flags.DEFINE_list("rows", ["standard_flash", "standard_xla", "layerwise", "auto", "naive"],
-                  "standard_<impl> or an MHA implementation")
+                  "standard_<impl>, an MHA implementation, or <impl>_keep (layerwise: "
+                  "layerwise_keep_outputs)")
 flags.DEFINE_enum("roofline", "unrolled", ["unrolled", "none"],
                   "FLOPs and bytes from a second compile of the unrolled stack (every layer; "
                   "the scanned one's cost analysis counts each layer loop's body once), or "
@@ -66,8 +68,10 @@ def tpu_mesh():
 def model_for(row, length, scan_layers=True):
   if row.startswith("standard_"):
     att = dict(kind="standard", implementation=row.removeprefix("standard_"))
-  else:
-    att = dict(kind="hopfield", alpha=0.5, alpha_hidden=0.5, implementation=row)
+  else:   # a "_keep" suffix: the layer-wise replay reuses the collect pass's outputs
+    att = dict(kind="hopfield", alpha=0.5, alpha_hidden=0.5,
+               implementation=row.removesuffix("_keep"),
+               layerwise_keep_outputs=row.endswith("_keep"))
   size = QUICK_SIZE if FLAGS.quick else {}
   return gpt.create("small", max_len=length, dtype="bfloat16", remat_policy="full",
                     attention=att, scan_layers=scan_layers, **size)

@@ -18,7 +18,8 @@ import dataclasses
 COMMON_FIELDS = ("kind", "score_scale", "implementation")
 # The fields MHA's H chain reads (hopfield and the kinds built on its H).
 _HIDDEN_CHAIN = ("alpha_hidden", "h0", "h0_noise_std", "h0_noise_seed", "reset_every")
-_MHA_KERNEL_FIELDS = ("hidden_window", "hidden_dtype", "hidden_budget_bytes")
+_MHA_KERNEL_FIELDS = ("hidden_window", "hidden_dtype", "hidden_budget_bytes",
+                      "layerwise_keep_outputs")
 _RETRIEVAL = ("energy_steps", "separation", "separation_param")
 # How each residual rule is written in results and config summaries.
 RESIDUAL_RULES = {

@@ -95,7 +95,7 @@ def initial_state(att, num_layers, batch, length, num_heads, head_dim, dtype, de
   impl = resolve(att, num_layers, batch, length, num_heads, head_dim, decode)
   if impl == "layerwise":
     return layerwise_stack.initial_state(batch, length, num_heads, head_dim, num_layers, dtype,
-                                         replay=replay)
+                                         replay=replay, keep_outputs=att.layerwise_keep_outputs)
   if impl != "factorized":
     return None
   return factorized.initial_state(batch, length, num_heads, head_dim,

@@ -255,7 +255,7 @@ def _call(kernel, grid, in_specs, out_specs, out_shape, scratch, opts, cost, ali
       functools.partial(kernel, opts=opts), grid=grid, in_specs=in_specs,
       out_specs=out_specs, out_shape=out_shape,
       scratch_shapes=[pltpu.VMEM(shape, jnp.float32) for shape in scratch],
-      input_output_aliases=aliases or {},
+      input_output_aliases=aliases or {}, name=f"layerwise{kernel.__name__}",
       cost_estimate=pl.CostEstimate(flops=flops, transcendentals=transcendentals,
                                     bytes_accessed=bytes_accessed),
       compiler_params=pltpu.CompilerParams(

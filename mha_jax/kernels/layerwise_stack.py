@@ -9,20 +9,25 @@ runs twice:
 
   1. "collect": forward only; the carry's buffers [L, B, N, T, D] receive slot n
      at layer n. Their final values Q_f, K_f (stop_gradient) hold every layer's
-     q and k, and slot l of the buffer at layer n equals Q_f[l] for l ≤ n.
-  2. "replay": the differentiated pass. Q_f, K_f enter every layer as the same
-     loop-invariant inputs (saved once, not per layer); layer n's kernel reads
-     only its live slots [first_n, n] (`live_slots`), the layers in H_n. The
-     gradient each layer sends to earlier layers' q_l, k_l travels back in
+     q and k, and slot l of the buffer at layer n equals Q_f[l] for l ≤ n. With
+     `keep_outputs` it also keeps every layer's attention output O_f and row
+     log-sum-exp (lse, [L, B, N, T]).
+  2. "replay": the differentiated pass. The final buffers enter every layer as the
+     same loop-invariant inputs (saved once, not per layer). Layer n's forward
+     value is O_f[n] when kept, else its forward kernel runs again (and once more
+     under remat); its backward kernels read only the live slots [first_n, n]
+     (`live_slots`), the layers in H_n. The gradient each layer sends to earlier layers' q_l, k_l travels back in
      "sink" carries [L, B, N, T, D] whose value is zero: the layer's custom VJP
      passes the sinks through unchanged in the forward pass and, in the backward
      pass, receives their cotangent (slot l holds Σ_{m>n} ∂L/∂q_l from the later
      layers), adds w_{n,l}·∂ into it in place inside the kernels and hands it to
      layer n−1; slot n is then the whole ∂L/∂q_n, this layer's q gradient.
 
-Memory: Q_f, K_f and the two sink cotangents, all O(L·T·D), with no per-layer
-[L, …] gradient array; compute: one extra forward pass of the stack, and layer
-n's kernels do n+1 slot matmuls per tile (Σ_n (n+1), not L²).
+Memory: Q_f, K_f (O_f) and the two sink cotangents, all O(L·T·D), with no
+per-layer [L, …] gradient array; compute: one extra forward pass of the stack,
+and layer n's kernels do n+1 slot matmuls per tile (Σ_n (n+1), not L²). Keeping
+the outputs trades one more [L, B, N, T, D] buffer for the replay's forward
+kernels: with full remat, two of the five kernel passes per layer.
 
 Weights: H_n = Σ_l w_{n,l} s_l with the chain start r ≤ n (layer 1, or every
 `reset_every` layers): w_{n,l} = (1−α′)α′^{n−l} for r < l ≤ n, w_{n,r} = c₀α′^{n−r}
@@ -81,14 +86,35 @@ def _slots_constraint(x):
   return nn.with_logical_constraint(x, (None, "batch", "heads", None, None))
 
 
-def initial_state(batch, length, num_heads, head_dim, num_layers, dtype, *, replay):
-  """Zero buffers [L, B, N, T, D] (collect, with the row of weights the last
-  layer used) or sinks (replay), and layer = 0."""
+KEPT_OUTPUTS = ("output_layers", "lse_layers")
+FINAL_BUFFERS = ("query_layers", "key_layers") + KEPT_OUTPUTS   # those a collect state has
+
+
+def initial_state(batch, length, num_heads, head_dim, num_layers, dtype, *, replay,
+                  keep_outputs=False):
+  """Zero buffers (collect: q, k and with `keep_outputs` o, lse; and the row of
+  weights the last layer used) or sinks [L, B, N, T, D] (replay), and layer = 0."""
   zeros = _slots_constraint(jnp.zeros((num_layers, batch, num_heads, length, head_dim), dtype))
   if replay:
     return {"query_sink": zeros, "key_sink": zeros, "layer": jnp.zeros((), jnp.int32)}
-  return {"query_layers": zeros, "key_layers": zeros, "layer": jnp.zeros((), jnp.int32),
-          "hidden_weights": jnp.zeros((num_layers,), jnp.float32)}
+  state = {"query_layers": zeros, "key_layers": zeros, "layer": jnp.zeros((), jnp.int32),
+           "hidden_weights": jnp.zeros((num_layers,), jnp.float32)}
+  if keep_outputs:
+    outputs = jnp.zeros((num_layers, batch, num_heads) + _lane_dense(length, head_dim), dtype)
+    lse = jnp.zeros((num_layers, batch, num_heads, length), jnp.float32)
+    state.update(output_layers=_slots_constraint(outputs), lse_layers=nn.with_logical_constraint(
+        lse, (None, "batch", "heads", None)))
+  return state
+
+
+def _lane_dense(length, head_dim, lanes=128):
+  """The kept outputs' last two axes: [T·D/128, 128] where D < 128 divides into
+  whole lanes, else [T, D]. TPU layouts pad a minor axis to 128 lanes: a [T, 64]
+  buffer would take twice its size (the lse, [L, B, N, T], has no unit axis for
+  the same reason)."""
+  if head_dim < lanes and (length * head_dim) % lanes == 0:
+    return length * head_dim // lanes, lanes
+  return length, head_dim
 
 
 def _heads_first(x_BxTxNxD):
@@ -97,8 +123,8 @@ def _heads_first(x_BxTxNxD):
 
 def _run(fn, args, mask_i8, opts_kw, num_slot_arrays, out_specs):
   """fn(*args, mask, opts) per shard, interpret on CPU and Mosaic on TPU. args:
-  (w, live slots, layer, `num_slot_arrays` arrays [L, B, N, T, D], then arrays
-  [B, N, T, D]); out_specs(batch_axis, heads_axis) as `layerwise.per_shard`."""
+  (w, live slots, layer, `num_slot_arrays` arrays [L, B, N, T, …], then arrays
+  [B, N, T, …]); out_specs(batch_axis, heads_axis) as `layerwise.per_shard`."""
   def specs(b, h):
     mask = P(b if mask_i8.shape[0] > 1 else None, h if mask_i8.shape[1] > 1 else None)
     num_head_arrays = len(args) - 3 - num_slot_arrays
@@ -112,24 +138,45 @@ def _run(fn, args, mask_i8, opts_kw, num_slot_arrays, out_specs):
   return layerwise.on_platform(run, *args, mask_i8)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(7,))
 def _collect_op(w, slots, layer, query_layers, key_layers, v, mask, opts):
+  """(O, lse [B, N, T]) of the collect pass; lse is read only through stop_gradient."""
   del layer
-  return layerwise._attend(w, slots, query_layers, key_layers, v, mask, opts)
+  o, lse = layerwise.forward(w, slots, query_layers, key_layers, v, mask, opts)
+  return o, lse.reshape(o.shape[:3])
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(11,))
-def _replay_op(w, slots, layer, query_final, key_final, query_sink, key_sink, q, k, v, mask,
-               opts):
-  del layer, q, k   # their values are in the final buffers
-  out = layerwise.forward(w, slots, query_final, key_final, v, mask, opts)[0]
-  return out, query_sink, key_sink
+def _collect_fwd(w, slots, layer, query_layers, key_layers, v, mask, opts):
+  o, lse = layerwise.forward(w, slots, query_layers, key_layers, v, mask, opts)
+  return (o, lse.reshape(o.shape[:3])), (w, slots, query_layers, key_layers, v, mask, o, lse)
 
 
-def _replay_fwd(w, slots, layer, query_final, key_final, query_sink, key_sink, q, k, v, mask,
-                opts):
-  del q, k
-  o, lse = layerwise.forward(w, slots, query_final, key_final, v, mask, opts)
-  return (o, query_sink, key_sink), (w, slots, layer, query_final, key_final, v, mask, o, lse)
+def _collect_bwd(opts, residuals, cotangents):
+  dw, _, dq, dk, dv, _ = layerwise._attend_bwd(opts, residuals, cotangents[0])
+  return dw, None, None, dq, dk, dv, None
+
+
+_collect_op.defvjp(_collect_fwd, _collect_bwd)
+
+
+def _lse_for_kernels(lse_BxNxT, opts):
+  return lse_BxNxT if opts.backend == "triton" else lse_BxNxT[..., None]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(13,))
+def _replay_op(w, slots, layer, query_final, key_final, query_sink, key_sink, q, k, v,
+               o_BxNxTxD, lse_BxNxT, mask, opts):
+  """(O, sinks): the forward value is the given O (the collect pass's, or its
+  kernel's rerun); the gradients come from the kernels' backward."""
+  del w, slots, layer, query_final, key_final, q, k, v, lse_BxNxT, mask, opts
+  return o_BxNxTxD, query_sink, key_sink
+
+
+def _replay_fwd(w, slots, layer, query_final, key_final, query_sink, key_sink, q, k, v,
+                o_BxNxTxD, lse_BxNxT, mask, opts):
+  del q, k   # their values are in the final buffers
+  return (o_BxNxTxD, query_sink, key_sink), (w, slots, layer, query_final, key_final, v, mask,
+                                             o_BxNxTxD, _lse_for_kernels(lse_BxNxT, opts))
 
 
 def _replay_bwd(opts, residuals, cotangents):
@@ -139,8 +186,8 @@ def _replay_bwd(opts, residuals, cotangents):
   do, query_sink, key_sink = cotangents
   query_sink, key_sink, dv, dw = layerwise.backward(w, slots, query_final, key_final, v, mask, o,
                                                     lse, do, query_sink, key_sink, opts)
-  return (dw, None, None, None, None, query_sink, key_sink, query_sink[layer],
-          key_sink[layer], dv, None)
+  return (dw, None, None, None, None, query_sink, key_sink, query_sink[layer], key_sink[layer],
+          dv, None, None, None)
 
 
 _replay_op.defvjp(_replay_fwd, _replay_bwd)
@@ -154,35 +201,45 @@ def _options(length, mask, block, slot_ranges, causal):
 
 def collect_attention(q_BxTxNxD, k_BxTxNxD, v_BxTxNxD, state, weights_L, slot_ranges, *,
                       mask=None, block=256, causal=False):
-  """Pass 1: write this layer's q, k into the buffers, attend over them.
-  slot_ranges: `live_slots` (NumPy); `causal` adds the causal mask and skips the
-  tiles above the diagonal."""
+  """Pass 1: write this layer's q, k into the buffers (and its output and lse
+  where the state keeps them), attend over them. slot_ranges: `live_slots`
+  (NumPy); `causal` adds the causal mask and skips the tiles above the diagonal."""
   length, layer = q_BxTxNxD.shape[1], state["layer"]
-  buffers = [_slots_constraint(jax.lax.dynamic_update_index_in_dim(
+  q, k = (_slots_constraint(jax.lax.dynamic_update_index_in_dim(
       state[key], _heads_first(x).astype(state[key].dtype), layer, 0))
-      for key, x in (("query_layers", q_BxTxNxD), ("key_layers", k_BxTxNxD))]
+      for key, x in (("query_layers", q_BxTxNxD), ("key_layers", k_BxTxNxD)))
   mask_i8 = layerwise.dense_mask(mask, length, length)
-  args = (weights_L[layer], jnp.asarray(slot_ranges)[layer], layer, *buffers,
-          _heads_first(v_BxTxNxD))
-  out = _run(_collect_op, args, mask_i8, _options(length, mask, block, slot_ranges, causal),
-             2, lambda b, h: P(b, h))
-  return _heads_first(out), {"query_layers": buffers[0], "key_layers": buffers[1],
+  args = (weights_L[layer], jnp.asarray(slot_ranges)[layer], layer, q, k, _heads_first(v_BxTxNxD))
+  out, lse = _run(_collect_op, args, mask_i8, _options(length, mask, block, slot_ranges, causal),
+                  2, lambda b, h: (P(b, h), P(b, h)))
+  kept = {key: jax.lax.dynamic_update_index_in_dim(
+      state[key], jax.lax.stop_gradient(x).reshape(state[key].shape[1:]).astype(
+          state[key].dtype), layer, 0)
+      for key, x in zip(KEPT_OUTPUTS, (out, lse)) if key in state}
+  return _heads_first(out), {**state, **kept, "query_layers": q, "key_layers": k,
                              "layer": layer + 1, "hidden_weights": weights_L[layer]}
 
 
 def replay_attention(q_BxTxNxD, k_BxTxNxD, v_BxTxNxD, state, final_layers, weights_L,
                      slot_ranges, *, mask=None, block=256, causal=False):
-  """Pass 2: attend over the final buffers (values of pass 1), gradients through
-  the sinks (see the module docstring)."""
+  """Pass 2: this layer's output from the final buffers (values of pass 1: the
+  kept output, or its forward kernel rerun), gradients through the backward
+  kernels and the sinks (see the module docstring)."""
   length, layer = q_BxTxNxD.shape[1], state["layer"]
   sinks = state["query_sink"], state["key_sink"]
   q, k = (_heads_first(x).astype(sink.dtype) for x, sink in zip((q_BxTxNxD, k_BxTxNxD), sinks))
-  mask_i8 = layerwise.dense_mask(mask, length, length)
-  args = (weights_L[layer], jnp.asarray(slot_ranges)[layer], layer,
-          final_layers["query_layers"], final_layers["key_layers"], *sinks, q, k,
-          _heads_first(v_BxTxNxD))
+  v, mask_i8 = _heads_first(v_BxTxNxD), layerwise.dense_mask(mask, length, length)
+  final, opts_kw = (final_layers["query_layers"], final_layers["key_layers"]), _options(
+      length, mask, block, slot_ranges, causal)
+  weights, slots = weights_L[layer], jnp.asarray(slot_ranges)[layer]
+  if "output_layers" in final_layers:
+    o = final_layers["output_layers"][layer].reshape(v.shape[:3] + (q.shape[-1],))
+    lse = final_layers["lse_layers"][layer]
+  else:   # inputs without gradient: this forward is a value, the op below differentiates
+    o, lse = _run(_collect_op, jax.lax.stop_gradient((weights, slots, layer, *final, v)),
+                  mask_i8, opts_kw, 2, lambda b, h: (P(b, h), P(b, h)))
   out, query_sink, key_sink = _run(
-      _replay_op, args, mask_i8, _options(length, mask, block, slot_ranges, causal), 4,
+      _replay_op, (weights, slots, layer, *final, *sinks, q, k, v, o, lse), mask_i8, opts_kw, 4,
       lambda b, h: (P(b, h), P(None, b, h), P(None, b, h)))
   return _heads_first(out), {"query_sink": _slots_constraint(query_sink),
                              "key_sink": _slots_constraint(key_sink), "layer": layer + 1}

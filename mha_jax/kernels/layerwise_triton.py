@@ -143,7 +143,7 @@ def _call(kernel, grid, in_specs, out_specs, out_shape, opts):
     kwargs["compiler_params"] = plgpu.CompilerParams(num_warps=4, num_stages=2)
   return pl.pallas_call(functools.partial(kernel, opts=opts), grid=grid, in_specs=in_specs,
                         out_specs=out_specs, out_shape=out_shape, interpret=opts.interpret,
-                        **kwargs)
+                        name=f"layerwise_triton{kernel.__name__}", **kwargs)
 
 
 class _Specs:

@@ -396,7 +396,7 @@ class LayerStack(nn.Module):
     if not deterministic and cfg.dropout:
       shared["dropout_key"] = self.make_rng("dropout")
     carry, outputs = run(layerwise_inputs=shared)
-    final_layers = {key: jax.lax.stop_gradient(carry[1][key])
-                    for key in ("query_layers", "key_layers")}
+    final_layers = {key: jax.lax.stop_gradient(value) for key, value in carry[1].items()
+                    if key in kernels.layerwise_stack.FINAL_BUFFERS}
     carry, _ = run(replay=True, layerwise_inputs={**shared, "final_layers": final_layers})
     return carry[0], outputs

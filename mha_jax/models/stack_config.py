@@ -71,6 +71,9 @@ class AttentionConfig:
   hidden_dtype: str = "float32"   # fused MHA: dtype of the stored H (bfloat16 halves it)
   hidden_budget_bytes: int = 0    # auto: most bytes per device for the saved H (0: a quarter
   #                                 of the device's memory where JAX reports it; kernels.choose)
+  layerwise_keep_outputs: bool = False  # layerwise: keep each layer's attention output
+  #                                 from the collect pass (one more [L, B, N, T, D] buffer)
+  #                                 instead of rerunning its forward kernels in the replay
   value_residual_lambda: float = 0.5  # λ of kind="value_residual"
   # Hopfield retrieval (mha_jax/energy.py): kind="hopfield_energy", or MHA's H_n as the
   # step-0 logits with kind="hopfield" (this codebase's combination, in neither paper).
@@ -95,6 +98,9 @@ class AttentionConfig:
     if self.hidden_window and self.implementation not in ("factorized", "layerwise", "auto"):
       raise ValueError(f"attention.hidden_window={self.hidden_window} needs implementation "
                        f"'factorized', 'layerwise' or 'auto', got {self.implementation!r}")
+    if self.layerwise_keep_outputs and self.implementation not in ("layerwise", "auto"):
+      raise ValueError("attention.layerwise_keep_outputs=True needs implementation 'layerwise' "
+                       f"or 'auto', got {self.implementation!r}")
     if self.hidden_dtype != "float32" and self.implementation != "fused":
       raise ValueError(f"attention.hidden_dtype={self.hidden_dtype!r} needs implementation "
                        f"'fused', got {self.implementation!r}")

@@ -67,6 +67,13 @@ def test_hidden_budget_is_read_only_by_auto():
     att(implementation="auto", hidden_budget_bytes=-1)
 
 
+def test_kept_outputs_need_the_layerwise_path():
+  with pytest.raises(ValueError, match="layerwise_keep_outputs=True needs implementation "
+                                       "'layerwise' or 'auto', got 'factorized'"):
+    att(implementation="factorized", layerwise_keep_outputs=True)
+  assert att(implementation="auto", layerwise_keep_outputs=True).layerwise_keep_outputs
+
+
 def test_factorized_stack_returns_the_hidden_state_on_request():
   """Intermediates build H_n from the carried features: equal to the naive stack's."""
   def stack(implementation):

@@ -132,7 +132,7 @@ def test_triton_kernels_lower_for_cuda_without_a_gpu():
           q, q, v, w)
   module = exported.mlir_module()
   for kernel in ("_forward_kernel", "_dq_kernel", "_dkv_kernel"):
-    assert f'name = "{kernel}"' in module
+    assert f'name = "layerwise_triton{kernel}"' in module
 
 
 @pytest.mark.parametrize("backend", ["mosaic", "triton"])

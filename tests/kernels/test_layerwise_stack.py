@@ -82,6 +82,56 @@ def test_a_causal_stack_tells_the_kernels(monkeypatch):
   assert told and all(told)
 
 
+def kernel_calls(jaxpr, counts):
+  """counts[kernel name] += 1 per pallas_call in `jaxpr` and the jaxprs inside it."""
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == "pallas_call":
+      counts[eqn.params["name"]] = counts.get(eqn.params["name"], 0) + 1
+      continue
+    for param in eqn.params.values():
+      for inner in param if isinstance(param, (tuple, list)) else (param,):
+        inner = getattr(inner, "jaxpr", inner)
+        if hasattr(inner, "eqns"):
+          kernel_calls(inner, counts)
+  return counts
+
+
+def test_kept_outputs_equal_naive_in_their_lane_dense_layout(monkeypatch):
+  """layerwise_keep_outputs: the replay's values and gradients are the collect
+  pass's outputs, stored [T·D/lanes, lanes] (16 lanes here, so that D = 8 packs)."""
+  lane_dense = layerwise_stack._lane_dense
+  monkeypatch.setattr(layerwise_stack, "_lane_dense", lambda t, d: lane_dense(t, d, lanes=16))
+  assert layerwise_stack._lane_dense(T, WIDTH // HEADS) == (T * WIDTH // HEADS // 16, 16)
+  x, mask, params = stack_and_inputs()
+  kw = dict(remat_policy="full", h0="first_scores", reset_every=2)
+  (out, hs), grads = value_and_grads("layerwise", x, mask, params, layerwise_keep_outputs=True,
+                                     **kw)
+  (out_ref, hs_ref), grads_ref = value_and_grads("naive", x, mask, params, **kw)
+  assert_close((out, hs * mask, grads), (out_ref, hs_ref * mask, grads_ref))
+
+
+@pytest.mark.parametrize("remat_policy", ["none", "full"])
+def test_kept_outputs_spare_the_replays_forward_kernels(remat_policy):
+  """With layerwise_keep_outputs the replay reuses the collect pass's attention
+  output and lse: under a gradient the scanned stack holds one forward kernel
+  (the collect's), with or without remat, and one pair of backward kernels, per
+  platform branch (CPU interpret and TPU: Mosaic; CUDA: Triton); without, the
+  replay reruns its forward kernel."""
+  x, mask, params = stack_and_inputs()
+
+  def forward_kernels(keep):
+    stack = layers.LayerStack(config("layerwise", scan_layers=True, remat_policy=remat_policy,
+                                     layerwise_keep_outputs=keep))
+    loss = lambda params: jnp.sum(jnp.sin(stack.apply({"params": params}, x, mask)[0]))
+    return kernel_calls(jax.make_jaxpr(jax.grad(loss))(params).jaxpr, {})
+
+  assert forward_kernels(True) == {
+      "layerwise_forward_kernel": 2, "layerwise_dq_kernel": 2, "layerwise_dkv_kernel": 2,
+      "layerwise_triton_forward_kernel": 1, "layerwise_triton_dq_kernel": 1,
+      "layerwise_triton_dkv_kernel": 1}
+  assert forward_kernels(False)["layerwise_forward_kernel"] >= 4
+
+
 def test_alpha_hidden_gradient_matches_finite_differences():
   x, mask, params = stack_and_inputs()
   stack = layers.LayerStack(config("layerwise"))
