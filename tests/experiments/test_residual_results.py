@@ -60,3 +60,25 @@ def test_recipe_note_pairs_the_same_setting_across_recipes():
   assert "convex, α = α′ = 0.5, depth 12: 0.078 ± 0.010 with row (a)'s recipe, " \
          "0.903 ± 0.010 with this one" in note
   assert "α = α′ = 0.0" not in note and residual_results.recipe_note(short, []) == ""
+
+
+def test_the_readme_quotes_row_k_from_its_artefact():
+  """Every figure in the README's row-k bullet is a mean, std or median of RESULTS.md's
+  row (k) (rendered from the cells) or one seed's accuracy in the row's results.csv,
+  at the digits quoted."""
+  import csv
+  import re
+  readme = (ROOT / "README.md").read_text()
+  bullet = readme[readme.index("- Which residual reading (row k"):]
+  bullet = bullet[:bullet.index("\n- ")]
+  results = (ROOT / "RESULTS.md").read_text()
+  row_k = results[results.index("## (k)"):]
+  row_k = row_k.split("\n## ")[0]
+  with open(ROOT / "sweeps" / "residual_reading" / "results.csv") as f:
+    seeds = [float(r["accuracy"]) for r in csv.DictReader(f)]
+  reported = [float(x) for x in re.findall(r"\d+\.\d+", row_k)]
+  quoted = re.findall(r"\b0\.\d+", bullet)
+  assert len(quoted) >= 4
+  for figure in quoted:
+    digits = len(figure) - 2
+    assert any(round(x, digits) == float(figure) for x in reported + seeds), figure
