@@ -141,13 +141,14 @@ def _layerwise(att, num_layers, q_BxTxNxD, k_BxTxNxD, v_BxTxNxD, state, h0, mask
                                           causal=causal)
 
 
-def hidden_state(state):
-  """H_n of a layer's state, built from the factorised features or the layer-wise
-  buffers if need be; None for attention without a hidden state."""
+def hidden_state(state, length):
+  """H_n of a layer's state over its `length` tokens, built from the factorised
+  features or the layer-wise buffers if need be; None for attention without a
+  hidden state."""
   if "hidden" in state:
     return state["hidden"]
   if "hidden_weights" in state:
-    return layerwise_stack.hidden_state(state)
+    return layerwise_stack.hidden_state(state, length)
   if all(key in state for key in factorized.STATE_KEYS):
     return factorized.hidden_state(state)
   return None

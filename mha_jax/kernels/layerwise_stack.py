@@ -29,6 +29,10 @@ and layer n's kernels do n+1 slot matmuls per tile (Σ_n (n+1), not L²). Keepin
 the outputs trades one more [L, B, N, T, D] buffer for the replay's forward
 kernels: with full remat, two of the five kernel passes per layer.
 
+Lengths no power-of-two tile divides (ViT's 197 tokens) are padded in the
+buffers to `padded_length` with the appended keys masked out: Triton's tiles must
+be powers of two; the Mosaic kernels would otherwise take the whole length as one tile.
+
 Weights: H_n = Σ_l w_{n,l} s_l with the chain start r ≤ n (layer 1, or every
 `reset_every` layers): w_{n,l} = (1−α′)α′^{n−l} for r < l ≤ n, w_{n,r} = c₀α′^{n−r}
 (c₀ = 1−α′ for h0 "zeros", 1 for "first_scores"), 0 before r; a window W zeroes
@@ -48,6 +52,7 @@ from mha_jax import attention
 from mha_jax.kernels import layerwise
 
 P = jax.sharding.PartitionSpec
+BLOCK = 256   # the kernels' preferred tile edge
 
 
 def _chain_starts(num_layers, reset_every):
@@ -93,7 +98,9 @@ FINAL_BUFFERS = ("query_layers", "key_layers") + KEPT_OUTPUTS   # those a collec
 def initial_state(batch, length, num_heads, head_dim, num_layers, dtype, *, replay,
                   keep_outputs=False):
   """Zero buffers (collect: q, k and with `keep_outputs` o, lse; and the row of
-  weights the last layer used) or sinks [L, B, N, T, D] (replay), and layer = 0."""
+  weights the last layer used) or sinks [L, B, N, T′, D] (replay), and layer = 0;
+  T′ = `padded_length(T)`."""
+  length = padded_length(length)
   zeros = _slots_constraint(jnp.zeros((num_layers, batch, num_heads, length, head_dim), dtype))
   if replay:
     return {"query_sink": zeros, "key_sink": zeros, "layer": jnp.zeros((), jnp.int32)}
@@ -119,6 +126,27 @@ def _lane_dense(length, head_dim, lanes=128):
 
 def _heads_first(x_BxTxNxD):
   return jnp.swapaxes(x_BxTxNxD, 1, 2)
+
+
+def padded_length(length):
+  """The buffers' length: T, or T rounded up where no power-of-two tile divides it
+  (Triton's tiles must be powers of two: ViT's 197 tokens → 256)."""
+  return layerwise.padded_length(length, BLOCK)
+
+
+def _kernel_inputs(q_BxTxNxD, k_BxTxNxD, v_BxTxNxD, mask, causal):
+  """(q, k, v heads first [B, N, T′, D], int8 mask, has_mask), padded to T′ with
+  the appended keys masked out (a causal mask already hides them from real queries)."""
+  length = q_BxTxNxD.shape[1]
+  padded = padded_length(length)
+  q, k, v = (layerwise.pad_axis(_heads_first(x), 2, padded)
+             for x in (q_BxTxNxD, k_BxTxNxD, v_BxTxNxD))
+  mask_i8, has_mask = layerwise.dense_mask(mask, length, length), mask is not None
+  if padded != length and not has_mask and not causal:
+    mask_i8, has_mask = jnp.ones((1, 1, length, length), jnp.int8), True
+  if padded != length and has_mask:
+    mask_i8 = layerwise.pad_axis(layerwise.pad_axis(mask_i8, 2, padded), 3, padded)
+  return q, k, v, mask_i8, has_mask
 
 
 def _run(fn, args, mask_i8, opts_kw, num_slot_arrays, out_specs):
@@ -193,47 +221,49 @@ def _replay_bwd(opts, residuals, cotangents):
 _replay_op.defvjp(_replay_fwd, _replay_bwd)
 
 
-def _options(length, mask, block, slot_ranges, causal):
-  return dict(block_q=layerwise.tile(length, block), block_k=layerwise.tile(length, block),
-              causal=causal, has_mask=mask is not None,
+def _options(padded, has_mask, slot_ranges, causal):
+  return dict(block_q=layerwise.tile(padded, BLOCK), block_k=layerwise.tile(padded, BLOCK),
+              causal=causal, has_mask=has_mask,
               mean_slots=float(np.mean(slot_ranges[:, 1] - slot_ranges[:, 0])))
 
 
 def collect_attention(q_BxTxNxD, k_BxTxNxD, v_BxTxNxD, state, weights_L, slot_ranges, *,
-                      mask=None, block=256, causal=False):
+                      mask=None, causal=False):
   """Pass 1: write this layer's q, k into the buffers (and its output and lse
   where the state keeps them), attend over them. slot_ranges: `live_slots`
   (NumPy); `causal` adds the causal mask and skips the tiles above the diagonal."""
   length, layer = q_BxTxNxD.shape[1], state["layer"]
+  q, k, v, mask_i8, has_mask = _kernel_inputs(q_BxTxNxD, k_BxTxNxD, v_BxTxNxD, mask, causal)
   q, k = (_slots_constraint(jax.lax.dynamic_update_index_in_dim(
-      state[key], _heads_first(x).astype(state[key].dtype), layer, 0))
-      for key, x in (("query_layers", q_BxTxNxD), ("key_layers", k_BxTxNxD)))
-  mask_i8 = layerwise.dense_mask(mask, length, length)
-  args = (weights_L[layer], jnp.asarray(slot_ranges)[layer], layer, q, k, _heads_first(v_BxTxNxD))
-  out, lse = _run(_collect_op, args, mask_i8, _options(length, mask, block, slot_ranges, causal),
-                  2, lambda b, h: (P(b, h), P(b, h)))
+      state[key], x.astype(state[key].dtype), layer, 0))
+      for key, x in (("query_layers", q), ("key_layers", k)))
+  args = (weights_L[layer], jnp.asarray(slot_ranges)[layer], layer, q, k, v)
+  out, lse = _run(_collect_op, args, mask_i8,
+                  _options(v.shape[2], has_mask, slot_ranges, causal), 2,
+                  lambda b, h: (P(b, h), P(b, h)))
   kept = {key: jax.lax.dynamic_update_index_in_dim(
       state[key], jax.lax.stop_gradient(x).reshape(state[key].shape[1:]).astype(
           state[key].dtype), layer, 0)
       for key, x in zip(KEPT_OUTPUTS, (out, lse)) if key in state}
-  return _heads_first(out), {**state, **kept, "query_layers": q, "key_layers": k,
-                             "layer": layer + 1, "hidden_weights": weights_L[layer]}
+  return _heads_first(out[:, :, :length]), {
+      **state, **kept, "query_layers": q, "key_layers": k, "layer": layer + 1,
+      "hidden_weights": weights_L[layer]}
 
 
 def replay_attention(q_BxTxNxD, k_BxTxNxD, v_BxTxNxD, state, final_layers, weights_L,
-                     slot_ranges, *, mask=None, block=256, causal=False):
+                     slot_ranges, *, mask=None, causal=False):
   """Pass 2: this layer's output from the final buffers (values of pass 1: the
   kept output, or its forward kernel rerun), gradients through the backward
   kernels and the sinks (see the module docstring)."""
   length, layer = q_BxTxNxD.shape[1], state["layer"]
   sinks = state["query_sink"], state["key_sink"]
-  q, k = (_heads_first(x).astype(sink.dtype) for x, sink in zip((q_BxTxNxD, k_BxTxNxD), sinks))
-  v, mask_i8 = _heads_first(v_BxTxNxD), layerwise.dense_mask(mask, length, length)
-  final, opts_kw = (final_layers["query_layers"], final_layers["key_layers"]), _options(
-      length, mask, block, slot_ranges, causal)
+  q, k, v, mask_i8, has_mask = _kernel_inputs(q_BxTxNxD, k_BxTxNxD, v_BxTxNxD, mask, causal)
+  q, k = (x.astype(sink.dtype) for x, sink in zip((q, k), sinks))
+  final = final_layers["query_layers"], final_layers["key_layers"]
+  opts_kw = _options(v.shape[2], has_mask, slot_ranges, causal)
   weights, slots = weights_L[layer], jnp.asarray(slot_ranges)[layer]
   if "output_layers" in final_layers:
-    o = final_layers["output_layers"][layer].reshape(v.shape[:3] + (q.shape[-1],))
+    o = final_layers["output_layers"][layer].reshape(v.shape)
     lse = final_layers["lse_layers"][layer]
   else:   # inputs without gradient: this forward is a value, the op below differentiates
     o, lse = _run(_collect_op, jax.lax.stop_gradient((weights, slots, layer, *final, v)),
@@ -241,12 +271,13 @@ def replay_attention(q_BxTxNxD, k_BxTxNxD, v_BxTxNxD, state, final_layers, weigh
   out, query_sink, key_sink = _run(
       _replay_op, (weights, slots, layer, *final, *sinks, q, k, v, o, lse), mask_i8, opts_kw, 4,
       lambda b, h: (P(b, h), P(None, b, h), P(None, b, h)))
-  return _heads_first(out), {"query_sink": _slots_constraint(query_sink),
-                             "key_sink": _slots_constraint(key_sink), "layer": layer + 1}
+  return _heads_first(out[:, :, :length]), {"query_sink": _slots_constraint(query_sink),
+                                            "key_sink": _slots_constraint(key_sink),
+                                            "layer": layer + 1}
 
 
-def hidden_state(state):
-  """H_n [B, N, T, S] float32 from a collect-pass state (analysis only)."""
-  return jnp.einsum("l,lbntd,lbnsd->bnts", state["hidden_weights"],
-                    state["query_layers"].astype(jnp.float32),
-                    state["key_layers"].astype(jnp.float32))
+def hidden_state(state, length):
+  """H_n [B, N, T, T] float32 from a collect-pass state (analysis only)."""
+  q, k = (state[key][:, :, :, :length].astype(jnp.float32)
+          for key in ("query_layers", "key_layers"))
+  return jnp.einsum("l,lbntd,lbnsd->bnts", state["hidden_weights"], q, k)

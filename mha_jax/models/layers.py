@@ -264,7 +264,7 @@ class Block(nn.Module):
     outputs = None
     if self.return_intermediates:
       outputs = {"residual": x_BxTxD, **query_key}
-      hidden = kernels.hidden_state(state)
+      hidden = kernels.hidden_state(state, x_BxTxD.shape[1])
       if hidden is not None:
         outputs["hidden_state"] = hidden
     return (x_BxTxD, state), outputs

@@ -96,6 +96,46 @@ def kernel_calls(jaxpr, counts):
   return counts
 
 
+@pytest.mark.parametrize("causal", [False, True])
+def test_lengths_without_a_power_of_two_tile_are_padded(causal):
+  """T = 12 (no power-of-two tile divides it: Triton could not tile it): the
+  buffers are 16 long, the appended keys masked out, and values, H rows and
+  gradients equal naive's over the 12 real tokens, kept outputs too."""
+  length = 12
+  assert layerwise_stack.padded_length(length) == 16
+  x = jax.random.normal(jax.random.key(3), (B, length, WIDTH))
+  mask = attention.causal_mask(length) if causal else None
+  params = layers.LayerStack(config("naive")).init(jax.random.key(1), x, mask)["params"]
+  got = [value_and_grads("layerwise", x, None if causal else mask, params, causal=causal,
+                         layerwise_keep_outputs=keep) for keep in (False, True)]
+  ref = value_and_grads("naive", x, mask, params)
+  for (out, hs), grads in got:
+    assert hs.shape == (DEPTH, B, HEADS, length, length)
+    visible = 1.0 if mask is None else mask
+    for a, b in zip(jax.tree.leaves((out, hs * visible, grads)),
+                    jax.tree.leaves((ref[0][0], ref[0][1] * visible, ref[1]))):
+      # unperturbed layer norms: gradients up to ~40, float32 rounding ~1e-5 relative
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=TOL, rtol=3e-5)
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_the_stack_lowers_for_cuda_at_such_a_length(keep):
+  """The GPU branch (Triton kernels, which need power-of-two arrays) of a causal
+  stack's gradient at T = 12 lowers for CUDA on this CPU host (before the
+  padding: "requires … a power of 2 … shape (12, 8)")."""
+  from jax import export
+  x = jax.random.normal(jax.random.key(3), (B, 12, WIDTH))
+  params = layers.LayerStack(config("naive")).init(jax.random.key(1), x)["params"]
+  stack = layers.LayerStack(config("layerwise", causal=True, layerwise_keep_outputs=keep))
+  loss = lambda params: jnp.sum(stack.apply({"params": params}, x)[0])
+  exported = export.export(
+      jax.jit(jax.grad(loss)), platforms=["cuda"],
+      disabled_checks=[export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")])(params)
+  module = exported.mlir_module()
+  for kernel in ("forward", "dq", "dkv"):
+    assert f'name = "layerwise_triton_{kernel}_kernel"' in module
+
+
 def test_kept_outputs_equal_naive_in_their_lane_dense_layout(monkeypatch):
   """layerwise_keep_outputs: the replay's values and gradients are the collect
   pass's outputs, stored [T·D/lanes, lanes] (16 lanes here, so that D = 8 packs)."""
