@@ -161,18 +161,13 @@ def layerwise_attention(q_WxBxTxNxD, k_WxBxSxNxD, v_BxSxNxD, weights_W, *, mask=
   live = (0, num_slots) if live is None else tuple(live)
   if not 0 <= live[0] < live[1] <= num_slots:
     raise ValueError(f"live={live}; allowed: 0 <= first < end <= {num_slots}")
-  mask_i8 = dense_mask(mask, length, s_len)
   padded = padded_length(length, block), padded_length(s_len, block)
-  if padded != (length, s_len):   # e.g. ViT's 197 tokens: the appended keys are masked out
-    if mask is None and not causal:   # (a causal mask already hides them from real queries)
-      mask, mask_i8 = True, jnp.ones((1, 1, length, s_len), jnp.int8)
-    q_WxBxTxNxD, k_WxBxSxNxD, v_BxSxNxD = (
-        pad_axis(x, axis, size) for x, axis, size in
-        ((q_WxBxTxNxD, 2, padded[0]), (k_WxBxSxNxD, 2, padded[1]), (v_BxSxNxD, 1, padded[1])))
-    if mask is not None:
-      mask_i8 = pad_axis(pad_axis(mask_i8, 2, padded[0]), 3, padded[1])
+  mask_i8, has_mask = padded_mask(mask, length, s_len, padded, causal)
+  q_WxBxTxNxD, k_WxBxSxNxD, v_BxSxNxD = (
+      pad_axis(x, axis, size) for x, axis, size in
+      ((q_WxBxTxNxD, 2, padded[0]), (k_WxBxSxNxD, 2, padded[1]), (v_BxSxNxD, 1, padded[1])))
   return jnp.swapaxes(_layerwise_padded(
-      q_WxBxTxNxD, k_WxBxSxNxD, v_BxSxNxD, weights_W, live, mask_i8, mask is not None, causal,
+      q_WxBxTxNxD, k_WxBxSxNxD, v_BxSxNxD, weights_W, live, mask_i8, has_mask, causal,
       block, interpret, backend), 1, 2)[:, :length]
 
 
@@ -186,10 +181,25 @@ def padded_length(length, block):
 
 
 def pad_axis(x, axis, size):
-  """x with zeros appended along `axis` up to `size`."""
+  """x with zeros appended along `axis` up to `size` (x itself if it has that size)."""
+  if x.shape[axis] == size:
+    return x
   widths = [(0, 0)] * x.ndim
   widths[axis] = (0, size - x.shape[axis])
   return jnp.pad(x, widths)
+
+
+def padded_mask(mask, length, s_len, padded, causal):
+  """(int8 mask [B|1, N|1, T′, S′] or its placeholder, has_mask) for queries and keys
+  padded to `padded` = (T′, S′), e.g. ViT's 197 tokens: the appended keys are masked
+  out, unless `causal` already hides them from the real queries."""
+  mask_i8, has_mask = dense_mask(mask, length, s_len), mask is not None
+  if padded != (length, s_len):
+    if not has_mask and not causal:
+      mask_i8, has_mask = jnp.ones((1, 1, length, s_len), jnp.int8), True
+    if has_mask:
+      mask_i8 = pad_axis(pad_axis(mask_i8, 2, padded[0]), 3, padded[1])
+  return mask_i8, has_mask
 
 
 def _layerwise_padded(q_WxBxTxNxD, k_WxBxSxNxD, v_BxSxNxD, weights_W, live, mask_i8,

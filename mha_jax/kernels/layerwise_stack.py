@@ -141,12 +141,7 @@ def _kernel_inputs(q_BxTxNxD, k_BxTxNxD, v_BxTxNxD, mask, causal):
   padded = padded_length(length)
   q, k, v = (layerwise.pad_axis(_heads_first(x), 2, padded)
              for x in (q_BxTxNxD, k_BxTxNxD, v_BxTxNxD))
-  mask_i8, has_mask = layerwise.dense_mask(mask, length, length), mask is not None
-  if padded != length and not has_mask and not causal:
-    mask_i8, has_mask = jnp.ones((1, 1, length, length), jnp.int8), True
-  if padded != length and has_mask:
-    mask_i8 = layerwise.pad_axis(layerwise.pad_axis(mask_i8, 2, padded), 3, padded)
-  return q, k, v, mask_i8, has_mask
+  return (q, k, v) + layerwise.padded_mask(mask, length, length, (padded, padded), causal)
 
 
 def _run(fn, args, mask_i8, opts_kw, num_slot_arrays, out_specs):
