@@ -164,12 +164,11 @@ def _run(fn, args, mask_i8, opts_kw, num_slot_arrays, out_specs):
 @functools.partial(jax.custom_vjp, nondiff_argnums=(7,))
 def _collect_op(w, slots, layer, query_layers, key_layers, v, mask, opts):
   """(O, lse [B, N, T]) of the collect pass; lse is read only through stop_gradient."""
-  del layer
-  o, lse = layerwise.forward(w, slots, query_layers, key_layers, v, mask, opts)
-  return o, lse.reshape(o.shape[:3])
+  return _collect_fwd(w, slots, layer, query_layers, key_layers, v, mask, opts)[0]
 
 
 def _collect_fwd(w, slots, layer, query_layers, key_layers, v, mask, opts):
+  del layer
   o, lse = layerwise.forward(w, slots, query_layers, key_layers, v, mask, opts)
   return (o, lse.reshape(o.shape[:3])), (w, slots, query_layers, key_layers, v, mask, o, lse)
 
