@@ -16,7 +16,7 @@ from mha_jax import config_util
 
 
 # `:key=value` arguments of this config and their defaults (typed by them).
-ARGUMENTS = dict(attention="standard", alpha=0.5, alpha_hidden=None, residual="convex",
+ARGUMENTS = dict(attention="standard", alpha=0.5, alpha_hidden=None, residual=config_util.DEFAULT_RESIDUAL,
                  depth=6, steps=500, seed=0, smoke=False)
 
 

@@ -17,7 +17,7 @@ from mha_jax import config_util
 
 # `:key=value` arguments of this config and their defaults (typed by them).
 ARGUMENTS = dict(size="small", attention="standard", alpha=0.5, alpha_hidden=None,
-                 residual="convex", steps=30_000, batch_size=64, seq_len=1024, smoke=False)
+                 residual=config_util.DEFAULT_RESIDUAL, steps=30_000, batch_size=64, seq_len=1024, smoke=False)
 
 
 def get_config(arg=None):

@@ -19,7 +19,7 @@ DATASETS = ("wikitext103", "cnn_dailymail", "bookcorpus")
 
 # `:key=value` arguments of this config and their defaults (typed by them).
 ARGUMENTS = dict(dataset="wikitext103", size="350m", attention="standard", alpha=0.5,
-                 alpha_hidden=None, residual="convex", steps=30_000, batch_size=64,
+                 alpha_hidden=None, residual=config_util.DEFAULT_RESIDUAL, steps=30_000, batch_size=64,
                  seq_len=1024, smoke=False)
 
 

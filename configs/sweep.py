@@ -69,10 +69,10 @@ PRESETS = {
     "recall": (gpt_on("associative_recall", 1000, 16, eval_steps=16, num_keys=16,
                       num_values=16, optim=dict(learning_rate=1e-2, warmup_steps=50)),
                dict(kind=WITH_RIVALS, residual=("standard",), depth=(2, 4))),
-    # (c) α × α′, convex residual (the paper's ablation), depth 6
+    # (c) α × α′, convex residual (the paper's equation as the spec reads it), depth 6
     "alpha_grid": (vit_digits(400), dict(kind=MHA, alpha=(0.2, 0.5, 0.8),
-                                         alpha_hidden=(0.0, 0.2, 0.5, 0.8, 1.0), depth=(6,),
-                                         seeds=5)),
+                                         alpha_hidden=(0.0, 0.2, 0.5, 0.8, 1.0),
+                                         residual=("convex",), depth=(6,), seeds=5)),
     # (d) H_0 policies and reset-every-N (0 = never = N = L), residual standard
     "h0_reset": (vit_digits(400), dict(kind=MHA, h0=("zeros", "first_scores", "noise"),
                                        reset_every=(0, 1, 2, 4), residual=("standard",),
@@ -102,9 +102,9 @@ PRESETS = {
 CONTROLS = {"h0_reset": (dict(kind="hopfield", h0="first_scores", reset_every=1),),
             "rivals_noskip": (dict(kind="rezero"),)}
 DEFAULT_AXES = dict(kind=("hopfield",), alpha=(0.5,), alpha_hidden=(-1.0,),
-                    residual=("convex",), h0=("zeros",), reset_every=(0,), energy_steps=(0,),
-                    separation=("softmax",), separation_param=(None,), depth=(6,),
-                    seed=(0, 1, 2))
+                    residual=(config_util.DEFAULT_RESIDUAL,), h0=("zeros",), reset_every=(0,),
+                    energy_steps=(0,), separation=("softmax",), separation_param=(None,),
+                    depth=(6,), seed=(0, 1, 2))
 
 
 def get_config(arg=None):

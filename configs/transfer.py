@@ -15,7 +15,7 @@ from mha_jax import config_util
 
 # `:key=value` arguments of this config and their defaults (typed by them).
 ARGUMENTS = dict(dataset="oxford_flowers102", variant="B/16", attention="standard", alpha=0.5,
-                 alpha_hidden=None, residual="convex", steps=5000, smoke=False)
+                 alpha_hidden=None, residual=config_util.DEFAULT_RESIDUAL, steps=5000, smoke=False)
 
 
 def get_config(arg=None):

@@ -21,7 +21,7 @@ TRAIN_EXAMPLES = 50_000
 
 # `:key=value` arguments of this config and their defaults (typed by them).
 ARGUMENTS = dict(size="Ti", dataset="cifar100", attention="standard", alpha=0.5,
-                 alpha_hidden=None, residual="convex", epochs=300, batch_size=256, depth=0,
+                 alpha_hidden=None, residual=config_util.DEFAULT_RESIDUAL, epochs=300, batch_size=256, depth=0,
                  skip=True, smoke=False)
 
 

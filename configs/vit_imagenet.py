@@ -18,7 +18,7 @@ TRAIN_EXAMPLES = 1_281_167
 
 # `:key=value` arguments of this config and their defaults (typed by them).
 ARGUMENTS = dict(variant="B/16", attention="standard", alpha=0.5, alpha_hidden=None,
-                 residual="convex", epochs=300, batch_size=1024, smoke=False)
+                 residual=config_util.DEFAULT_RESIDUAL, epochs=300, batch_size=1024, smoke=False)
 
 
 def get_config(arg=None):

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 import transformers
 
-from mha_jax import interop, kinds
+from mha_jax import config_util, interop, kinds
 from mha_jax.interop import checkpoint_io, common, torch_models, torch_reference
 from mha_jax.models import param_layout
 
@@ -242,7 +242,7 @@ def main(argv=None):
   parser.add_argument("--length", type=int, default=13, help="tokens per sequence (LMs)")
   parser.add_argument("--alpha", type=float, default=0.5)
   parser.add_argument("--alpha_hidden", type=float, default=0.5)
-  parser.add_argument("--residual", default="convex",
+  parser.add_argument("--residual", default=config_util.DEFAULT_RESIDUAL,
                       choices=("convex", "scaled_branch", "standard"))
   parser.add_argument("--h0", default="zeros", choices=("zeros", "first_scores"))
   parser.add_argument("--seed", type=int, default=0)

@@ -356,7 +356,7 @@ def add_model_flags(parser):
   parser.add_argument("--grad_clip", type=float, default=1.0)
   parser.add_argument("--alpha", type=float, default=0.6)
   parser.add_argument("--alpha_hidden", type=float, default=0.3)
-  parser.add_argument("--residual", default="convex",
+  parser.add_argument("--residual", default=config_util.DEFAULT_RESIDUAL,
                       choices=("convex", "scaled_branch", "standard"))
   parser.add_argument("--h0", default="zeros", choices=("zeros", "first_scores"))
   parser.add_argument("--reset_every", type=int, default=0, help="restart H every N layers")

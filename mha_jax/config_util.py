@@ -13,6 +13,9 @@ import ml_collections
 
 from mha_jax.models import stack_config
 
+# The residual form every config starts from: the model's own default (scaled branch,
+# x ← x + (1−α)u, which reproduced the paper's α ablation where convex did not — README).
+DEFAULT_RESIDUAL = stack_config.AttentionConfig.residual
 
 def _convert(key, text, default):
   if default is None:   # an optional number, unset by default

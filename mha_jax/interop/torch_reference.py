@@ -38,7 +38,7 @@ class Attention:
   kind: str = "standard"       # "standard" | "hopfield" | "hopfield_energy"
   alpha: float = 0.5           # α
   alpha_hidden: float = 0.5    # α′
-  residual: str = "convex"     # "convex" | "scaled_branch" | "standard"
+  residual: str = "scaled_branch"  # "convex" | "scaled_branch" | "standard"
   h0: str = "zeros"            # "zeros" | "first_scores"
   energy_steps: int = 0        # Hopfield retrieval updates per layer
   separation: str = "softmax"  # softmax | sparsemax | entmax | polynomial | cubic

@@ -60,7 +60,7 @@ class AttentionConfig:
   kind: str = "standard"          # a row of mha_jax/kinds.py: standard | hopfield (MHA) | rivals
   alpha: float = 0.5              # α: residual weight of x
   alpha_hidden: float = 0.5       # α′: weight of H_{n−1} in H_n
-  residual: str = "convex"        # MHA residual form, see attention.residual_update
+  residual: str = "scaled_branch"  # MHA residual form, see attention.residual_update
   h0: str = "zeros"               # H before layer 1: zeros | first_scores | noise
   h0_noise_std: float = 1.0       # σ of H_0 for h0="noise"
   h0_noise_seed: int = 0          # H_0 noise is a fixed draw, equal at train and eval

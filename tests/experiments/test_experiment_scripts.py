@@ -86,7 +86,7 @@ def test_uniformity_rows_equal_direct_measures(runs):
                                  atol=1e-5)
       np.testing.assert_allclose(row["rank_residuals"],
                                  analysis.relative_rank_residual(x_BxTxD), rtol=1e-5)
-  assert rows[0]["label"] == "hopfield α=0.5 α′=0.5 residual=convex"
+  assert rows[0]["label"] == "hopfield α=0.5 α′=0.5 residual=scaled_branch"
 
 
 def table_rows(text):

@@ -3,6 +3,7 @@ same logits as mha_jax, greedy `generate()` (KV cache) equal to a full-recompute
 greedy loop in mha_jax, exact reload into mha_jax; clear errors for bad loads.
 Odd size: 3 layers, 5 heads, width 80, vocabulary 503."""
 
+import dataclasses
 import json
 import os
 
@@ -140,6 +141,19 @@ def test_invalid_mha_field_fails_in_one_line(tmp_path):
     transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path), trust_remote_code=True)
   message = str(info.value)
   assert "mha_jax_attention.alpha_hidden=2" in message and "\n" not in message, message
+
+
+def test_standalone_defaults_are_the_models():
+  """The custom code (transformers only) and the PyTorch reference spell the attention
+  defaults out again; a config.json or a reference built without a field must get
+  the model's value (the residual default moved once: issue 22 §4)."""
+  from mha_jax.interop.hf_code import configuration_mha
+  from mha_jax.interop import torch_reference
+  from mha_jax.models import stack_config
+  model = dataclasses.asdict(stack_config.AttentionConfig())
+  reference = dataclasses.asdict(torch_reference.Attention())
+  for field in ("alpha", "alpha_hidden", "residual", "h0"):
+    assert configuration_mha.DEFAULTS[field] == model[field] == reference[field], field
 
 
 @pytest.mark.parametrize("attention", [dict(kind="rezero"), dict(kind="hopfield", h0="noise")])

@@ -101,19 +101,26 @@ def np_stack(params, x, att, causal, skip=True):
     u = np.einsum("btnh,nhd->btd", u, p["attention"]["out"]["kernel"]) + p["attention"]["out"]["bias"]
     if not skip:
       x = u
+    elif att.kind == "realformer" or att.residual == "standard":
+      x = x + u
+    elif att.residual == "convex":
+      x = a * x + (1 - a) * u
     else:
-      x = x + u if att.kind == "realformer" else a * x + (1 - a) * u
+      assert att.residual == "scaled_branch", att.residual
+      x = x + (1 - a) * u
     y = np_layernorm(x, p["mlp_norm"])
     hidden = np_gelu_tanh(y @ p["mlp"]["fc1"]["kernel"] + p["mlp"]["fc1"]["bias"])
     x = (x if skip else 0) + hidden @ p["mlp"]["fc2"]["kernel"] + p["mlp"]["fc2"]["bias"]
   return x, h
 
 
-@pytest.mark.parametrize("kind,h0", [("hopfield", "zeros"), ("hopfield", "first_scores"),
-                                     ("realformer", "zeros")])
+@pytest.mark.parametrize("kind,h0,residual", [("hopfield", "zeros", "convex"),
+                                              ("hopfield", "first_scores", "scaled_branch"),
+                                              ("realformer", "zeros", None)])
 @pytest.mark.parametrize("causal", [False, True])
-def test_mha_stack_matches_numpy_equations(kind, h0, causal):
-  settings = dict(alpha=0.6, alpha_hidden=0.7, h0=h0) if kind == "hopfield" else {}
+def test_mha_stack_matches_numpy_equations(kind, h0, residual, causal):
+  settings = dict(alpha=0.6, alpha_hidden=0.7, h0=h0, residual=residual) \
+      if kind == "hopfield" else {}
   cfg = stack_config(kind=kind, **settings)
   x = jax.random.normal(jax.random.key(1), (BATCH, LENGTH, WIDTH))
   mask = attention.causal_mask(LENGTH) if causal else None

@@ -91,11 +91,11 @@ def loaded_module(tiny, name, **overrides):
 def test_train_steps_match_the_linen_step(tiny, name):
   module, linen, params = loaded_module(tiny, name, attention=HOPFIELD)
   optimizer = nnx.Optimizer(module, TX, wrt=nnx.Param)
-  batches = [lm_batch(seed) for seed in (10, 11, 12)]
+  batches = [lm_batch(10)] * 3   # one batch: its loss must fall (random tokens)
   losses = np.array([float(nnx_train_step(module, optimizer, b)) for b in batches])
   expected_losses, expected_params = linen_run(linen, params, batches)
   np.testing.assert_allclose(losses, expected_losses, atol=1e-5, rtol=0)
-  assert losses[-1] < losses[0] - 0.05       # it trains
+  assert losses[-1] < losses[0] - 0.5        # it trains
   assert_trees_close(nnx_params(module), expected_params, atol=PARAM_ATOL)
   assert int(optimizer.step[...]) == 3
 

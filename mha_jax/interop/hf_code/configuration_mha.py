@@ -7,7 +7,7 @@ transformers. config.json's "mha_jax_attention" holds the attention settings
 
 from transformers import GPT2Config, LlamaConfig, ViTConfig
 
-DEFAULTS = dict(kind="hopfield", alpha=0.5, alpha_hidden=0.5, residual="convex", h0="zeros",
+DEFAULTS = dict(kind="hopfield", alpha=0.5, alpha_hidden=0.5, residual="scaled_branch", h0="zeros",
                 reset_every=0, score_scale=None)
 CHOICES = dict(kind=("hopfield", "realformer", "standard"), residual=("convex", "scaled_branch", "standard"),
                h0=("zeros", "first_scores"))  # a random H_0 is a JAX draw: it does not export
