@@ -62,9 +62,12 @@ def job(workdir, processes=2, devices=4, record=None, stall_at=0, **changes):
   """argv of `launch local` running the helper (mha_jax.main + instruments)."""
   instruments = ([f"--record={record}"] if record else []) + (
       [f"--stall_at={stall_at}"] if stall_at else [])
+  # The jobs of one test share a compilation cache (their workdirs are siblings).
+  cache = pathlib.Path(workdir).parent / "compilation_cache"
   return [sys.executable, "-m", "mha_jax.launch", "local", f"--processes={processes}",
           f"--devices_per_process={devices}", "--grace_s=2", "--", sys.executable, HELPER,
-          *instruments, "--", *flags(**changes), f"--workdir={workdir}"]
+          *instruments, "--", *flags(**changes), f"--config.compilation_cache_dir={cache}",
+          f"--workdir={workdir}"]
 
 
 def run(argv, timeout=900):

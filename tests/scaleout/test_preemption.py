@@ -37,9 +37,13 @@ def launch(workdir, signal_spec=None):
   """Runs the 2-process job (1 CPU device each); returns (exit status, output, the
   time the instrument sent its signal or None)."""
   instruments = [f"--signal={signal_spec}"] if signal_spec else []
+  # Every launch of this worker shares one compilation cache (the runs' workdirs are
+  # siblings): the later runs load the first one's programs, bitwise the same.
+  cache = pathlib.Path(workdir).parent / "compilation_cache"
   argv = [sys.executable, "-m", "mha_jax.launch", "local", "--processes=2",
           "--devices_per_process=1", "--grace_s=60", "--", sys.executable, HELPER,
-          *instruments, "--", *FLAGS, f"--workdir={workdir}"]
+          *instruments, "--", *FLAGS, f"--config.compilation_cache_dir={cache}",
+          f"--workdir={workdir}"]
   done = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, timeout=TIMEOUT_S,
                         env=dict(os.environ, PYTHONPATH=str(ROOT)), start_new_session=True)
   sent = re.search(r"at batch \d+, time ([\d.]+)", done.stdout)
