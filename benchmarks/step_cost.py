@@ -1,7 +1,8 @@
 """Train step and forward pass of standard attention vs MHA (naive | factorized |
 fused), the cross-layer rivals by kind name (e.g. denseformer, attention_residuals,
 which carry every earlier output through the scan, and hyper_connections, which
-carries n = 4 residual streams) and Hopfield-energy heads
+carries n = 4 residual streams; `hyper_connections_dynamic` is mHC with its per-token
+term) and Hopfield-energy heads
 (`energy_steps1`, `energy_steps3`: attention.kind="hopfield_energy", softmax, 1 or 3
 updates ξ ← Kᵀ softmax(β K ξ) before the readout), side by side in one run: time, XLA's
 memory analysis, process RSS, MFU. The energy heads iterate in a `fori_loop`, whose body
@@ -21,7 +22,7 @@ a speed one), so outside --quick it is compiled for its memory analysis only.
     python benchmarks/step_cost.py --lengths=256,4096 --remat=full --repeats=2
     python benchmarks/step_cost.py --quick              # CI: shapes of the output
     python benchmarks/step_cost.py --models=gpt2 --lengths=128 --remat=none \
-        --implementations=standard,naive,attention_residuals,denseformer,hyper_connections \
+        --implementations=standard,naive,attention_residuals,denseformer,hyper_connections,hyper_connections_dynamic \
         --layers=8 --tokens=256 --repeats=2 --json_out=sweeps/rivals_cost/step_cost.json
     python benchmarks/step_cost.py --models=gpt2 --lengths=256 --remat=full --layers=2 \
         --tokens=512 --implementations=standard,naive,energy_steps1,energy_steps3 \
@@ -63,11 +64,14 @@ flags.DEFINE_integer("no_remat_up_to", 1024, "remat 'none' rows only up to this 
                      "remat a T=4096 step holds every layer's T×T tensors: GiBs)")
 FLAGS = flags.FLAGS
 ENERGY = "energy_steps"
+DYNAMIC_MHC = "hyper_connections_dynamic"
 
 
 def attention(implementation):
   if implementation == "standard" or implementation in kinds.names(rival=True):
     return dict(kind=implementation)
+  if implementation == DYNAMIC_MHC:
+    return dict(kind="hyper_connections", hyper_connections_dynamic=True)
   if implementation.startswith(ENERGY):
     return dict(kind="hopfield_energy", energy_steps=int(implementation[len(ENERGY):]))
   return dict(kind="hopfield", alpha=0.5, alpha_hidden=0.5, implementation=implementation)

@@ -122,11 +122,12 @@ KINDS = {kind.name: kind for kind in (
     AttentionKind(
         name="hyper_connections", label="mHC",
         carries="streams [4, B, T, D]: n = 4 residual streams; layer index",
-        reads=(), implementations=("naive",), residual="streams", score_update_flops=0,
-        rival=True, decode=False, torch_reference=False, hf_export=False,
-        citation="Xie et al. (DeepSeek-AI), arXiv 2512.24880: static mHC on the "
-                 "hyper-connections of Zhu et al., ICLR 2025 (2n + n² = 24 weights per "
-                 "sublayer)"),
+        reads=("hyper_connections_dynamic",), implementations=("naive",), residual="streams",
+        score_update_flops=0, rival=True, decode=False, torch_reference=False,
+        hf_export=False,
+        citation="Xie et al. (DeepSeek-AI), arXiv 2512.24880: mHC on the hyper-connections "
+                 "of Zhu et al., ICLR 2025 (static: 2n + n² = 24 weights per sublayer; "
+                 "hyper_connections_dynamic adds n·D·24 + 3)"),
 )}
 
 

@@ -1,6 +1,6 @@
 """The block's steps for the cross-layer rivals that carry more than x through the
 layer scan: a history of earlier outputs (AttnRes, DenseFormer; the maths in
-mha_jax/depth_mixing.py) or n residual streams (hyper-connections, static mHC;
+mha_jax/depth_mixing.py) or n residual streams (hyper-connections, mHC;
 mha_jax/hyper_connections.py). Both also carry the layer index "depth_layer"."""
 
 from __future__ import annotations
@@ -75,25 +75,39 @@ class DepthAttention(nn.Module):
 
 
 class HyperConnection(nn.Module):
-  """Static mHC around one sublayer (0 = attention, 1 = MLP): offsets "pre" [n],
-  "post" [n], "res" [n, n] from the initial logits, all 0 at init — the kind's only
-  parameters. Returns (pre, post, res) for the layer `layer` (traced)."""
+  """mHC around one sublayer (0 = attention, 1 = MLP): offsets "pre" [n], "post" [n],
+  "res" [n, n] from the initial logits, all 0 at init — the kind's only parameters
+  when static; `hyper_connections_dynamic` adds the projections "pre_projection"
+  [n·D, n], "post_projection" [n·D, n], "res_projection" [n·D, n²] (0 at init) and
+  "gates" [3]. Returns (pre, post, res) for the layer `layer` (traced), per token
+  when dynamic."""
   cfg: StackConfig
   sublayer: int
 
+  def _zeros(self, name, shape):
+    init = nn.with_logical_partitioning(nn.initializers.zeros, (None,) * len(shape))
+    return self.param(name, init, shape, self.cfg.param_dtype)
+
   @nn.compact
-  def __call__(self, layer):
+  def __call__(self, layer, streams_RxBxTxD):
     n = hyper_connections.STREAMS
-    offsets = [self.param(name, nn.with_logical_partitioning(nn.initializers.zeros,
-                                                             (None,) * len(shape)),
-                          shape, self.cfg.param_dtype)
+    offsets = [self._zeros(name, shape)
                for name, shape in (("pre", (n,)), ("post", (n,)), ("res", (n, n)))]
-    return hyper_connections.mixing_weights(*offsets, 2 * layer + self.sublayer)
+    dynamic = None
+    if self.cfg.attention.hyper_connections_dynamic:
+      projections = [self._zeros(f"{name}_projection", (n * self.cfg.width, size))
+                     for name, size in (("pre", n), ("post", n), ("res", n * n))]
+      gates = self.param("gates", nn.with_logical_partitioning(
+          nn.initializers.constant(hyper_connections.DYNAMIC_GATE_INIT), (None,)),
+          (3,), self.cfg.param_dtype)
+      dynamic = hyper_connections.dynamic_logits(streams_RxBxTxD, projections, gates,
+                                                 self.cfg.norm_eps)
+    return hyper_connections.mixing_weights(*offsets, 2 * layer + self.sublayer, dynamic)
 
 
 def hyper_input(cfg: StackConfig, state, sublayer, name):
   """(the sublayer's input Σ_j pre_j x_j, its mixing weights)."""
-  weights = HyperConnection(cfg, sublayer, name=name)(state["depth_layer"])
+  weights = HyperConnection(cfg, sublayer, name=name)(state["depth_layer"], state["streams"])
   return hyper_connections.read(state["streams"], weights[0]), weights
 
 

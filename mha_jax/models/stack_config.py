@@ -75,6 +75,8 @@ class AttentionConfig:
   #                                 from the collect pass (one more [L, B, N, T, D] buffer)
   #                                 instead of rerunning its forward kernels in the replay
   value_residual_lambda: float = 0.5  # λ of kind="value_residual"
+  hyper_connections_dynamic: bool = False  # kind="hyper_connections": mHC's per-token
+  #                                 (input-dependent) mixing term beside the static one
   # Hopfield retrieval (mha_jax/energy.py): kind="hopfield_energy", or MHA's H_n as the
   # step-0 logits with kind="hopfield" (this codebase's combination, in neither paper).
   energy_steps: int = 0           # updates ξ ← Kᵀ sep(β K ξ) per layer (0: one readout)
@@ -209,6 +211,8 @@ def describe_attention(att: AttentionConfig, skip_connections=True):
   symbols = {"alpha": "α", "alpha_hidden": "α′", "value_residual_lambda": "λ"}
   settings = [f"{symbol}={getattr(att, field):g}" for field, symbol in symbols.items()
               if field in kind.reads]
+  if att.hyper_connections_dynamic:   # only a kind that reads it may set it (checked)
+    settings.append("dynamic")
   return " ".join([att.kind, *settings, f"residual={residual}"])
 
 

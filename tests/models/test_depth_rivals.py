@@ -1,5 +1,5 @@
 """The cross-layer rivals that carry a history of earlier outputs (Attention Residuals,
-DenseFormer) or residual streams (hyper-connections, static mHC) against a literal
+DenseFormer) or residual streams (hyper-connections, mHC static and per token) against a literal
 NumPy float64 loop of their equations, scanned and unscanned; at init DenseFormer and
 mHC are the plain pre-norm stack and AttnRes a uniform average over depth; mHC's
 Sinkhorn–Knopp projection against closed forms."""
@@ -58,10 +58,11 @@ def np_depth_softmax(values, p, eps=1e-5):
 
 
 def np_sinkhorn(logits, iterations=20):
+  """Row then column normalisation of exp(logits) [..., n, n], one matrix per leading index."""
   m = np.exp(logits)
   for _ in range(iterations):
-    m = m / m.sum(1, keepdims=True)
-    m = m / m.sum(0, keepdims=True)
+    m = m / m.sum(-1, keepdims=True)
+    m = m / m.sum(-2, keepdims=True)
   return m
 
 
@@ -69,31 +70,46 @@ def np_sigmoid(z):
   return 1 / (1 + np.exp(-z))
 
 
-def np_hyper_stack(p64, x, n=4):
-  """Static mHC, written from the papers' update: n copies of x; around sublayer k
+def np_dynamic_terms(streams, q, n, eps=1e-5):
+  """mHC's per-token terms α·x̃φ: x̃ = each token's streams side by side [B, T, n·D],
+  divided by their root mean square; [B, T, n], [B, T, n], [B, T, n, n]."""
+  flat = np.concatenate(streams, axis=-1)
+  normed = flat / np.sqrt((flat ** 2).mean(-1, keepdims=True) + eps)
+  pre, post, res = (gate * normed @ q[f"{name}_projection"]
+                    for gate, name in zip(q["gates"], ("pre", "post", "res")))
+  return pre, post, res.reshape(res.shape[:2] + (n, n))
+
+
+def np_hyper_stack(p64, x, n=4, dynamic=False):
+  """mHC, written from the papers' update: n copies of x; around sublayer k
   (attention 2l, MLP 2l + 1) h = Σ_j σ(b_pre)_j x_j, x_i ← Σ_j SK(b_res)_ij x_j +
-  2σ(b_post)_i F(h), the logits b = HC's init + the learned offsets; out = mean."""
+  2σ(b_post)_i F(h), the logits b = HC's init + the learned offsets (+ the per-token
+  terms when dynamic, making every weight [B, T, …]); out = mean."""
   streams = [x] * n
   for layer in range(LAYERS):
     p = p64[f"layers_{layer}"]
     for sublayer, (name, branch) in enumerate((("attention_hyper", np_attention),
                                                  ("mlp_hyper", np_mlp))):
       k = 2 * layer + sublayer
-      pre_init = np.array([0.0 if i == k % n else -np.log(2 * n - 3) for i in range(n)])
-      res_init = np.where(np.eye(n) == 1, 0.0, -4.0)
-      pre = np_sigmoid(pre_init + p[name]["pre"])
-      post = 2 * np_sigmoid(p[name]["post"])
-      res = np_sinkhorn(res_init + p[name]["res"])
-      y = branch(p, sum(pre[j] * streams[j] for j in range(n)))
-      streams = [sum(res[i, j] * streams[j] for j in range(n)) + post[i] * y
+      pre = np.array([0.0 if i == k % n else -np.log(2 * n - 3) for i in range(n)])
+      post = np.zeros(n)
+      res = np.where(np.eye(n) == 1, 0.0, -4.0)
+      pre, post, res = pre + p[name]["pre"], post + p[name]["post"], res + p[name]["res"]
+      if dynamic:
+        terms = np_dynamic_terms(streams, p[name], n)
+        pre, post, res = pre + terms[0], post + terms[1], res + terms[2]
+      pre, post, res = np_sigmoid(pre), 2 * np_sigmoid(post), np_sinkhorn(res)
+      weight = lambda w, *index: w[(..., *index)][..., None]   # [B, T, 1] or a scalar
+      y = branch(p, sum(weight(pre, j) * streams[j] for j in range(n)))
+      streams = [sum(weight(res, i, j) * streams[j] for j in range(n)) + weight(post, i) * y
                  for i in range(n)]
   return sum(streams) / n
 
 
-def np_stack(params, x, kind, skip=True):
+def np_stack(params, x, kind, skip=True, dynamic=False):
   p64 = jax.tree.map(lambda a: np.asarray(a, np.float64), loop_layout(params))
   if kind == "hyper_connections":   # no additive skip to drop: `skip` changes nothing
-    return np_hyper_stack(p64, x)
+    return np_hyper_stack(p64, x, dynamic=dynamic)
   history = [x]
   for n in range(LAYERS):
     p = p64[f"layers_{n}"]
@@ -127,17 +143,34 @@ def test_depth_rival_matches_numpy_equations(kind, skip, scan):
 
 
 @pytest.mark.parametrize("scan", [True, False])
+def test_dynamic_mhc_matches_numpy_equations(scan):
+  """Per-token weights: every token's pre, post and res differ (the projections and
+  gates are perturbed), and the stack still matches the NumPy loop."""
+  cfg = stack_config(scan, kind="hyper_connections", hyper_connections_dynamic=True)
+  x = jax.random.normal(jax.random.key(1), (BATCH, LENGTH, WIDTH))
+  params = perturbed_init(cfg, x)
+  out, _ = layers.LayerStack(cfg).apply({"params": params}, x)
+  x64 = np.asarray(x, np.float64)
+  expected = np_stack(params, x64, "hyper_connections", dynamic=True)
+  np.testing.assert_allclose(out, expected, atol=2e-5)
+  static = np_stack(params, x64, "hyper_connections")   # the same offsets, no per-token term
+  assert np.abs(expected - static).max() > 1e-2
+
+
+@pytest.mark.parametrize("scan", [True, False])
 @pytest.mark.parametrize("kind,own,atol", [
     ("denseformer", ("dwa_delta",), 1e-6),
     # float32 σ(−log 5) and Sinkhorn row sums are 1 only to rounding: ~2e-6 at |x| ~ 3
-    ("hyper_connections", ("attention_hyper", "mlp_hyper"), 1e-5)])
+    ("hyper_connections", ("attention_hyper", "mlp_hyper"), 1e-5),
+    ("hyper_connections_dynamic", ("attention_hyper", "mlp_hyper"), 1e-5)])
 def test_rival_at_init_is_the_plain_stack(kind, own, atol, scan):
   """DenseFormer's a_l = identity, and mHC's equal streams read with weights summing to
   1, written with post = 1 and mixed by a doubly stochastic matrix: at init both
   compute what standard attention computes with the same weights; moving their own
   parameters moves them."""
   x = jax.random.normal(jax.random.key(1), (BATCH, LENGTH, WIDTH))
-  cfg = stack_config(scan, kind=kind)
+  dynamic = kind == "hyper_connections_dynamic"
+  cfg = stack_config(scan, kind=kind.removesuffix("_dynamic"), hyper_connections_dynamic=dynamic)
   params = nn.unbox(layers.LayerStack(cfg).init(jax.random.key(0), x))["params"]
   out, _ = layers.LayerStack(cfg).apply({"params": params}, x)
   expected, _ = layers.LayerStack(stack_config(scan)).apply({"params": _without(own, params)}, x)
@@ -163,7 +196,8 @@ def test_attention_residuals_at_init_average_uniformly():
 
 def test_new_parameters_are_what_the_kind_rows_say():
   """AttnRes: two [D] vectors (query, key scale) per sublayer mix, 2 per layer;
-  DenseFormer: L+1 DWA weights per block; mHC: 2n + n² = 24 per sublayer (n = 4)."""
+  DenseFormer: L+1 DWA weights per block; mHC: 2n + n² = 24 per sublayer (n = 4),
+  and with the per-token term n·D·24 projection weights and 3 gates more."""
   x = np.zeros((1, LENGTH, WIDTH), np.float32)
   count = {kind: sum(p.size for p in jax.tree.leaves(nn.unbox(layers.LayerStack(
       stack_config(kind=kind)).init(jax.random.key(0), x))["params"]))
@@ -171,6 +205,10 @@ def test_new_parameters_are_what_the_kind_rows_say():
   assert count["attention_residuals"] == count["standard"] + LAYERS * 2 * 2 * WIDTH
   assert count["denseformer"] == count["standard"] + LAYERS * (LAYERS + 1)
   assert count["hyper_connections"] == count["standard"] + LAYERS * 2 * 24
+  dynamic = sum(p.size for p in jax.tree.leaves(nn.unbox(layers.LayerStack(stack_config(
+      kind="hyper_connections", hyper_connections_dynamic=True)).init(
+          jax.random.key(0), x))["params"]))
+  assert dynamic == count["hyper_connections"] + LAYERS * 2 * (4 * WIDTH * 24 + 3)
   assert set(CROSS_LAYER_KINDS) <= set(kinds.names(rival=True))
 
 
@@ -216,7 +254,8 @@ def rivals_cost_figures(data):
   """The README's rivals cost figures, rendered from the step_cost artefact: each
   kind's train step time and XLA temporary memory ÷ standard attention's."""
   rows = {row["implementation"]: row for row in data["rows"]}
-  names = [("naive", "MHA")] + [(kind, kinds.get(kind).label) for kind in CROSS_LAYER_KINDS]
+  names = ([("naive", "MHA")] + [(kind, kinds.get(kind).label) for kind in CROSS_LAYER_KINDS]
+           + [("hyper_connections_dynamic", "mHC per token")])
   time = ", ".join(f"×{rows[name]['step_s_x']:.2f} {label}" for name, label in names)
   memory = ", ".join(f"×{rows[name]['temp_mib_x']:.2f} {label}" for name, label in names)
   return f"train step time {time}; XLA temporary memory {memory}"
@@ -225,7 +264,7 @@ def rivals_cost_figures(data):
 def test_readme_rivals_cost_quotes_the_artefact():
   root = pathlib.Path(__file__).resolve().parents[2]
   data = json.loads((root / "sweeps" / "rivals_cost" / "step_cost.json").read_text())
-  assert {row["implementation"] for row in data["rows"]} >= {"standard", "naive",
-                                                            *CROSS_LAYER_KINDS}
+  assert {row["implementation"] for row in data["rows"]} >= {
+      "standard", "naive", *CROSS_LAYER_KINDS, "hyper_connections_dynamic"}
   readme = " ".join((root / "README.md").read_text().split())
   assert rivals_cost_figures(data) in readme, rivals_cost_figures(data)
