@@ -83,8 +83,18 @@ def check_layerwise_memory(result, _):
   assert by_row[(256, "layerwise")]["pallas_kernels"] >= 4
 
 
+def check_decode_speed(result, _):
+  """One row per attention kind; cached and recomputed greedy tokens equal."""
+  rows = result["rows"]
+  assert [row["kind"] for row in rows] == ["standard", "hopfield"]
+  for row in rows:
+    assert row["tokens_equal"] and row["cached_tokens_shape"] == [2, 8]
+    assert row["cached_tokens_per_s"] > 0 and row["recompute_tokens_per_s"] > 0
+
+
 CHECKS = {"tpu_aot": check_tpu_aot, "sweep_vmap": check_sweep_vmap,
-          "fit_table": check_fit_table, "layerwise_memory": check_layerwise_memory}
+          "fit_table": check_fit_table, "layerwise_memory": check_layerwise_memory,
+          "decode_speed": check_decode_speed}
 
 
 @pytest.mark.slow   # each compiles a few tiny steps in a fresh process
